@@ -1,0 +1,68 @@
+"""Typed configuration: YAML mirrors frozen dataclasses; bad files give errors naming file and key."""
+import dataclasses
+
+import pytest
+
+from latentdiff.config import ScheduleConfig, from_dict, load_config
+from latentdiff.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    layers: tuple[int, ...] = (32, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    inner: Inner = Inner()
+    schedule: ScheduleConfig = ScheduleConfig()
+    note: str | None = None
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_load_mirrors_dataclasses(tmp_path):
+    cfg = load_config(write(tmp_path, "steps: 5\ninner:\n  lr: 1e-4\n  layers: [8, 16, 32]\nschedule:\n  kind: cosine\n"), Outer)
+    assert cfg == Outer(steps=5, inner=Inner(lr=1e-4, layers=(8, 16, 32)), schedule=ScheduleConfig(kind="cosine"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3
+    assert load_config(write(tmp_path, ""), Outer) == Outer()
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = write(tmp_path, "inner:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, Outer)
+    assert str(p) in str(e.value) and "inner.lrr" in str(e.value) and "unknown key" in str(e.value)
+
+
+@pytest.mark.parametrize("text,key", [("steps: ten\n", "steps"), ("steps: 1.5\n", "steps"),
+                                      ("inner:\n  lr: fast\n", "inner.lr"), ("inner:\n  layers: [1, a]\n", "inner.layers[1]"),
+                                      ("name: 3\n", "name"), ("inner: 4\n", "inner"), ("steps: true\n", "steps")])
+def test_wrong_type_names_key(tmp_path, text, key):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, Outer)
+    msg = str(e.value)
+    assert str(p) in msg and key in msg and "expected" in msg
+
+
+def test_invalid_value_and_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="kind: expected one of"):
+        load_config(write(tmp_path, "schedule:\n  kind: quadratic\n"), Outer)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "steps: [1,\n"), Outer)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml", Outer)
+
+
+def test_from_dict_optional():
+    assert from_dict(Outer, {"note": None}).note is None
+    assert from_dict(Outer, {"note": "hi"}).note == "hi"
