@@ -1,0 +1,1 @@
+"""Evaluation: scorers that check generated images against their prompts (:mod:`.scorer`)."""
