@@ -1,0 +1,1 @@
+"""Model components: VAE, CLIP text encoder and tokenizer, latent U-Net (diffusers / transformers modules)."""

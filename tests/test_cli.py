@@ -1,0 +1,28 @@
+"""The command line: demo output, one-line errors with exit status 2."""
+import subprocess
+import sys
+
+from PIL import Image
+
+from latentdiff.cli import main
+
+
+def test_demo_writes_forward_noising_picture(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    img = Image.open(tmp_path / "d" / "forward_noising.png")
+    assert img.width > img.height > 64
+    assert "forward_noising.png" in capsys.readouterr().out
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "latentdiff.cli", "demo", "--out", str(blocker / "sub")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and str(blocker / "sub") in proc.stderr
+
+
+def test_bad_flag_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "latentdiff.cli", "demo", "--seed", "x"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
