@@ -14,6 +14,7 @@ import sys
 _COMMAND_MODULES = (
     "latentdiff.commands.demo",
     "latentdiff.commands.data",
+    "latentdiff.commands.train",
 )
 
 

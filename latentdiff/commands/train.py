@@ -1,0 +1,33 @@
+"""``latentdiff train CONFIG``: train the VAE, the CLIP text encoder and the latent U-Net of a recipe.
+
+The same entry point serves ``python train.py CONFIG`` and
+``accelerate launch --multi_gpu --num_processes 2 train.py CONFIG`` (on CPU: gloo, one process a rank).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML recipe (configs/default.yaml)", description=__doc__)
+    p.add_argument("config", help="YAML recipe, e.g. configs/default.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of each stage")
+    p.add_argument("--out", help="output folder (overrides the recipe's 'out')")
+    p.add_argument("--stage", action="append", choices=("vae", "clip", "unet"),
+                   help="run only this stage (repeatable); default: the recipe's stages")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from latentdiff.config import load_config
+    from latentdiff.train.config import TrainConfig
+    from latentdiff.train.run import train
+
+    cfg = load_config(args.config, TrainConfig)
+    if args.out:
+        cfg = dataclasses.replace(cfg, out=args.out)
+    model = train(cfg, resume=args.resume, only=tuple(args.stage) if args.stage else None)
+    print(f"model: {model}")
+    return 0

@@ -1,0 +1,99 @@
+"""The training recipe as typed config; ``configs/*.yaml`` mirror these classes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from latentdiff.config import ScheduleConfig, _check_choice
+from latentdiff.errors import ConfigError
+from latentdiff.models.factory import ImageTowerConfig, TextConfig, UNetConfig, VAEConfig
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What every stage's optimisation loop needs."""
+
+    steps: int = 1000
+    batch_size: int = 64  # per process
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    validate_every: int = 0  # 0: only at the end
+    log_every: int = 10
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    max_nonfinite: int = 20  # consecutive non-finite losses before training stops
+
+    def __post_init__(self):
+        _check_choice(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "max_nonfinite", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay: expected 0 <= ema_decay < 1, got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training images come from: an image folder with metadata.jsonl (any user folder),
+    written first from the shapes world when ``shapes_num`` > 0 and the folder does not exist yet."""
+
+    folder: str = "data/shapes-train"
+    shapes_num: int = 0
+    shapes_seed: int = 0
+    exclude_held_out: bool = True
+    holdout: int = 256  # images kept out of training for validation (the last ones of the folder)
+
+
+@dataclass(frozen=True)
+class VAEStage:
+    model: VAEConfig = VAEConfig()
+    loop: LoopConfig = LoopConfig()
+    kl_weight: float = 1e-6
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    crop: int = 0  # train on random crops of this size (0: whole images); the VAE is fully convolutional
+
+
+@dataclass(frozen=True)
+class ClipStage:
+    text: TextConfig = TextConfig()
+    image: ImageTowerConfig = ImageTowerConfig()
+    loop: LoopConfig = LoopConfig()
+
+
+@dataclass(frozen=True)
+class UNetStage:
+    model: UNetConfig = UNetConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    loop: LoopConfig = LoopConfig()
+    cond_dropout: float = 0.1
+    min_snr_gamma: float | None = 5.0
+    validation_prompts: tuple[str, ...] = (
+        "a small red circle in the top left", "a large blue square in the center",
+        "a green triangle left of a yellow circle", "",
+    )
+
+    def __post_init__(self):
+        if not 0.0 <= self.cond_dropout <= 1.0:
+            raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    data: DataConfig = DataConfig()
+    vae: VAEStage = VAEStage()
+    clip: ClipStage = ClipStage()
+    unet: UNetStage = UNetStage()
+    stages: tuple[str, ...] = ("vae", "clip", "unet")
+
+    def __post_init__(self):
+        _check_choice(self, "device", ("auto", "cpu", "cuda"))
+        for s in self.stages:
+            if s not in ("vae", "clip", "unet"):
+                raise ConfigError(f"stages: expected items among vae, clip, unet, got {s!r}")

@@ -1,0 +1,220 @@
+"""The one optimisation loop every stage runs, on accelerate (one process, several, CPU or GPU).
+
+The same code serves ``python train.py CONFIG`` and ``accelerate launch --multi_gpu --num_processes 2
+train.py CONFIG``. Randomness is derived from (seed, stage, step, rank) at every step and the data
+order from (seed, epoch), so a run resumed from a checkpoint continues exactly as an uninterrupted one:
+the checkpoint holds weights, EMA, optimizer and step, and everything else follows from them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from latentdiff.config import to_dict
+from latentdiff.errors import UserError
+from latentdiff.train.config import LoopConfig
+from latentdiff.train.state import latest_checkpoint, load_checkpoint, save_checkpoint
+
+STAGE_IDS = {"vae": 1, "clip": 2, "unet": 3}
+
+
+class TrainingStopped(UserError):
+    """Training stopped on purpose (non-finite losses); the last good checkpoint is intact."""
+
+
+class Stage(Protocol):
+    name: str
+    model: torch.nn.Module  # the trained module
+    num_examples: int
+
+    def loss(self, model: torch.nn.Module, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+    def validate(self, model: torch.nn.Module, step: int, out: Path) -> dict: ...
+
+    def finish(self, model: torch.nn.Module, out: Path) -> Path: ...
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed derived from integers (numpy's SeedSequence: stable across runs and platforms)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class IndexStream:
+    """Global batch ``step`` = positions [step·G, (step+1)·G) of the concatenated per-epoch permutations
+    of range(n), each permutation seeded by (seed, epoch): any step's batch is known without replay."""
+
+    n: int
+    global_batch: int
+    seed: int
+
+    def __post_init__(self):
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            self._perms[epoch] = np.random.default_rng(seed_for(self.seed, 7, epoch)).permutation(self.n)
+        return self._perms[epoch]
+
+    def batch(self, step: int) -> np.ndarray:
+        pos = np.arange(step * self.global_batch, (step + 1) * self.global_batch)
+        epochs, offsets = pos // self.n, pos % self.n
+        return np.array([self._perm(int(e))[o] for e, o in zip(epochs, offsets)], dtype=np.int64)
+
+
+def lr_at(cfg: LoopConfig, step: int) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 10% at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_ema(model: torch.nn.Module, decay: float):
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(model.parameters(), decay=decay, use_ema_warmup=True, power=3 / 4)
+
+
+def _restore(stage: Stage, opt, ema, ckpt: Path | None) -> tuple[int, dict]:
+    if ckpt is None:
+        return 0, {}
+    state = load_checkpoint(ckpt, stage.model, opt)
+    if state["ema"] is not None:
+        names = [n for n, _ in stage.model.named_parameters()]
+        ema.shadow_params = [state["ema"][n].clone() for n in names]
+    ema.optimization_step = state["ema_step"]
+    return state["step"], state
+
+
+class _Log:
+    """Appends one JSON line per logged step to ``log.jsonl``; on resume drops lines past the step."""
+
+    def __init__(self, path: Path, start: int, active: bool):
+        self.path, self.active = path, active
+        if active and path.exists():
+            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, **row) -> None:
+        if self.active:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, resume: bool,
+              config_dict: dict, on_step: Callable[[int], None] | None = None) -> Path:
+    """Train ``stage`` for ``cfg.steps`` steps under ``out`` (checkpoints, log, validation); return the
+    folder of the finished component."""
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+    existing = latest_checkpoint(ckpt_dir)
+    if existing is not None and not resume:
+        raise UserError(f"{out}: has checkpoints from an earlier run; pass --resume to continue it "
+                        f"or choose another output folder")
+    opt = torch.optim.AdamW(stage.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = make_ema(stage.model, cfg.ema_decay)
+    start, state = _restore(stage, opt, ema, existing if resume else None)
+    ema.to(accelerator.device)
+    model, opt = accelerator.prepare(stage.model, opt)
+    stream = IndexStream(stage.num_examples, cfg.batch_size * accelerator.num_processes, seed_for(seed, STAGE_IDS[stage.name]))
+    counters = {"nonfinite_total": state.get("nonfinite_total", 0), "nonfinite_run": state.get("nonfinite_run", 0)}
+    log = _Log(out / "log.jsonl", start, main)
+    bar = tqdm(total=cfg.steps, initial=start, desc=stage.name, disable=not main, dynamic_ncols=True)
+    rank, t0, done_at_start = accelerator.process_index, time.time(), start
+    for step in range(start, cfg.steps):
+        loss = _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, counters)
+        if counters["nonfinite_run"] >= cfg.max_nonfinite:
+            raise TrainingStopped(_stopped_message(out, ckpt_dir, step, counters))
+        rate = (step + 1 - done_at_start) / max(time.time() - t0, 1e-9)
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.2f}", refresh=False)
+        bar.update(1)
+        if main and (step + 1) % cfg.log_every == 0:
+            log.write(step=step + 1, loss=loss, lr=lr_at(cfg, step), steps_per_s=rate, time=time.time(),
+                      nonfinite_total=counters["nonfinite_total"])
+        in_trouble = counters["nonfinite_run"] > 0  # keep the last checkpoint from before a non-finite streak
+        if ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps) and not in_trouble:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(ckpt_dir, step + 1, accelerator.unwrap_model(model), ema.shadow_params, opt,
+                                {**counters, "ema_step": ema.optimization_step, "config": config_dict},
+                                keep=cfg.keep_checkpoints)
+        if main and cfg.validate_every and (step + 1) % cfg.validate_every == 0 and step + 1 < cfg.steps:
+            _with_ema(stage, accelerator.unwrap_model(model), ema, lambda m: stage.validate(m, step + 1, out))
+        if on_step is not None:
+            on_step(step + 1)
+    bar.close()
+    accelerator.wait_for_everyone()
+    result = out / "final"
+    if main:
+        unwrapped = accelerator.unwrap_model(model)
+        metrics = _with_ema(stage, unwrapped, ema, lambda m: stage.validate(m, cfg.steps, out))
+        result = _with_ema(stage, unwrapped, ema, lambda m: stage.finish(m, out / "final"))
+        (out / "metrics.json").write_text(json.dumps({**metrics, **counters, "steps": cfg.steps}, indent=1))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, counters) -> float | None:
+    for group in opt.param_groups:
+        group["lr"] = lr_at(cfg, step)
+    step_seed = seed_for(seed, STAGE_IDS[stage.name], step, rank)
+    torch.manual_seed(step_seed)  # any randomness inside the modules (dropout) is per-step too
+    gen = torch.Generator().manual_seed(step_seed)
+    b = cfg.batch_size
+    index = torch.from_numpy(stream.batch(step)[rank * b:(rank + 1) * b])
+    with accelerator.autocast():
+        loss = stage.loss(model, index, gen)
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, reduction="sum") / accelerator.num_processes
+    if finite.item() < 1.0:  # every rank skips together, so no rank waits in an all-reduce
+        opt.zero_grad(set_to_none=True)
+        counters["nonfinite_total"] += 1
+        counters["nonfinite_run"] += 1
+        return None
+    counters["nonfinite_run"] = 0
+    accelerator.backward(loss)
+    if cfg.grad_clip > 0:
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    ema.step(accelerator.unwrap_model(model).parameters())
+    return float(loss.detach())
+
+
+def _stopped_message(out: Path, ckpt_dir: Path, step: int, counters: dict) -> str:
+    last = latest_checkpoint(ckpt_dir)
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+    return (f"stopped at step {step + 1}: {counters['nonfinite_run']} non-finite losses in a row "
+            f"({counters['nonfinite_total']} in all); {where}. Lower the learning rate and resume.")
+
+
+def _with_ema(stage: Stage, model: torch.nn.Module, ema, fn):
+    """Run ``fn(model)`` with the EMA weights swapped in, then put the trained weights back."""
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        model.eval()
+        with torch.no_grad():
+            return fn(model)
+    finally:
+        model.train()
+        ema.restore(model.parameters())
+
+
+def dump_config(cfg) -> dict:
+    return to_dict(cfg)

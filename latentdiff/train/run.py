@@ -1,0 +1,215 @@
+"""``train(cfg)``: data → VAE → CLIP → U-Net → a diffusers-format model folder, each stage resumable.
+
+Output folder layout (``cfg.out``)::
+
+    vae/   checkpoints/ log.jsonl val/ metrics.json final/          (AutoencoderKL)
+    clip/  ...                                final/clip final/text_encoder
+    unet/  ...                                final/unet
+    latents/<key>/                            the latent cache
+    model/                                    the assembled StableDiffusionPipeline-format folder
+    times.json                                wall time of each stage, with the device
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from latentdiff.config import to_dict
+from latentdiff.data.folder import load_folder
+from latentdiff.errors import UserError
+from latentdiff.train.config import TrainConfig
+from latentdiff.train.loop import run_stage
+
+DONE = "DONE"
+
+
+def make_accelerator(cfg: TrainConfig, mixed_precision: str):
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no CUDA device is available")
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(cpu=not cuda, mixed_precision=mixed_precision)
+
+
+def _prepare_data(cfg: TrainConfig, accelerator):
+    folder = Path(cfg.data.folder)
+    if cfg.data.shapes_num > 0 and not (folder / "metadata.jsonl").is_file():
+        if accelerator.is_main_process:
+            from latentdiff.data.shapes import write_dataset
+
+            print(f"writing {cfg.data.shapes_num} shapes-world images to {folder}", flush=True)
+            write_dataset(folder, cfg.data.shapes_num, seed=cfg.data.shapes_seed,
+                          exclude_held_out=cfg.data.exclude_held_out)
+        accelerator.wait_for_everyone()
+    records = load_folder(folder)
+    holdout = min(cfg.data.holdout, len(records) // 10)
+    if len(records) - holdout < 1:
+        raise UserError(f"{folder}: needs at least 2 images to train, found {len(records)}")
+    return records[: len(records) - holdout], records[len(records) - holdout:]
+
+
+def _tokens(tokenizer, texts: list[str]) -> torch.Tensor:
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return ids  # (N, 77) int64
+
+
+class _Timer:
+    def __init__(self, path: Path, device: str, active: bool):
+        self.path, self.device, self.active = path, device, active
+
+    def record(self, stage: str, seconds: float, steps_run: int) -> None:
+        if not self.active:
+            return
+        times = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        prev = times.get(stage, {"seconds": 0.0, "steps_run": 0})
+        times[stage] = {"seconds": prev["seconds"] + seconds, "steps_run": prev["steps_run"] + steps_run,
+                        "device": self.device}
+        self.path.write_text(json.dumps(times, indent=1))
+
+
+def train(cfg: TrainConfig, resume: bool = False, only: tuple[str, ...] | None = None) -> Path:
+    """Run the stages of ``cfg`` (or ``only`` those) and assemble the model folder; return it."""
+    from latentdiff.data.latents import load_images
+    from latentdiff.models.tokenizer import load_clip_tokenizer
+
+    out = Path(cfg.out)
+    accelerator = make_accelerator(cfg, cfg.unet.loop.mixed_precision)
+    device = accelerator.device
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    train_recs, hold_recs = _prepare_data(cfg, accelerator)
+    size = cfg.vae.model.sample_size
+    tokenizer = load_clip_tokenizer(None)
+    tokenizer.model_max_length = cfg.clip.text.max_length
+    timer = _Timer(out / "times.json", f"{device.type} x{accelerator.num_processes}", main)
+    stages = only or cfg.stages
+    images = holdout = None
+
+    def imgs():
+        nonlocal images, holdout
+        if images is None:
+            images, holdout = load_images(train_recs, size, main), load_images(hold_recs, size, False)
+        return images, holdout
+
+    if "vae" in stages:
+        _run_vae(cfg, out, resume, accelerator, imgs, timer)
+    if "clip" in stages:
+        _run_clip(cfg, out, resume, accelerator, imgs, train_recs, hold_recs, tokenizer, timer)
+    if "unet" in stages:
+        return _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
+    return out
+
+
+def _stage_done(folder: Path) -> bool:
+    return (folder / DONE).is_file()
+
+
+def _timed(stage_name, folder: Path, resume: bool, timer: _Timer, fn):
+    """Run ``fn()`` unless the stage finished earlier (then a resume skips it); record its time."""
+    if _stage_done(folder):
+        if resume:
+            print(f"{stage_name}: finished earlier, skipped", flush=True)
+            return
+        raise UserError(f"{folder}: stage {stage_name} has already finished; pass --resume to go on "
+                        f"with the next stages, or choose another output folder")
+    t0 = time.time()
+    steps_before = _steps_done(folder)
+    fn()
+    timer.record(stage_name, time.time() - t0, _steps_done(folder) - steps_before)
+    if timer.active:
+        (folder / DONE).write_text("")
+
+
+def _steps_done(folder: Path) -> int:
+    pointer = folder / "checkpoints" / "latest"
+    return int(pointer.read_text().strip().split("-")[1]) if pointer.is_file() else 0
+
+
+def _run_vae(cfg, out, resume, accelerator, imgs, timer):
+    from latentdiff.train.stages import VAETrainStage
+
+    folder = out / "vae"
+
+    def go():
+        images, holdout = imgs()
+        stage = VAETrainStage(cfg.vae, images, holdout, accelerator.device)
+        run_stage(stage, cfg.vae.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.vae))
+
+    _timed("vae", folder, resume, timer, go)
+
+
+def _run_clip(cfg, out, resume, accelerator, imgs, train_recs, hold_recs, tokenizer, timer):
+    from latentdiff.train.stages import ClipTrainStage
+
+    folder = out / "clip"
+
+    def go():
+        images, holdout = imgs()
+        stage = ClipTrainStage(cfg.clip, images, _tokens(tokenizer, [r.text for r in train_recs]), holdout,
+                               _tokens(tokenizer, [r.text for r in hold_recs]), accelerator.device)
+        run_stage(stage, cfg.clip.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.clip))
+
+    _timed("clip", folder, resume, timer, go)
+
+
+def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    from latentdiff.data.latents import cached_latents
+    from latentdiff.train.stages import UNetTrainStage, vae_latent_stats
+
+    folder, device = out / "unet", accelerator.device
+    vae_dir, text_dir = out / "vae" / "final", out / "clip" / "final" / "text_encoder"
+    for need in (vae_dir, text_dir):
+        if not (need / "config.json").is_file():
+            raise UserError(f"{need}: missing; train the earlier stages first (stages: [vae, clip, unet])")
+    vae = AutoencoderKL.from_pretrained(str(vae_dir)).to(device).eval()
+    text_encoder = CLIPTextModel.from_pretrained(str(text_dir))
+    size = cfg.vae.model.sample_size
+    encode = lambda x: vae_latent_stats(vae, x, device)  # noqa: E731
+    if accelerator.is_main_process:
+        cached_latents(out / "latents", vae, train_recs, size, encode, lambda: imgs()[0])
+    accelerator.wait_for_everyone()
+    mean, std, _ = cached_latents(out / "latents", vae, train_recs, size, encode, lambda: imgs()[0])
+    tokens = _tokens(tokenizer, [r.text for r in train_recs])
+    null = _tokens(tokenizer, [""])[0]
+    assemble = lambda unet, dest: assemble_model(dest, unet, vae, text_encoder, tokenizer, cfg, out)  # noqa: E731
+    stage = UNetTrainStage(cfg.unet, mean, std, tokens, null, text_encoder, vae.config.scaling_factor, device, assemble)
+    _timed("unet", folder, resume, timer,
+           lambda: run_stage(stage, cfg.unet.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.unet)))
+    if not accelerator.is_main_process:
+        return out / "model"
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(folder / "final" / "unet"))
+    return assemble_model(out / "model", unet, vae, text_encoder, tokenizer, cfg, out)
+
+
+def assemble_model(dest: Path, unet, vae, text_encoder, tokenizer, cfg: TrainConfig, out: Path) -> Path:
+    """Write the diffusers-format model folder (plus clip/ and latentdiff.json) via the Pipeline."""
+    import shutil
+
+    from latentdiff.diffusion.schedule import Schedule
+    from latentdiff.pipeline import Pipeline
+
+    pipe = Pipeline.from_components(unet, vae, text_encoder, tokenizer, Schedule.from_config(cfg.unet.schedule))
+    pipe.save(dest)
+    clip_src = out / "clip" / "final" / "clip"
+    if clip_src.is_dir():
+        shutil.copytree(clip_src, dest / "clip", dirs_exist_ok=True)
+    info = {"recipe": to_dict(cfg)}
+    times = out / "times.json"
+    if times.is_file():
+        info["train_times"] = json.loads(times.read_text())
+    (dest / "latentdiff.json").write_text(json.dumps(info, indent=1))
+    return dest

@@ -1,0 +1,224 @@
+"""The three training stages of the default model, each a loss over a batch of example indices:
+
+1. ``vae``  — ``AutoencoderKL``: L1 + L2 reconstruction and a small KL term; the latent scaling factor
+   is measured on the data (1 / std of latents) and saved in the VAE's config.
+2. ``clip`` — a small ``CLIPModel`` trained contrastively on (image, caption) pairs (the CLIP loss);
+   its text tower becomes the frozen ``CLIPTextModel`` of the diffusion model, its image tower is kept.
+3. ``unet`` — ``UNet2DConditionModel`` on cached latents with the loss of [DDPM] Algorithm 1 and
+   conditioning dropout: with probability p a caption is replaced by the empty prompt, whose encoding
+   is the null condition, so one model serves classifier-free guidance.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from latentdiff.diffusion.loss import diffusion_loss
+from latentdiff.diffusion.schedule import Schedule
+from latentdiff.models.factory import build_clip, build_unet, build_vae
+from latentdiff.train.config import ClipStage, UNetStage, VAEStage
+
+
+def to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) uint8 → float in [−1, 1]."""
+    return images_uint8.float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [−1, 1] → (B, H, W, 3) uint8."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB between images in [−1, 1] measured on the 8-bit scale (peak 255)."""
+    a8 = torch.from_numpy(to_uint8(a)).float()
+    b8 = torch.from_numpy(to_uint8(b)).float()
+    mse = (a8 - b8).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def save_grid(images: np.ndarray, rows: int, path: Path, scale: int = 2) -> None:
+    """images (N, H, W, 3) uint8 → one PNG grid with ``rows`` rows."""
+    n, h, w, _ = images.shape
+    cols = int(np.ceil(n / rows))
+    grid = np.full((rows * h, cols * w, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((cols * w * scale, rows * h * scale), Image.NEAREST).save(path)
+
+
+# --- stage 1: the autoencoder ----------------------------------------------------------------------
+
+
+class _VAELoss(torch.nn.Module):
+    """Wraps the VAE so that DDP sees one forward: x → (reconstruction, KL per sample)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x)
+        return self.vae.decode(z).sample, posterior.kl()
+
+
+class VAETrainStage:
+    name = "vae"
+
+    def __init__(self, cfg: VAEStage, images: torch.Tensor, holdout: torch.Tensor, device: torch.device):
+        self.cfg, self.images, self.holdout, self.device = cfg, images, holdout, device
+        self.model = _VAELoss(build_vae(cfg.model))
+        self.num_examples = images.shape[0]
+
+    def _crop(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        c = self.cfg.crop
+        if not c or c >= x.shape[-1]:
+            return x
+        top, left = torch.randint(0, x.shape[-1] - c + 1, (2,), generator=generator).tolist()
+        return x[..., top:top + c, left:left + c]
+
+    def loss(self, model, index, generator):
+        x = self._crop(to_unit(self.images[index]), generator).to(self.device)  # (B, 3, H, W)
+        recon, kl = model(x, generator)
+        cfg = self.cfg
+        rec = cfg.l1_weight * (recon - x).abs().mean() + cfg.l2_weight * (recon - x).pow(2).mean()
+        return rec + cfg.kl_weight * kl.mean() / x[0].numel()
+
+    @torch.no_grad()
+    def reconstruct(self, vae, images_uint8: torch.Tensor) -> torch.Tensor:
+        out = []
+        for chunk in images_uint8.split(64):
+            x = to_unit(chunk).to(self.device)
+            out.append(vae.decode(vae.encode(x).latent_dist.mean).sample.float().cpu())
+        return torch.cat(out)
+
+    def validate(self, model, step, out):
+        held = self.holdout
+        recon = self.reconstruct(model.vae, held)
+        value = psnr(recon, to_unit(held))
+        k = min(8, held.shape[0])
+        save_grid(np.concatenate([to_uint8(to_unit(held[:k])), to_uint8(recon[:k])]), 2, out / "val" / f"step{step:07d}.png")
+        return {"psnr_holdout_db": value, "step": step}
+
+    def finish(self, model, out):
+        vae = model.vae
+        with torch.no_grad():
+            sample = self.images[torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(0))[:1024]]
+            lat = torch.cat([vae.encode(to_unit(c).to(self.device)).latent_dist.sample().float().cpu()
+                             for c in sample.split(64)])
+        vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+        vae.save_pretrained(str(out), safe_serialization=True)
+        return out
+
+
+# --- stage 2: the CLIP text encoder (and its image tower) --------------------------------------------
+
+
+class ClipTrainStage:
+    name = "clip"
+
+    def __init__(self, cfg: ClipStage, images, tokens, holdout, holdout_tokens, device):
+        self.cfg, self.images, self.tokens, self.device = cfg, images, tokens, device
+        self.holdout, self.holdout_tokens = holdout, holdout_tokens
+        self.model = build_clip(cfg.text, cfg.image)
+        self.num_examples = images.shape[0]
+
+    def loss(self, model, index, generator):
+        out = model(input_ids=self.tokens[index].to(self.device), pixel_values=to_unit(self.images[index]).to(self.device),
+                    return_loss=True)
+        return out.loss
+
+    @torch.no_grad()
+    def validate(self, model, step, out):
+        """Top-1 image→caption retrieval among the holdout set (chance = 1/N)."""
+        n = min(256, self.holdout.shape[0])
+        res = model(input_ids=self.holdout_tokens[:n].to(self.device), pixel_values=to_unit(self.holdout[:n]).to(self.device))
+        acc = (res.logits_per_image.argmax(1).cpu() == torch.arange(n)).float().mean().item()
+        return {"retrieval_top1_holdout": acc, "holdout_n": n, "step": step}
+
+    def finish(self, model, out):
+        from transformers import CLIPTextModel
+
+        model.save_pretrained(str(out / "clip"), safe_serialization=True)
+        text = CLIPTextModel(model.config.text_config)
+        text.load_state_dict(model.text_model.state_dict())
+        text.save_pretrained(str(out / "text_encoder"), safe_serialization=True)
+        return out
+
+
+# --- stage 3: the latent U-Net ---------------------------------------------------------------------
+
+
+class UNetTrainStage:
+    name = "unet"
+
+    def __init__(self, cfg: UNetStage, latent_mean, latent_std, tokens, null_tokens, text_encoder,
+                 scaling_factor: float, device, assemble=None):
+        self.cfg, self.device = cfg, device
+        self.mean, self.std, self.tokens = latent_mean, latent_std, tokens  # (N, C, h, w), (N, C, h, w), (N, 77)
+        self.null_tokens = null_tokens  # (77,) the empty prompt
+        self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
+        self.scaling_factor = scaling_factor
+        self.schedule = Schedule.from_config(cfg.schedule)
+        self.model = build_unet(cfg.model)
+        self.num_examples = latent_mean.shape[0]
+        self.assemble = assemble  # callable(unet, out_folder) -> model folder; None in tests
+
+    def drop_mask(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """Which captions of the batch become the empty prompt: Bernoulli(cond_dropout) per sample."""
+        return torch.rand(batch, generator=generator) < self.cfg.cond_dropout
+
+    def loss(self, model, index, generator):
+        b = index.shape[0]
+        tokens = self.tokens[index].clone()
+        tokens[self.drop_mask(b, generator)] = self.null_tokens
+        with torch.no_grad():
+            ctx = self.text_encoder(tokens.to(self.device)).last_hidden_state  # (B, 77, D)
+        eps0 = torch.randn(self.mean[index].shape, generator=generator)
+        x0 = ((self.mean[index] + self.std[index] * eps0) * self.scaling_factor).to(self.device)  # (B, C, h, w)
+        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator).to(self.device)
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        fn = lambda x_t, tt: model(x_t, tt, encoder_hidden_states=ctx).sample  # noqa: E731
+        return diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.cfg.min_snr_gamma)
+
+    def validate(self, model, step, out):
+        if self.assemble is None:
+            return {"step": step}
+        from latentdiff.pipeline import Pipeline
+
+        folder = self.assemble(model, out / "val_model")
+        pipe = Pipeline.load(folder, device=str(self.device))
+        prompts = list(self.cfg.validation_prompts)
+        images = [np.asarray(im) for p in prompts for im in pipe.generate(p, num_images=4, seed=0)]
+        save_grid(np.stack(images), len(prompts), out / "val" / f"step{step:07d}.png")
+        return {"step": step}
+
+    def finish(self, model, out):
+        model.save_pretrained(str(out / "unet"), safe_serialization=True)
+        (out / "schedule.json").write_text(json.dumps({"kind": self.cfg.schedule.kind}))
+        return out
+
+
+def vae_latent_stats(vae, images_uint8: torch.Tensor, device, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image: (N, C, h, w) each, float32 on the CPU."""
+    means, stds = [], []
+    with torch.no_grad():
+        for chunk in images_uint8.split(batch):
+            post = vae.encode(to_unit(chunk).to(device)).latent_dist
+            means.append(post.mean.float().cpu())
+            stds.append(post.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images.float(), size=(size, size), mode="area").round().clamp(0, 255).byte()
