@@ -1,0 +1,272 @@
+"""``latentdiff generate``, ``latentdiff replay`` and ``latentdiff export``.
+
+Flags are checked here and turned into one-line :class:`UserError` messages naming the flag and the value
+(argparse's own errors would add a usage block). torch and diffusers are imported only when a command runs,
+so ``latentdiff generate --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from latentdiff.errors import UserError
+
+SAMPLERS = ("ddpm", "ddim", "dpm++", "euler")  # mirrors latentdiff.diffusion.sampling.SAMPLERS (lazy import)
+FORMATS = ("diffusers", "single-file")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``generate``, ``replay`` and ``export``."""
+    g = sub.add_parser("generate", help="generate images from a text prompt",
+                       description="Generate PNG images from a prompt; each PNG records how it was made "
+                                   "(see 'latentdiff replay'). Prints the paths it writes.")
+    g.add_argument("prompt", help="the text prompt ('' for unconditional samples)")
+    g.add_argument("--negative-prompt", default="", metavar="TEXT",
+                   help="what to steer away from (the unconditional branch of guidance; default: '')")
+    _model_flags(g)
+    g.add_argument("--num-images", default="1", metavar="N", help="number of images (default: 1)")
+    g.add_argument("--steps", default=None, metavar="N", help="sampling steps (default: the model's, usually 25)")
+    g.add_argument("--guidance", default=None, metavar="W",
+                   help="classifier-free guidance scale w; 1 = no guidance (default: the model's, usually 4.0)")
+    g.add_argument("--sampler", default=None, metavar="NAME",
+                   help=f"{' | '.join(SAMPLERS)} (default: the model's, usually dpm++)")
+    g.add_argument("--seed", default="0", metavar="S", help="image k uses seed S + k (default: 0)")
+    g.add_argument("--height", default=None, metavar="H", help="image height in pixels (default: the model's)")
+    g.add_argument("--width", default=None, metavar="W", help="image width in pixels (default: the model's)")
+    g.add_argument("--batch-size", default=None, metavar="N", help="images per forward pass (default: up to 8)")
+    g.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
+    g.add_argument("--device", default="auto", metavar="DEV", help="cpu | cuda | auto (default: auto)")
+    g.set_defaults(handler=run_generate)
+
+    r = sub.add_parser("replay", help="regenerate an image from the record inside its PNG",
+                       description="Regenerate an image written by 'latentdiff generate' from the record in its "
+                                   "PNG; bit-identical on the same machine and software.")
+    r.add_argument("image", help="a PNG written by latentdiff generate")
+    r.add_argument("--model", default=None, metavar="PATH",
+                   help="use this model instead of the recorded path (its weights must match the record)")
+    r.add_argument("--allow-unsafe-pickle", action="store_true", help="allow loading .ckpt/.pt pickle files")
+    r.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
+    r.add_argument("--device", default=None, metavar="DEV", help="cpu | cuda | auto (default: the recorded one)")
+    r.set_defaults(handler=run_replay)
+
+    e = sub.add_parser("export", help="write a model as a diffusers folder or one LDM .safetensors file",
+                       description="Export a model. 'diffusers': a StableDiffusionPipeline folder. 'single-file': "
+                                   "one .safetensors in the original LDM key layout (loads in diffusers' "
+                                   "from_single_file, A1111, ComfyUI) plus a diffusers config folder "
+                                   "<stem>_config/ next to it.")
+    _model_flags(e)
+    e.add_argument("--format", required=True, metavar="FORMAT", help=" | ".join(FORMATS))
+    e.add_argument("--out", required=True, metavar="PATH", help="output folder (diffusers) or .safetensors file")
+    e.add_argument("--text-layout", default="auto", metavar="LAYOUT",
+                   help="single-file text encoder keys: clip (SD 1.x), open_clip (SD 2.x) or auto (default)")
+    e.set_defaults(handler=run_export)
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="a diffusers folder or a single-file .safetensors checkpoint (default: the default model)")
+    p.add_argument("--config", default=None, metavar="DIR|NAME",
+                   help="component configs for a single-file checkpoint: a diffusers folder or sd1 | sd2 | "
+                        "sd2-base (default: embedded, <stem>_config/, or detected from the weights)")
+    p.add_argument("--allow-unsafe-pickle", action="store_true",
+                   help="allow loading .ckpt/.pt pickle files (they can run arbitrary code)")
+
+
+# --- flag parsing -------------------------------------------------------------------------------------
+
+def parse_int(flag: str, text: str | None, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected an integer") from None
+    if minimum is not None and value < minimum:
+        raise UserError(f"{flag} {value}: must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise UserError(f"{flag} {value}: must be at most {maximum}")
+    return value
+
+
+def parse_float(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"{flag} {text!r}: expected a finite number")
+    return value
+
+
+def parse_sampler(text: str | None) -> str | None:
+    if text is not None and text not in SAMPLERS:
+        raise UserError(f"--sampler {text!r}: unknown sampler; expected one of {', '.join(SAMPLERS)}")
+    return text
+
+
+def parse_device(text: str | None) -> str | None:
+    if text is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise UserError(f"--device {text!r}: expected cpu, cuda or auto")
+    return text
+
+
+def prepare_out_dir(text: str) -> Path:
+    """Create the output folder and prove it is writable (by writing into it: root ignores modes)."""
+    out = Path(text)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".latentdiff-write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write to this folder ({exc.strerror or exc})") from None
+    return out
+
+
+def _slug(prompt: str, limit: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].strip("-")
+    return slug or "unconditional"
+
+
+def _free_path(out: Path, stem: str) -> Path:
+    path, n = out / f"{stem}.png", 1
+    while path.exists():
+        path, n = out / f"{stem}_{n}.png", n + 1
+    return path
+
+
+class _UserWarnings(warnings.catch_warnings):
+    """Within the block, a :class:`PromptTruncatedWarning` prints as one line on stderr."""
+
+    def __init__(self, command: str):
+        super().__init__()
+        self.command = command
+
+    def __enter__(self):
+        from latentdiff.pipeline import PromptTruncatedWarning
+
+        super().__enter__()
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, PromptTruncatedWarning):
+                print(f"latentdiff {self.command}: warning: {message}", file=sys.stderr)
+            else:
+                previous(message, category, filename, lineno, file, line)
+        warnings.showwarning = show
+        warnings.simplefilter("always", PromptTruncatedWarning)
+        return self
+
+
+def _load(args: argparse.Namespace, model: str | None, device: str | None):
+    from latentdiff.pipeline import Pipeline
+
+    return Pipeline.load(model, device=device or "auto", config=getattr(args, "config", None),
+                         allow_unsafe_pickle=args.allow_unsafe_pickle)
+
+
+# --- handlers -----------------------------------------------------------------------------------------
+
+def run_generate(args: argparse.Namespace) -> int:
+    from latentdiff.provenance import Record, save_png
+
+    num = parse_int("--num-images", args.num_images, 1)
+    steps = parse_int("--steps", args.steps, 1)
+    guidance = parse_float("--guidance", args.guidance)
+    sampler = parse_sampler(args.sampler)
+    seed = parse_int("--seed", args.seed, 0, 2**63 - 1)
+    height = parse_int("--height", args.height, 1)
+    width = parse_int("--width", args.width, 1)
+    batch = parse_int("--batch-size", args.batch_size, 1)
+    device = parse_device(args.device)
+    out = prepare_out_dir(args.out)
+    pipe = _load(args, args.model, device)
+    with _UserWarnings("generate"):
+        images = pipe.generate(args.prompt, negative_prompt=args.negative_prompt, num_images=num, steps=steps,
+                               guidance=guidance, sampler=sampler, seed=seed, height=height, width=width,
+                               progress=sys.stderr.isatty(), batch_size=batch)
+    for img in images:
+        record = Record.from_json(img.info["latentdiff"])
+        path = save_png(img, _free_path(out, f"{_slug(args.prompt)}_{record.seed}"), record)
+        print(path)
+    return 0
+
+
+def _replay_model(record, image: Path, override: str | None) -> str | None:
+    """Which model to load for a record: --model, else the recorded path, else the default model."""
+    if override is not None:
+        return override
+    if record.model_path is None:
+        return None
+    if not Path(record.model_path).exists():
+        raise UserError(f"{image}: model '{record.model_name}' not found at {record.model_path}; "
+                        f"pass --model PATH")
+    return record.model_path
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from latentdiff.provenance import Record, read_record, save_png
+
+    image = Path(args.image)
+    record = read_record(image)
+    device = parse_device(args.device) or record.device
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"latentdiff replay: warning: {image} was made on {record.device}; replaying on cpu, "
+                  f"the result may differ in the last bits", file=sys.stderr)
+            device = "cpu"
+    out = prepare_out_dir(args.out)
+    pipe = _load(args, _replay_model(record, image, args.model), device)
+    if pipe.weights_sha256 != record.model_sha256:
+        raise UserError(f"{image}: the model at {pipe.path} has weights sha256 {pipe.weights_sha256[:12]}…, "
+                        f"the image was made with {record.model_sha256[:12]}…")
+    with _UserWarnings("replay"):
+        img = pipe.replay(record)
+    path = save_png(img, _free_path(out, f"{image.stem}_replay"), Record.from_json(img.info["latentdiff"]))
+    print(path)
+    with Image.open(image) as orig:
+        a, b = np.asarray(orig.convert("RGB")).astype(int), np.asarray(img).astype(int)
+    if a.shape == b.shape and (a == b).all():
+        print(f"identical to {image}")
+        return 0
+    diff = int(np.abs(a - b).max()) if a.shape == b.shape else "shape"
+    print(f"latentdiff replay: warning: differs from {image} (max abs pixel difference {diff})", file=sys.stderr)
+    return 1
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.format not in FORMATS:
+        raise UserError(f"--format {args.format!r}: expected one of {', '.join(FORMATS)}")
+    if args.text_layout not in ("auto", "clip", "open_clip"):
+        raise UserError(f"--text-layout {args.text_layout!r}: expected auto, clip or open_clip")
+    out = Path(args.out)
+    if args.format == "single-file" and out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: a single-file export must end in .safetensors")
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        raise UserError(f"--out {out}: already exists; choose a new path")
+    try:
+        (out.parent if args.format == "single-file" else out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
+    pipe = _load(args, args.model, "cpu")
+    if args.format == "diffusers":
+        pipe.save(out)
+        print(out)
+        print(f"load with: StableDiffusionPipeline.from_pretrained({str(out)!r}, safety_checker=None)")
+        return 0
+    path, config_dir = pipe.export_single_file(out, text_layout=args.text_layout)
+    print(path)
+    print(config_dir)
+    print(f"load with: StableDiffusionPipeline.from_single_file({str(path)!r}, config={str(config_dir)!r})")
+    return 0

@@ -1,0 +1,83 @@
+"""Conditions as typed data, and the one place they are routed into a U-Net.
+
+A :class:`Conditioning` carries every route a latent U-Net can take, batched along dim 0 like x_t:
+
+* ``context`` — cross-attention tokens, (B, L, D): the text encoder's last hidden state (Stable
+  Diffusion's ``encoder_hidden_states``).
+* ``concat`` — extra input channels concatenated to x_t, (B, C', H, W): for example an inpainting mask and
+  the masked image latents, or a segmentation map. ``None`` when the model takes only x_t.
+
+New routes (layout/grounding tokens, ControlNet residuals) are new typed fields, never a string switch.
+:func:`unet_model` turns a U-Net into the ``model(x_t, t, cond) -> ε̂`` that
+:func:`latentdiff.diffusion.guidance.classifier_free_guidance` wraps into a denoiser; the guidance module
+batches conditions with ``type(cond).cat``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from latentdiff.diffusion.schedule import Schedule, prediction_to_eps
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """The conditions of a batch of images; every field is batched along dim 0 (or ``None``)."""
+
+    context: Tensor  # (B, L, D) cross-attention tokens
+    concat: Tensor | None = None  # (B, C', H, W) extra input channels, or None
+
+    @property
+    def batch_size(self) -> int:
+        return self.context.shape[0]
+
+    @classmethod
+    def cat(cls, conds: list["Conditioning"]) -> "Conditioning":
+        """Concatenate along the batch dimension (used to run the conditional and unconditional passes
+        of classifier-free guidance as one forward). A route must be present in all parts or in none."""
+        out = {}
+        for f in fields(cls):
+            values = [getattr(c, f.name) for c in conds]
+            present = [v is not None for v in values]
+            if any(present) and not all(present):
+                raise ValueError(f"Conditioning.cat: route '{f.name}' is set in some parts and not in others")
+            out[f.name] = torch.cat(values, dim=0) if all(present) else None
+        return cls(**out)
+
+    def index(self, idx: Tensor | list[int]) -> "Conditioning":
+        """Rows ``idx`` of every route (repeats allowed): expand per-prompt conditions to per-image ones."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return self.map(lambda v: v[idx.to(v.device)])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Conditioning":
+        return self.map(lambda v: v.to(device=device, dtype=dtype if v.is_floating_point() else None))
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "Conditioning":
+        """Apply ``fn`` to every route that is set."""
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
+                                if getattr(self, f.name) is not None})
+
+
+def unet_model(unet, schedule: Schedule, prediction: str | None = None,
+               dtype: torch.dtype | None = None) -> Callable[[Tensor, Tensor, Conditioning], Tensor]:
+    """``model(x_t (B,C,H,W), t (B,), cond) -> ε̂ (B,C,H,W)`` for a diffusers ``UNet2DConditionModel``.
+
+    Routes: ``cond.concat`` is concatenated to x_t along channels, ``cond.context`` goes to
+    cross-attention. The network runs in its own dtype (``dtype``, looked up when not given); inputs are
+    cast at this boundary and the output comes back as float32. A v- or x_0-predicting network is
+    converted to ε̂ with the schedule (``latentdiff.diffusion.schedule.prediction_to_eps``), so samplers
+    always see an ε-denoiser.
+    """
+    prediction = prediction or schedule.prediction
+    net_dtype = dtype or unet.dtype
+
+    def model(x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        x_in = x_t if cond.concat is None else torch.cat([x_t, cond.concat.to(x_t)], dim=1)  # (B, C+C', H, W)
+        out = unet(x_in.to(net_dtype), t, encoder_hidden_states=cond.context.to(net_dtype), return_dict=False)[0]
+        out = out.float()  # (B, C, H, W)
+        return prediction_to_eps(schedule, x_t, t, out, prediction) if prediction != "epsilon" else out
+
+    return model

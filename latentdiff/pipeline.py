@@ -1,0 +1,424 @@
+"""Text-to-image generation: prompt → conditions → guided denoiser → sampler → VAE decode.
+
+>>> from latentdiff import Pipeline
+>>> pipe = Pipeline.load(None)                 # the default model; or a folder / .safetensors path
+>>> images = pipe.generate("a red circle", seed=0, num_images=4)
+
+Nothing here re-implements a sampler: the U-Net and a :class:`~latentdiff.conditioning.Conditioning`
+become a conditional model (:func:`~latentdiff.conditioning.unet_model`), classifier-free guidance wraps
+it into a denoiser (:func:`~latentdiff.diffusion.guidance.classifier_free_guidance`) and
+:func:`latentdiff.diffusion.sampling.sample` runs it.
+
+Seeds: the images of a call are numbered k = 0, 1, … (prompt-major) and image k starts from noise drawn
+on the CPU by its own generator seeded with ``seed + k`` — so a seed means the same start on any device
+and an image does not depend on how many others are drawn with it. Each image's seed is in its record.
+
+Prompts longer than the tokenizer's 77 tokens are truncated, as in Stable Diffusion, with a
+:class:`PromptTruncatedWarning` naming the dropped words.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from latentdiff.conditioning import Conditioning, unet_model
+from latentdiff.diffusion.schedule import Schedule
+from latentdiff.errors import UserError
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+# Used when a model's latentdiff.json has no "generate_defaults"; DPM-Solver++(2M) converges in ~25 steps.
+GENERATE_DEFAULTS = {"sampler": "dpm++", "steps": 25, "guidance": 4.0}
+MAX_BATCH = 8  # images per forward pass unless batch_size says otherwise
+# Keys of a model's scheduler config that shape the timestep grid; passed to every sampler that takes them.
+SCHEDULER_KEYS = ("timestep_spacing", "steps_offset", "set_alpha_to_one")
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than the text encoder's context and its end was dropped."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image to draw: its prompt, negative prompt and seed."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' → cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = str(device)
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"--device {name}: expected cpu, cuda or auto")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: expected cpu, cuda or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def schedule_from_scheduler_config(cfg: dict) -> Schedule:
+    """The :class:`Schedule` a diffusers scheduler config describes (trained_betas, or beta_schedule with
+    beta_start/beta_end; zero-terminal-SNR rescaling applied as diffusers does)."""
+    from latentdiff.config import ScheduleConfig
+
+    kinds = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
+    name = cfg.get("beta_schedule", "linear")
+    prediction = cfg.get("prediction_type", "epsilon")
+    if cfg.get("trained_betas") is not None:
+        betas = torch.tensor(cfg["trained_betas"], dtype=torch.float32).double()
+        schedule = Schedule.from_betas(betas, kinds.get(name, "custom"), prediction)
+    elif name in kinds:
+        schedule = Schedule.from_config(ScheduleConfig(
+            kind=kinds[name], num_timesteps=int(cfg.get("num_train_timesteps", 1000)),
+            beta_start=float(cfg.get("beta_start", 1e-4)), beta_end=float(cfg.get("beta_end", 0.02)),
+            prediction=prediction))
+    else:
+        raise UserError(f"scheduler config: unsupported beta_schedule '{name}'")
+    if cfg.get("rescale_betas_zero_snr"):
+        from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+        schedule = Schedule.from_betas(rescale_zero_terminal_snr(schedule.betas).double(), schedule.kind, prediction)
+    return schedule
+
+
+def scheduler_config_from_schedule(schedule: Schedule) -> dict:
+    """A DDIM scheduler config carrying the schedule's exact betas (trained_betas), so diffusers and
+    latentdiff step through identical ᾱ_t."""
+    from latentdiff.diffusion.sampling import make_scheduler
+
+    cfg = dict(make_scheduler("ddim", schedule, prediction_type=schedule.prediction).config)
+    names = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+    cfg["beta_schedule"] = names.get(schedule.kind, "linear")  # informative; trained_betas wins
+    cfg["trained_betas"] = [float(b) for b in schedule.betas.tolist()]
+    cfg["_class_name"] = "DDIMScheduler"
+    # Unused by "trailing" spacing; 1 keeps StableDiffusionPipeline from warning about (and rewriting) it.
+    cfg["steps_offset"] = 1
+    return cfg
+
+
+class Pipeline:
+    """A text-to-image latent diffusion model ready to sample.
+
+    Attributes: ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``schedule`` (:class:`Schedule`),
+    ``scheduler_config`` (dict, the model's ``scheduler_config.json``), ``vae_scale_factor`` (int),
+    ``scaling_factor`` (float, latents = scaling_factor · VAE mean), ``device``, ``dtype``, ``name``,
+    ``path`` (None for an in-memory model) and ``defaults`` (sampler, steps, guidance).
+    """
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, schedule: Schedule,
+                 scheduler_config: dict | None = None, *, name: str = "in-memory", path: Path | None = None,
+                 weight_files: Sequence[Path] = (), extra: dict | None = None, is_default: bool = False):
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.schedule = schedule
+        self.scheduler_config = dict(scheduler_config) if scheduler_config else scheduler_config_from_schedule(schedule)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.name, self.path, self.is_default = name, path, is_default
+        self.weight_files = [Path(f) for f in weight_files]
+        self.extra = dict(extra or {})
+        self.defaults = {**GENERATE_DEFAULTS, **self.extra.get("generate_defaults", {})}
+        self._sha256: str | None = None
+        self._overrides: dict = {}
+
+    # --- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_components(cls, unet, vae, text_encoder, tokenizer, schedule: Schedule,
+                        scheduler_config: dict | None = None) -> "Pipeline":
+        """Wrap in-memory models (for example during training); nothing is copied or moved."""
+        return cls(unet, vae, text_encoder, tokenizer, schedule, scheduler_config)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "auto",
+             dtype: torch.dtype | None = None, *, config: str | Path | None = None,
+             allow_unsafe_pickle: bool = False) -> "Pipeline":
+        """Load a model: None for the default model, a diffusers folder, or a single LDM checkpoint file
+        (``config`` names its component configs when they are not embedded; see
+        :mod:`latentdiff.interop`). ``dtype`` defaults to float32."""
+        from latentdiff.interop import load_components
+
+        dev = resolve_device(device)
+        is_default = path is None
+        if is_default:
+            path = DEFAULT_MODEL_DIR
+            if not (path / "model_index.json").is_file():
+                raise UserError(f"no default model is installed (expected {path}); pass --model PATH "
+                                f"(a diffusers folder or a .safetensors checkpoint)")
+        comps = load_components(path, config=config, allow_unsafe_pickle=allow_unsafe_pickle)
+        schedule = schedule_from_scheduler_config(comps.scheduler_config)
+        pipe = cls(comps.unet, comps.vae, comps.text_encoder, comps.tokenizer, schedule, comps.scheduler_config,
+                   name=comps.name, path=comps.path, weight_files=comps.weight_files, extra=comps.extra,
+                   is_default=is_default)
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+            m.eval().requires_grad_(False)
+        return pipe.to(dev, dtype or torch.float32)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the loaded weight files (see :func:`latentdiff.provenance.weights_hash`)."""
+        if self._sha256 is None:
+            from latentdiff.provenance import weights_hash
+
+            self._sha256 = weights_hash(self.weight_files, self.path if self.path and self.path.is_dir() else None) \
+                if self.weight_files else "unsaved"
+        return self._sha256
+
+    def save(self, path: str | Path) -> Path:
+        """Write a diffusers folder that ``StableDiffusionPipeline.from_pretrained(path, safety_checker=None)``
+        and :meth:`load` read."""
+        from latentdiff.interop import save_diffusers
+
+        return save_diffusers(path, self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler_config,
+                              self.extra or None)
+
+    def export_single_file(self, path: str | Path, text_layout: str = "auto") -> tuple[Path, Path]:
+        """Write one .safetensors in the original LDM layout plus its diffusers config folder."""
+        from latentdiff.interop import export_single_file
+
+        return export_single_file(path, self.unet, self.vae, self.text_encoder, self.tokenizer,
+                                  self.scheduler_config, self.extra or None, text_layout)
+
+    # --- conditions ---------------------------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        return int(self.text_encoder.config.max_position_embeddings)
+
+    def _warn_if_truncated(self, prompt: str) -> None:
+        ids = self.tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
+        keep = self.max_length - 2  # <|startoftext|> … <|endoftext|>
+        if len(ids) > keep:
+            dropped = self.tokenizer.decode(ids[keep:]).strip()
+            warnings.warn(f"prompt is longer than {self.max_length} tokens; dropped {len(ids) - keep} tokens: "
+                          f"'{dropped}'", PromptTruncatedWarning, stacklevel=4)
+
+    @torch.inference_mode()
+    def encode_prompt(self, prompts: list[str]) -> Tensor:
+        """The text encoder's last hidden state for each prompt, as Stable Diffusion: (B, 77, D).
+
+        Tokens are padded to 77 with the tokenizer's pad token and truncated past 77 (with a warning)."""
+        for p in dict.fromkeys(prompts):
+            self._warn_if_truncated(p)
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
+                             return_tensors="pt")
+        ids = tok.input_ids.to(self.text_encoder.device)  # (B, 77)
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tok.attention_mask.to(ids.device)
+        return self.text_encoder(ids, attention_mask=mask)[0]  # (B, 77, D)
+
+    def conditioning(self, prompts: list[str]) -> Conditioning:
+        """One :class:`Conditioning` row per prompt; each distinct text is encoded once."""
+        unique = list(dict.fromkeys(prompts))
+        ctx = self.encode_prompt(unique)  # (U, 77, D)
+        return Conditioning(context=ctx).index([unique.index(p) for p in prompts])
+
+    # --- generation ---------------------------------------------------------------------------------
+
+    def initial_latents(self, seeds: Sequence[int], height: int, width: int,
+                        generators: list[torch.Generator] | None = None) -> Tensor:
+        """x_T for each seed: (B, C, H/f, W/f) float32 on ``self.device``, drawn on the CPU by one generator
+        per image (``generators``, or fresh ones seeded with ``seeds``)."""
+        from latentdiff.diffusion.sampling import randn
+
+        gens = generators or self.generators(seeds)
+        return randn(self.latent_shape(len(seeds), height, width), gens, device=self.device)
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(B, C, H/f, W/f): the shape of x_T for images of height × width."""
+        return (batch, self.unet.config.in_channels - self._concat_channels(),
+                height // self.vae_scale_factor, width // self.vae_scale_factor)
+
+    @staticmethod
+    def generators(seeds: Sequence[int]) -> list[torch.Generator]:
+        """One CPU generator per image, seeded with that image's seed."""
+        return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+    def _concat_channels(self) -> int:
+        return 0  # text-to-image: the U-Net takes only x_t (an inpainting model would add mask + latents)
+
+    def sampler_overrides(self, sampler: str) -> dict:
+        """The model's timestep-grid settings (``SCHEDULER_KEYS``) that sampler ``sampler`` accepts."""
+        import inspect
+
+        from latentdiff.diffusion.sampling import make_scheduler
+
+        if sampler == "ddpm":
+            return {}
+        key = (sampler, tuple((k, repr(self.scheduler_config.get(k))) for k in SCHEDULER_KEYS))
+        if key not in self._overrides:
+            accepted = inspect.signature(type(make_scheduler(sampler, self.schedule)).__init__).parameters
+            self._overrides[key] = {k: self.scheduler_config[k] for k in SCHEDULER_KEYS
+                                    if k in self.scheduler_config and k in accepted}
+        return dict(self._overrides[key])
+
+    def make_scheduler(self, sampler: str):
+        """The diffusers scheduler object our sampler ``sampler`` runs (for comparisons with diffusers)."""
+        from latentdiff.diffusion.sampling import make_scheduler
+
+        return make_scheduler(sampler, self.schedule, **self.sampler_overrides(sampler))
+
+    def resolve(self, steps=None, guidance=None, sampler=None, height=None, width=None) -> dict[str, Any]:
+        """Fill unset options from the model's defaults and check them (a :class:`UserError` names the bad
+        value)."""
+        from latentdiff.diffusion.sampling import SAMPLERS
+
+        steps = self.defaults["steps"] if steps is None else steps
+        guidance = self.defaults["guidance"] if guidance is None else guidance
+        sampler = self.defaults["sampler"] if sampler is None else sampler
+        size = self.unet.config.sample_size * self.vae_scale_factor
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        height, width = height or size, width or size
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler '{sampler}'; expected one of {', '.join(SAMPLERS)}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.schedule.num_timesteps:
+            raise UserError(f"steps {steps!r}: expected an integer in 1..{self.schedule.num_timesteps}")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise UserError(f"guidance {guidance!r}: expected a finite number")
+        for name, v in (("height", height), ("width", width)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % self.vae_scale_factor:
+                raise UserError(f"{name} {v!r}: expected a positive multiple of {self.vae_scale_factor} "
+                                f"(the VAE's downscale factor)")
+        return dict(steps=steps, guidance=float(guidance), sampler=sampler, height=height, width=width)
+
+    @staticmethod
+    def plan(prompt: str | list[str], negative_prompt: str | list[str] | None, num_images: int,
+             seed: int) -> list[Row]:
+        """The images of a call: each prompt ``num_images`` times (prompt-major), image k with seed + k."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negs = negative_prompt if isinstance(negative_prompt, (list, tuple)) else [negative_prompt or ""] * len(prompts)
+        if len(negs) != len(prompts):
+            raise UserError(f"got {len(negs)} negative prompts for {len(prompts)} prompts")
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise UserError(f"num_images {num_images!r}: expected a positive integer")
+        pairs = [(p, n) for p, n in zip(prompts, negs) for _ in range(num_images)]
+        return [Row(p, n, int(seed) + k) for k, (p, n) in enumerate(pairs)]
+
+    @torch.inference_mode()
+    def sample_rows(self, rows: Sequence[Row], *, steps: int, guidance: float, sampler: str, height: int,
+                    width: int, progress: bool = False, latents: Tensor | None = None,
+                    device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Draw one batch: conditions → guided denoiser → sampler. Returns latents x_0 (B, C, h, w) fp32.
+        ``latents`` replaces the seeded x_T; ``device``/``dtype`` (the U-Net's) are looked up when not given."""
+        from latentdiff.diffusion.guidance import classifier_free_guidance
+        from latentdiff.diffusion.sampling import randn, sample
+
+        device, dtype = device or self.device, dtype or self.dtype
+        gens = self.generators([r.seed for r in rows])  # the same generators draw x_T and any later noise
+        x_T = randn(self.latent_shape(len(rows), height, width), gens, device=device)
+        if latents is not None:
+            x_T = latents.to(device=device, dtype=torch.float32)
+        cond = self.conditioning([r.prompt for r in rows])
+        uncond = self.conditioning([r.negative_prompt for r in rows]) if guidance != 1.0 else None
+        model = unet_model(self.unet, self.schedule, dtype=dtype)
+        denoiser = classifier_free_guidance(model, cond, uncond, guidance)
+        return sample(denoiser, self.schedule, x_T, sampler=sampler, steps=steps, generator=gens,
+                      progress=progress, scheduler_config=self.sampler_overrides(sampler))
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: Tensor) -> np.ndarray:
+        """VAE-decode latents (B, C, h, w) to uint8 images (B, H, W, 3): x = D(z / scaling_factor), then
+        [−1, 1] → [0, 255] rounded, exactly as diffusers' image processor."""
+        x = self.vae.decode(latents.to(self.vae.device, self.vae.dtype) / self.scaling_factor, return_dict=False)[0]
+        x = (x.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3) in [0, 1]
+        return (x * 255).round().astype(np.uint8)
+
+    def generate_latents(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                         num_images: int = 1, steps: int | None = None, guidance: float | None = None,
+                         sampler: str | None = None, seed: int = 0, height: int | None = None,
+                         width: int | None = None, progress: bool = False,
+                         batch_size: int | None = None) -> Tensor:
+        """Latents x_0 of every image of the call (N, C, h, w), drawn in batches of ``batch_size``."""
+        opts = self.resolve(steps, guidance, sampler, height, width)
+        rows = self.plan(prompt, negative_prompt, num_images, seed)
+        bs = batch_size or MAX_BATCH
+        return torch.cat([self.sample_rows(rows[i:i + bs], progress=progress, **opts)
+                          for i in range(0, len(rows), bs)])
+
+    def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                 num_images: int = 1, steps: int | None = None, guidance: float | None = None,
+                 sampler: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
+                 progress: bool = False, batch_size: int | None = None) -> list:
+        """Generate images (PIL). Unset options come from the model's defaults (``self.defaults``: dpm++,
+        25 steps, guidance 4.0 unless the model's latentdiff.json says otherwise) and its native size.
+
+        Image k of the call uses seed + k; each image's provenance record (a JSON string, see
+        :mod:`latentdiff.provenance`) is in ``image.info["latentdiff"]``.
+        """
+        from PIL import Image
+
+        opts = self.resolve(steps, guidance, sampler, height, width)
+        rows = self.plan(prompt, negative_prompt, num_images, seed)
+        bs = batch_size or MAX_BATCH
+        where = dict(device=self.device, dtype=self.dtype)  # diffusers' .dtype walks every module: ask once
+        images = []
+        for start in range(0, len(rows), bs):
+            batch = rows[start:start + bs]
+            pixels = self.decode_latents(self.sample_rows(batch, progress=progress, **opts, **where))
+            for i, px in enumerate(pixels):
+                img = Image.fromarray(px)
+                img.info["latentdiff"] = self.record(batch, i, **opts, **where).to_json()
+                images.append(img)
+        return images
+
+    def record(self, batch: Sequence[Row], index: int, *, steps, guidance, sampler, height, width,
+               device: torch.device | None = None, dtype: torch.dtype | None = None):
+        """The provenance :class:`~latentdiff.provenance.Record` of row ``index`` of ``batch``."""
+        from latentdiff import __version__
+        from latentdiff.provenance import Record
+
+        row = batch[index]
+        device, dtype = device or self.device, dtype or self.dtype
+        prompts = [r.prompt for r in batch]
+        negs = [r.negative_prompt for r in batch]
+        return Record(
+            prompt=row.prompt, negative_prompt=row.negative_prompt, seed=row.seed, sampler=sampler, steps=steps,
+            guidance=guidance, height=height, width=width, model_name=self.name,
+            model_path=None if self.is_default or self.path is None else str(self.path),
+            model_sha256=self.weights_sha256, device=device.type, dtype=str(dtype).removeprefix("torch."),
+            latentdiff_version=__version__, batch_seed=batch[0].seed, batch_size=len(batch), batch_index=index,
+            batch_prompts=None if len(set(prompts)) == 1 else prompts,
+            batch_negative_prompts=None if len(set(negs)) == 1 else negs,
+        )
+
+    def replay(self, record) -> Any:
+        """Regenerate the image a record describes: redraw its batch and return its row."""
+        from PIL import Image
+
+        n = record.batch_size
+        prompts = record.batch_prompts or [record.prompt] * n
+        negs = record.batch_negative_prompts or [record.negative_prompt] * n
+        if len(prompts) != n or len(negs) != n or not 0 <= record.batch_index < n:
+            raise UserError("the latentdiff record's batch fields are inconsistent")
+        rows = [Row(p, q, record.batch_seed + i) for i, (p, q) in enumerate(zip(prompts, negs))]
+        opts = self.resolve(record.steps, record.guidance, record.sampler, record.height, record.width)
+        pixels = self.decode_latents(self.sample_rows(rows, **opts))
+        img = Image.fromarray(pixels[record.batch_index])
+        img.info["latentdiff"] = self.record(rows, record.batch_index, **opts).to_json()
+        return img

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny random text-to-image model saved once per test session.
+
+``tiny_model_dir`` is a diffusers ``StableDiffusionPipeline`` folder (SD 1.x layout: model_index.json,
+unet/, vae/, text_encoder/, tokenizer/, scheduler/) with random weights: 32×32 images, VAE factor 4
+(latents 4×8×8), a 2-layer CLIP text encoder of width 32 with CLIP's real vocabulary. Building it takes
+about a second; loading it a fraction of that.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Must be set before torch starts its OpenMP pool: on a shared 2-core machine, spin-waiting threads
+# slow tiny-model forwards by 10-50x whenever another process is busy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+TINY_VAE = dict(block_out_channels=(8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                sample_size=32)
+TINY_TEXT = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, projection_dim=32)
+TINY_UNET = dict(block_out_channels=(16, 32), attention=(False, True), layers_per_block=1, attention_head_dim=8,
+                 norm_num_groups=8, sample_size=8, cross_attention_dim=32)
+
+
+def build_tiny_pipeline(seed: int = 0, prediction: str = "epsilon"):
+    """A latentdiff ``Pipeline`` of tiny random models (in memory, CPU, float32)."""
+    import torch
+
+    from latentdiff.config import ScheduleConfig
+    from latentdiff.diffusion.schedule import Schedule
+    from latentdiff.models.factory import (TextConfig, UNetConfig, VAEConfig, build_text_encoder, build_unet,
+                                           build_vae)
+    from latentdiff.models.tokenizer import load_clip_tokenizer
+    from latentdiff.pipeline import Pipeline
+
+    torch.manual_seed(seed)
+    vae = build_vae(VAEConfig(**TINY_VAE), scaling_factor=0.5)
+    text = build_text_encoder(TextConfig(**TINY_TEXT))
+    unet = build_unet(UNetConfig(**TINY_UNET))
+    for m in (vae, text, unet):
+        m.eval().requires_grad_(False)
+    schedule = Schedule.from_config(ScheduleConfig(kind="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                                   prediction=prediction))
+    return Pipeline.from_components(unet, vae, text, load_clip_tokenizer(None), schedule)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Path of a tiny random diffusers-format model folder, built once per session (treat as read-only)."""
+    folder = tmp_path_factory.mktemp("models") / "tiny_model"
+    build_tiny_pipeline().save(folder)
+    return folder

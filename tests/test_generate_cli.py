@@ -1,0 +1,132 @@
+"""`latentdiff generate`, `replay` and `export` on a tiny model: PNGs with provenance, bit-identical replay,
+one-line errors with exit status 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from latentdiff.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_model_dir, tmp_path_factory):
+    """Two images written by the CLI (module-scoped: generation is the slow part)."""
+    out = tmp_path_factory.mktemp("gen")
+    code = main(["generate", "a red circle", "--model", str(tiny_model_dir), "--num-images", "2", "--steps", "3",
+                 "--seed", "5", "--sampler", "ddim", "--guidance", "3", "--negative-prompt", "blue",
+                 "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+def test_generate_writes_pngs_with_their_provenance(generated, tiny_model_dir):
+    paths = sorted(generated.glob("*.png"))
+    assert [p.name for p in paths] == ["a-red-circle_5.png", "a-red-circle_6.png"]
+    with Image.open(paths[1]) as img:
+        assert img.size == (32, 32)
+        rec = json.loads(img.text["latentdiff"])
+    assert rec["prompt"] == "a red circle" and rec["negative_prompt"] == "blue" and rec["seed"] == 6
+    assert (rec["sampler"], rec["steps"], rec["guidance"], rec["height"], rec["width"]) == ("ddim", 3, 3.0, 32, 32)
+    assert rec["model_name"] == "tiny_model" and rec["model_path"] == str(tiny_model_dir.resolve())
+    assert len(rec["model_sha256"]) == 64 and rec["latentdiff_version"]
+
+
+def test_generate_prints_the_paths(tiny_model_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "generate", "", "--model", str(tiny_model_dir), "--steps", "2",
+                         "--out", str(tmp_path), "--sampler", "euler")
+    assert code == 0 and out.split() == [str(tmp_path / "unconditional_0.png")]
+    code, out, _ = run(capsys, "generate", "", "--model", str(tiny_model_dir), "--steps", "2",
+                       "--out", str(tmp_path), "--sampler", "euler")
+    assert out.split() == [str(tmp_path / "unconditional_0_1.png")]  # never overwrites
+
+
+def test_replay_is_bit_identical(generated, tmp_path, capsys):
+    code, out, err = run(capsys, "replay", str(generated / "a-red-circle_6.png"), "--out", str(tmp_path))
+    assert code == 0, err
+    assert f"identical to {generated / 'a-red-circle_6.png'}" in out
+    with Image.open(generated / "a-red-circle_6.png") as a, Image.open(tmp_path / "a-red-circle_6_replay.png") as b:
+        assert a.tobytes() == b.tobytes()
+
+
+def test_replay_errors(generated, tmp_path, capsys):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    code, _, err = run(capsys, "replay", str(plain), "--out", str(tmp_path))
+    assert code == 2 and "no latentdiff record" in err and err.count("\n") == 1
+    # a record whose model has moved
+    with Image.open(generated / "a-red-circle_5.png") as img:
+        rec = json.loads(img.text["latentdiff"])
+        rec["model_path"] = str(tmp_path / "gone")
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("latentdiff", json.dumps(rec))
+        img.save(tmp_path / "moved.png", pnginfo=info)
+    code, _, err = run(capsys, "replay", str(tmp_path / "moved.png"), "--out", str(tmp_path))
+    assert code == 2 and "model 'tiny_model' not found at" in err and "--model" in err
+
+
+def test_long_prompt_warns_with_the_dropped_words(tiny_model_dir, tmp_path, capsys):
+    prompt = "circle " * 80 + "zebra"
+    code, out, err = run(capsys, "generate", prompt, "--model", str(tiny_model_dir), "--steps", "1",
+                         "--out", str(tmp_path))
+    assert code == 0 and "warning: prompt is longer than 77 tokens" in err and "zebra" in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--sampler", "heun"], "--sampler 'heun': unknown sampler"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--steps", "ten"], "--steps 'ten': expected an integer"),
+    (["--guidance", "strong"], "--guidance 'strong': expected a number"),
+    (["--guidance", "nan"], "--guidance 'nan'"),
+    (["--height", "30"], "height 30: expected a positive multiple of 4"),
+    (["--num-images", "0"], "--num-images 0"),
+    (["--device", "tpu"], "--device 'tpu'"),
+])
+def test_bad_flags_are_one_line_errors(tiny_model_dir, tmp_path, capsys, flags, words):
+    code, out, err = run(capsys, "generate", "x", "--model", str(tiny_model_dir), "--out", str(tmp_path), *flags)
+    assert code == 2 and words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_model_and_unwritable_out_are_one_line_errors(tmp_path, capsys):
+    code, _, err = run(capsys, "generate", "x", "--model", str(tmp_path / "nope"), "--out", str(tmp_path))
+    assert code == 2 and f"{tmp_path / 'nope'}: model not found" in err and err.count("\n") == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(capsys, "generate", "x", "--out", str(blocker / "sub"))
+    assert code == 2 and f"--out {blocker / 'sub'}: cannot write" in err and err.count("\n") == 1
+
+
+def test_export_both_formats(tiny_model_dir, tmp_path, capsys):
+    code, out, _ = run(capsys, "export", "--model", str(tiny_model_dir), "--format", "single-file",
+                       "--out", str(tmp_path / "m.safetensors"))
+    assert code == 0 and (tmp_path / "m.safetensors").is_file()
+    assert (tmp_path / "m_config" / "model_index.json").is_file()
+    assert "from_single_file" in out
+    code, out, _ = run(capsys, "export", "--model", str(tmp_path / "m.safetensors"), "--format", "diffusers",
+                       "--out", str(tmp_path / "folder"))
+    assert code == 0 and (tmp_path / "folder" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    code, _, err = run(capsys, "export", "--model", str(tiny_model_dir), "--format", "ckpt",
+                       "--out", str(tmp_path / "x"))
+    assert code == 2 and "--format 'ckpt'" in err
+    code, _, err = run(capsys, "export", "--model", str(tiny_model_dir), "--format", "single-file",
+                       "--out", str(tmp_path / "m.safetensors"))
+    assert code == 2 and "already exists" in err
+
+
+def test_generate_help_does_not_import_torch_or_diffusers_from_our_module():
+    code = ("import sys; import latentdiff.commands.generate as g; import latentdiff; "
+            "print('diffusers' in sys.modules, 'torch' in sys.modules, 'latentdiff.pipeline' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["False", "False", "False"], proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "latentdiff.cli", "generate", "--help"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "--negative-prompt" in proc.stdout
