@@ -33,21 +33,35 @@ Pipeline.load(None if sys.argv[1] == "-" else sys.argv[1], device="cpu")
 t2 = time.perf_counter()
 print(t1 - t0, t2 - t1)
 """
+# What any Stable Diffusion pipeline on these libraries must import: the floor under our start-up.
+FLOOR_SNIPPET = """
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+print(0, 0)
+"""
+
+
+def _fresh_process(snippet: str, model: str | None) -> tuple[float, float, float]:
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", snippet, model or "-"], capture_output=True, text=True)
+    total = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"start-up run failed:\n{proc.stderr}")
+    imp, load = map(float, proc.stdout.split()[-2:])
+    return total, imp, load
 
 
 def startup(model: str | None, repeats: int) -> dict:
-    """Median wall time of a fresh process that imports the CLI and the pipeline and loads the model."""
-    runs = []
+    """Median wall time of a fresh process that imports the CLI and the pipeline and loads the model (what
+    ``latentdiff generate`` does before sampling), and of one that only imports diffusers' U-Net/VAE and
+    transformers' CLIP (the floor). Runs alternate."""
+    runs, floor = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", STARTUP_SNIPPET, model or "-"], capture_output=True, text=True)
-        total = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise SystemExit(f"start-up run failed:\n{proc.stderr}")
-        imp, load = map(float, proc.stdout.split()[-2:])
-        runs.append((total, imp, load))
+        runs.append(_fresh_process(STARTUP_SNIPPET, model))
+        floor.append(_fresh_process(FLOOR_SNIPPET, model)[0])
     total, imp, load = (statistics.median(r[i] for r in runs) for i in range(3))
-    return {"startup_s": total, "import_s": imp, "load_s": load, "runs": runs}
+    return {"startup_s": total, "import_s": imp, "load_s": load, "library_import_floor_s": statistics.median(floor),
+            "startup_runs": runs, "floor_runs": floor}
 
 
 def diffusers_pipeline(pipe, model: str | None):
@@ -97,11 +111,13 @@ def bench(args) -> dict:
             fn()
             times[name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
+    paired = statistics.median(d / o for d, o in zip(times["diffusers"], times["latentdiff"]))
     return {
         "model": pipe.name, "sampler": opts["sampler"], "steps": opts["steps"], "guidance": opts["guidance"],
         "images": args.num_images, "size": [opts["height"], opts["width"]], "threads": torch.get_num_threads(),
         "latentdiff_s": med["latentdiff"], "diffusers_s": med["diffusers"],
-        "speed_ratio": med["diffusers"] / med["latentdiff"], "max_pixel_diff": int(np.abs(a - b).max()),
+        "speed_ratio": med["diffusers"] / med["latentdiff"], "paired_ratio": paired,
+        "max_pixel_diff": int(np.abs(a - b).max()),
         "times": times,
     }
 
@@ -115,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs of each pipeline (median reported)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each pipeline (median reported)")
     p.add_argument("--startup-repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -127,9 +143,12 @@ def main(argv=None) -> int:
     print(f"model {result['model']}: {result['images']} images {result['size'][0]}x{result['size'][1]}, "
           f"{result['sampler']} {result['steps']} steps, guidance {result['guidance']}, {result['threads']} threads")
     print(f"latentdiff {result['latentdiff_s']:.3f} s   diffusers {result['diffusers_s']:.3f} s   "
-          f"ratio (diffusers / latentdiff) {result['speed_ratio']:.3f}   max pixel diff {result['max_pixel_diff']}")
+          f"ratio (diffusers / latentdiff) {result['speed_ratio']:.3f} (median of paired runs "
+          f"{result['paired_ratio']:.3f})   max pixel diff {result['max_pixel_diff']}")
     print(f"start-up (fresh process: interpreter + imports + load) {result['startup_s']:.2f} s "
-          f"(imports {result['import_s']:.2f} s, load {result['load_s']:.2f} s)")
+          f"(latentdiff CLI + torch {result['import_s']:.2f} s, load incl. diffusers/transformers imports "
+          f"{result['load_s']:.2f} s); importing diffusers' U-Net/VAE + transformers' CLIP alone: "
+          f"{result['library_import_floor_s']:.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -21,6 +21,7 @@ plus a diffusers config folder for ``StableDiffusionPipeline.from_single_file(..
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -63,16 +64,24 @@ class Components:
     extra: dict = field(default_factory=dict)
 
 
-def _quiet_libraries() -> None:
-    """Silence the libraries' info/warning chatter (progress bars, "you have disabled the safety
-    checker"); problems that matter are checked here and raised as UserError."""
+@contextlib.contextmanager
+def quiet_libraries():
+    """Within the block, silence diffusers' and transformers' info/warning chatter and progress bars
+    (problems that matter are checked here and raised as UserError); their settings are restored after."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (dlog, tlog)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, level, bars in saved:
+            lib.set_verbosity(level)
+            if bars:
+                lib.enable_progress_bar()
 
 
 def _check_pickle(path: Path, allow: bool) -> None:
@@ -106,10 +115,24 @@ def load_components(path: str | Path, *, config: str | Path | None = None,
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: model not found")
-    _quiet_libraries()
-    if path.is_dir():
-        return load_diffusers_folder(path, allow_unsafe_pickle=allow_unsafe_pickle)
-    return load_single_file(path, config=config, allow_unsafe_pickle=allow_unsafe_pickle)
+    with quiet_libraries():
+        if path.is_dir():
+            comps = load_diffusers_folder(path, allow_unsafe_pickle=allow_unsafe_pickle)
+        else:
+            comps = load_single_file(path, config=config, allow_unsafe_pickle=allow_unsafe_pickle)
+    check_supported(comps.unet, path)
+    return comps
+
+
+def check_supported(unet, path: Path) -> None:
+    """Text-to-image U-Nets only: no extra input channels (inpainting), no SDXL-style added conditions."""
+    cfg = unet.config
+    if cfg.in_channels != cfg.out_channels:
+        raise UserError(f"{path}: a U-Net with {cfg.in_channels} input channels (an inpainting model?); only "
+                        f"text-to-image models are supported")
+    if cfg.addition_embed_type is not None or cfg.class_embed_type is not None:
+        raise UserError(f"{path}: a U-Net with extra embeddings ({cfg.addition_embed_type or cfg.class_embed_type}, "
+                        f"e.g. SDXL); only Stable Diffusion 1.x/2.x-style models are supported")
 
 
 # --- diffusers folders ----------------------------------------------------------------------------------
@@ -355,9 +378,10 @@ def save_diffusers(folder: str | Path, unet, vae, text_encoder, tokenizer, sched
     """Write a diffusers ``StableDiffusionPipeline`` folder: configs plus safetensors weights."""
     folder = Path(folder)
     write_config_folder(folder, unet, vae, text_encoder, tokenizer, scheduler_config, extra)
-    unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
-    vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
-    text_encoder.save_pretrained(str(folder / "text_encoder"), safe_serialization=True)
+    with quiet_libraries():
+        unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
+        vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+        text_encoder.save_pretrained(str(folder / "text_encoder"), safe_serialization=True)
     return folder
 
 

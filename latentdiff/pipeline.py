@@ -167,8 +167,12 @@ class Pipeline:
         return pipe.to(dev, dtype or torch.float32)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
-        for m in (self.unet, self.vae, self.text_encoder):
-            m.to(device=device, dtype=dtype)
+        """Move the networks (in place) to ``device`` and/or ``dtype``."""
+        from latentdiff.interop import quiet_libraries
+
+        with quiet_libraries():  # diffusers warns about fp32-pinned modules even when there are none
+            for m in (self.unet, self.vae, self.text_encoder):
+                m.to(device=device, dtype=dtype)
         return self
 
     @property

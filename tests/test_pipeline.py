@@ -175,3 +175,20 @@ def sd_pipe(tiny_model_dir):
     sd = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), safety_checker=None, local_files_only=True)
     sd.set_progress_bar_config(disable=True)
     return sd
+
+
+def test_cpu_benchmark_script_runs_on_a_tiny_model(tiny_model_dir):
+    """bench/cpu_generate.py times latentdiff and diffusers on the same work (here: 1 step, 1 repeat)."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "bench" / "cpu_generate.py"
+    spec = importlib.util.spec_from_file_location("cpu_generate", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(model=str(tiny_model_dir), prompt="a red circle", num_images=2, sampler="dpm++",
+                              steps=1, guidance=4.0, seed=0, repeats=1)
+    result = bench.bench(args)
+    assert result["max_pixel_diff"] == 0 and result["images"] == 2
+    assert result["latentdiff_s"] > 0 and result["diffusers_s"] > 0
