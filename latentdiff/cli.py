@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "latentdiff.commands.demo",
     "latentdiff.commands.data",
     "latentdiff.commands.train",
+    "latentdiff.commands.eval",
     "latentdiff.commands.generate",
 )
 

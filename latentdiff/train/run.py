@@ -21,7 +21,7 @@ from latentdiff.config import to_dict
 from latentdiff.data.folder import load_folder
 from latentdiff.errors import UserError
 from latentdiff.train.config import TrainConfig
-from latentdiff.train.loop import run_stage
+from latentdiff.train.loop import STAGE_IDS, run_stage, seed_for
 
 DONE = "DONE"
 
@@ -109,6 +109,11 @@ def train(cfg: TrainConfig, resume: bool = False, only: tuple[str, ...] | None =
     return out
 
 
+def seed_init(seed: int, stage: str) -> None:
+    """Seed the global RNG before a stage builds its model, so initial weights follow from the recipe."""
+    torch.manual_seed(seed_for(seed, STAGE_IDS[stage], 1 << 30))
+
+
 def _stage_done(folder: Path) -> bool:
     return (folder / DONE).is_file()
 
@@ -141,6 +146,7 @@ def _run_vae(cfg, out, resume, accelerator, imgs, timer):
 
     def go():
         images, holdout = imgs()
+        seed_init(cfg.seed, "vae")
         stage = VAETrainStage(cfg.vae, images, holdout, accelerator.device)
         run_stage(stage, cfg.vae.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.vae))
 
@@ -154,6 +160,7 @@ def _run_clip(cfg, out, resume, accelerator, imgs, train_recs, hold_recs, tokeni
 
     def go():
         images, holdout = imgs()
+        seed_init(cfg.seed, "clip")
         stage = ClipTrainStage(cfg.clip, images, _tokens(tokenizer, [r.text for r in train_recs]), holdout,
                                _tokens(tokenizer, [r.text for r in hold_recs]), accelerator.device)
         run_stage(stage, cfg.clip.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.clip))
@@ -184,6 +191,7 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
     tokens = _tokens(tokenizer, [r.text for r in train_recs])
     null = _tokens(tokenizer, [""])[0]
     assemble = lambda unet, dest: assemble_model(dest, unet, vae, text_encoder, tokenizer, cfg, out)  # noqa: E731
+    seed_init(cfg.seed, "unet")
     stage = UNetTrainStage(cfg.unet, mean, std, tokens, null, text_encoder, vae.config.scaling_factor, device, assemble)
     _timed("unet", folder, resume, timer,
            lambda: run_stage(stage, cfg.unet.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.unet)))

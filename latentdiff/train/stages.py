@@ -163,25 +163,37 @@ class UNetTrainStage:
     def __init__(self, cfg: UNetStage, latent_mean, latent_std, tokens, null_tokens, text_encoder,
                  scaling_factor: float, device, assemble=None):
         self.cfg, self.device = cfg, device
-        self.mean, self.std, self.tokens = latent_mean, latent_std, tokens  # (N, C, h, w), (N, C, h, w), (N, 77)
-        self.null_tokens = null_tokens  # (77,) the empty prompt
+        self.mean, self.std = latent_mean, latent_std  # (N, C, h, w) each: the VAE posterior per image
         self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
+        # The text encoder is frozen, so each distinct caption is encoded once, up front.
+        unique, self.caption_index = torch.unique(tokens, dim=0, return_inverse=True)  # (U, L), (N,)
+        self.contexts = self.encode(unique)  # (U, L, D) on the CPU
+        self.null_context = self.encode(null_tokens[None])[0]  # (L, D): the empty prompt, the null condition
         self.scaling_factor = scaling_factor
         self.schedule = Schedule.from_config(cfg.schedule)
         self.model = build_unet(cfg.model)
         self.num_examples = latent_mean.shape[0]
         self.assemble = assemble  # callable(unet, out_folder) -> model folder; None in tests
 
+    @torch.no_grad()
+    def encode(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """Last hidden states of the frozen text encoder, (B, L, D) float32 on the CPU."""
+        return torch.cat([self.text_encoder(c.to(self.device)).last_hidden_state.float().cpu()
+                          for c in tokens.split(batch)])
+
     def drop_mask(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """Which captions of the batch become the empty prompt: Bernoulli(cond_dropout) per sample."""
         return torch.rand(batch, generator=generator) < self.cfg.cond_dropout
 
+    def context(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Cross-attention context of a batch, (B, L, D), with conditioning dropout applied."""
+        ctx = self.contexts[self.caption_index[index]].clone()
+        ctx[self.drop_mask(index.shape[0], generator)] = self.null_context
+        return ctx
+
     def loss(self, model, index, generator):
         b = index.shape[0]
-        tokens = self.tokens[index].clone()
-        tokens[self.drop_mask(b, generator)] = self.null_tokens
-        with torch.no_grad():
-            ctx = self.text_encoder(tokens.to(self.device)).last_hidden_state  # (B, 77, D)
+        ctx = self.context(index, generator).to(self.device)  # (B, L, D)
         eps0 = torch.randn(self.mean[index].shape, generator=generator)
         x0 = ((self.mean[index] + self.std[index] * eps0) * self.scaling_factor).to(self.device)  # (B, C, h, w)
         t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator).to(self.device)
@@ -195,7 +207,7 @@ class UNetTrainStage:
         from latentdiff.pipeline import Pipeline
 
         folder = self.assemble(model, out / "val_model")
-        pipe = Pipeline.load(folder, device=str(self.device))
+        pipe = Pipeline.load(folder, device="cpu" if self.device.type == "cpu" else str(self.device))
         prompts = list(self.cfg.validation_prompts)
         images = [np.asarray(im) for p in prompts for im in pipe.generate(p, num_images=4, seed=0)]
         save_grid(np.stack(images), len(prompts), out / "val" / f"step{step:07d}.png")
