@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # torch/torchvision first and pinned: on the project machines they come from local disk.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow lint clean default-model
 
 install: $(STAMP)
 
@@ -29,3 +29,10 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf demo_out .pytest_cache
+
+# Rebuild the shipped default model from its recipe (resumable: rerun after an interruption), then
+# ship it in fp16 inside the package. CPU: see BENCHMARKS.md for how long each stage takes here.
+default-model: $(STAMP)
+	$(VENV)/bin/latentdiff train configs/default.yaml --resume
+	rm -rf latentdiff/assets/default_model
+	$(VENV)/bin/latentdiff export --model runs/default/model --format diffusers --dtype fp16 --out latentdiff/assets/default_model

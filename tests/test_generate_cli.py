@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from latentdiff.cli import main
@@ -130,3 +132,21 @@ def test_generate_help_does_not_import_torch_or_diffusers_from_our_module():
     proc = subprocess.run([sys.executable, "-m", "latentdiff.cli", "generate", "--help"], capture_output=True,
                           text=True)
     assert proc.returncode == 0 and "--negative-prompt" in proc.stdout
+
+
+def test_export_fp16_halves_weights_and_keeps_images(tiny_model_dir, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from latentdiff.pipeline import Pipeline
+
+    code, _, _ = run(capsys, "export", "--model", str(tiny_model_dir), "--format", "diffusers", "--dtype", "fp16",
+                     "--out", str(tmp_path / "half"))
+    assert code == 0
+    with safe_open(str(tmp_path / "half" / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    full = Pipeline.load(tiny_model_dir, device="cpu")
+    half = Pipeline.load(tmp_path / "half", device="cpu")
+    assert half.dtype == torch.float32  # loading upcasts
+    a = np.asarray(full.generate("a red circle", seed=1, steps=5)[0], dtype=np.int16)
+    b = np.asarray(half.generate("a red circle", seed=1, steps=5)[0], dtype=np.int16)
+    assert np.abs(a - b).max() <= 3  # fp16 rounding of the weights only

@@ -64,6 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, metavar="PATH", help="output folder (diffusers) or .safetensors file")
     e.add_argument("--text-layout", default="auto", metavar="LAYOUT",
                    help="single-file text encoder keys: clip (SD 1.x), open_clip (SD 2.x) or auto (default)")
+    e.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"),
+                   help="weights' precision in the export (fp16 halves the size; loading upcasts to fp32)")
     e.set_defaults(handler=run_export)
 
 
@@ -260,6 +262,10 @@ def run_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
     pipe = _load(args, args.model, "cpu")
+    if args.dtype == "fp16":
+        import torch
+
+        pipe.to(dtype=torch.float16)
     if args.format == "diffusers":
         pipe.save(out)
         print(out)
