@@ -1,7 +1,7 @@
 """The training recipe as typed config; ``configs/*.yaml`` mirror these classes."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from latentdiff.config import ScheduleConfig, _check_choice
 from latentdiff.errors import ConfigError

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentdiff.config import to_dict
 from latentdiff.errors import UserError
 from latentdiff.train.config import LoopConfig
 from latentdiff.train.state import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -214,7 +213,3 @@ def _with_ema(stage: Stage, model: torch.nn.Module, ema, fn):
     finally:
         model.train()
         ema.restore(model.parameters())
-
-
-def dump_config(cfg) -> dict:
-    return to_dict(cfg)

@@ -184,10 +184,12 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
     text_encoder = CLIPTextModel.from_pretrained(str(text_dir))
     size = cfg.vae.model.sample_size
     encode = lambda x: vae_latent_stats(vae, x, device)  # noqa: E731
-    if accelerator.is_main_process:
-        cached_latents(out / "latents", vae, train_recs, size, encode, lambda: imgs()[0])
+    latents = lambda: cached_latents(out / "latents", vae, train_recs, size, encode, lambda: imgs()[0])  # noqa: E731
+    if accelerator.is_main_process:  # builds the cache (or reads it); the other ranks read it once it exists
+        mean, std, _ = latents()
     accelerator.wait_for_everyone()
-    mean, std, _ = cached_latents(out / "latents", vae, train_recs, size, encode, lambda: imgs()[0])
+    if not accelerator.is_main_process:
+        mean, std, _ = latents()
     tokens = _tokens(tokenizer, [r.text for r in train_recs])
     null = _tokens(tokenizer, [""])[0]
     assemble = lambda unet, dest: assemble_model(dest, unet, vae, text_encoder, tokenizer, cfg, out)  # noqa: E731

@@ -10,12 +10,10 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from latentdiff.diffusion.loss import diffusion_loss
@@ -215,7 +213,6 @@ class UNetTrainStage:
 
     def finish(self, model, out):
         model.save_pretrained(str(out / "unet"), safe_serialization=True)
-        (out / "schedule.json").write_text(json.dumps({"kind": self.cfg.schedule.kind}))
         return out
 
 
@@ -229,8 +226,3 @@ def vae_latent_stats(vae, images_uint8: torch.Tensor, device, batch: int = 128) 
             stds.append(post.std.float().cpu())
     return torch.cat(means), torch.cat(stds)
 
-
-def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images.float(), size=(size, size), mode="area").round().clamp(0, 255).byte()
