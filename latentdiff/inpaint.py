@@ -179,32 +179,38 @@ def composite(generated: np.ndarray, original: np.ndarray, alpha: np.ndarray) ->
 
 # --- conditions -----------------------------------------------------------------------------------
 
-@torch.inference_mode()
-def encode_images(pipe, images: Tensor) -> Tensor:
-    """(B, 3, H, W) in [−1, 1] → latents (B, C, H/f, W/f): the VAE posterior mean × scaling factor, fp32."""
-    vae = pipe.vae
+def vae_factor(vae) -> int:
+    """The VAE's downscale factor f = 2^(number of blocks − 1)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode_images(vae, images: Tensor) -> Tensor:
+    """(B, 3, H, W) in [−1, 1] → latents (B, C, H/f, W/f): the VAE posterior mean × its scaling factor, fp32
+    on the VAE's device. (Used by inference and by training, so both see the same conditions.)"""
     mean = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
-    return mean.float() * pipe.scaling_factor
+    return mean.float() * float(vae.config.scaling_factor)
 
 
-def to_unit(images_uint8: np.ndarray) -> Tensor:
+def to_unit(images_uint8: np.ndarray | Tensor) -> Tensor:
     """(B, H, W, 3) uint8 → (B, 3, H, W) float in [−1, 1]."""
-    return torch.from_numpy(np.array(images_uint8, np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = torch.as_tensor(np.array(images_uint8, np.uint8))
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def inpainting_concat(pipe, image: Tensor, mask: Tensor) -> Tensor:
+def inpainting_concat(vae, image: Tensor, mask: Tensor) -> Tensor:
     """The ``concat`` route of an inpainting U-Net, (B, 1 + C, h, w): the latent mask and the latents of the
     masked image, E(x ⊙ (1 − m)) (masked pixels are 0, mid-grey, as in diffusers). image: (B, 3, H, W) in
-    [−1, 1]; mask: (B, 1, H, W) binary, 1 = repaint."""
-    masked = encode_images(pipe, image * (1.0 - mask))  # (B, C, h, w)
-    return torch.cat([latent_mask(mask, pipe.vae_scale_factor).to(masked), masked], dim=1)
+    [−1, 1]; mask: (B, 1, H, W) binary, 1 = repaint. Returned on the VAE's device."""
+    masked = encode_images(vae, image * (1.0 - mask))  # (B, C, h, w)
+    return torch.cat([latent_mask(mask, vae_factor(vae)).to(masked), masked], dim=1)
 
 
 def whole_image_concat(pipe, batch: int, height: int, width: int) -> Tensor:
     """The ``concat`` of an inpainting U-Net asked for plain text-to-image: everything is repainted."""
     image = torch.zeros(1, 3, height, width)
     mask = torch.ones(1, 1, height, width)
-    return inpainting_concat(pipe, image, mask).expand(batch, -1, -1, -1)
+    return inpainting_concat(pipe.vae, image, mask).expand(batch, -1, -1, -1)
 
 
 @dataclass(frozen=True)
@@ -283,8 +289,8 @@ def prepare_batch(pipe, inputs: InpaintInputs, mode: str, strength: float = 1.0,
         raise UserError(f"--resample {resample!r}: expected a positive integer")
     image = to_unit(inputs.image[None])  # (1, 3, H, W)
     mask = binarize(torch.from_numpy(inputs.mask)[None, None])  # (1, 1, H, W)
-    known = encode_images(pipe, image)
-    concat = inpainting_concat(pipe, image, mask) if pipe.is_inpainting else None
+    known = encode_images(pipe.vae, image)
+    concat = inpainting_concat(pipe.vae, image, mask) if pipe.is_inpainting else None
     return InpaintBatch(known, latent_mask(mask, pipe.vae_scale_factor), concat, mode == "blend", strength, resample)
 
 
