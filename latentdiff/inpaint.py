@@ -239,7 +239,10 @@ class InpaintBatch:
     def cat(batches: list["InpaintBatch"]) -> "InpaintBatch":
         """Rows of several input images in one batch (they must share mode, strength and resample)."""
         first = batches[0]
-        cat = lambda name: None if getattr(first, name) is None else torch.cat([getattr(b, name) for b in batches])  # noqa: E731
+
+        def cat(name):
+            return None if getattr(first, name) is None else torch.cat([getattr(b, name) for b in batches])
+
         return InpaintBatch(cat("known"), cat("mask"), cat("concat"), first.blend, first.strength, first.resample)
 
     def start_step(self, steps: int) -> int:
@@ -282,7 +285,8 @@ def resolve_mode(pipe, mode: str) -> str:
 
 
 def prepare_batch(pipe, inputs: InpaintInputs, mode: str, strength: float = 1.0, resample: int = 1) -> InpaintBatch:
-    """The :class:`InpaintBatch` of one input image (batch 1) for ``pipe`` and a resolved ``mode``."""
+    """The :class:`InpaintBatch` of one input image (batch 1) for ``pipe`` in ``mode`` (auto | model | blend)."""
+    mode = resolve_mode(pipe, mode)
     if not 0.0 < strength <= 1.0:
         raise UserError(f"--strength {strength:g}: expected a number in (0, 1]")
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:

@@ -1,6 +1,5 @@
 """Inpainting on tiny random models: the 9-channel U-Net, both modes, exact pixels outside the feather,
 mask formats and checks, padding, and equality with diffusers' StableDiffusionInpaintPipeline."""
-import dataclasses
 import json
 
 import numpy as np
@@ -9,8 +8,8 @@ import torch
 from PIL import Image
 
 from latentdiff.errors import UserError
-from latentdiff.inpaint import (DEFAULT_MASK_BLUR, InpaintBatch, binarize, feather, inpainting_concat, latent_mask,
-                                load_inputs, prepare_batch, to_unit)
+from latentdiff.inpaint import (DEFAULT_MASK_BLUR, InpaintBatch, binarize, feather, latent_mask, load_inputs,
+                                prepare_batch)
 from latentdiff.models.inpaint import inpainting_unet
 from latentdiff.pipeline import Pipeline, Row
 

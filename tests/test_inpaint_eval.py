@@ -45,7 +45,8 @@ def test_the_target_scene_passes_and_the_untouched_input_fails(cases):
     s = score_edit(render(dataclasses.replace(c.target, objects=objects))[0], c)
     assert s.new_in_mask and not s.others_kept and not s.success
     # the new object outside the hole does not count
-    empty = render(dataclasses.replace(c.target, objects=tuple(o for i, o in enumerate(c.target.objects) if i != c.index)))[0]
+    without = tuple(o for i, o in enumerate(c.target.objects) if i != c.index)
+    empty = render(dataclasses.replace(c.target, objects=without))[0]
     assert not score_edit(empty, c).new_in_mask
 
 
@@ -69,9 +70,6 @@ def test_seam_energy_sees_a_hard_paste_and_less_of_a_feathered_one():
 
 @pytest.mark.parametrize("which,mode", [("t2i", "blend"), ("inpaint", "model")])
 def test_the_evaluation_runs_on_a_tiny_model(tiny_model_dir, which, mode, tmp_path):
-    import torch
-
-    from conftest import build_tiny_pipeline
     from latentdiff.models.inpaint import inpainting_unet
     from latentdiff.pipeline import Pipeline
 

@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative-prompt", default="", metavar="TEXT", help="what to steer away from (default: '')")
     p.add_argument("--num-images", default="1", metavar="N", help="number of images (default: 1)")
     p.add_argument("--steps", default=None, metavar="N", help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", default=None, metavar="W", help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--guidance", default=None, metavar="W",
+                   help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--sampler", default=None, metavar="NAME", help=f"{' | '.join(SAMPLERS)} (default: the model's)")
     p.add_argument("--seed", default="0", metavar="S", help="image k uses seed S + k (default: 0)")
     p.add_argument("--batch-size", default=None, metavar="N", help="images per forward pass (default: up to 8)")

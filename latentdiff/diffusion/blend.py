@@ -4,7 +4,7 @@ Blended latent diffusion (Avrahami, Fried & Lischinski 2023, "Blended Latent Dif
 the same replacement is RePaint's eq. 8–9, Lugmayr et al. 2022): after every sampler step, the region
 that is known is overwritten with the known latents noised to the step's timestep,
 
-    x_t ← m ⊙ x_t + (1 − m) ⊙ (√ᾱ_t x_0^known + √(1 − ᾱ_t) ε),     m = 1 where the image is repainted,
+    x_t ← m ⊙ x_t + (1 − m) ⊙ (√ᾱ_t x_0^known + √(1 − ᾱ_t) ε),   m = 1 where the image is repainted,
 
 and at the end (x_0) with x_0^known itself. It is a sampler hook (``on_step`` of
 :func:`latentdiff.diffusion.sampling.sample`), so it runs with every sampler and any denoiser (guided or

@@ -151,7 +151,8 @@ def examples_of(records, size: int) -> list[Example]:
     return out
 
 
-def draw_mask(example: Example, mix: MaskMix, size: int, rng: np.random.Generator) -> tuple[str, np.ndarray, int | None]:
+def draw_mask(example: Example, mix: MaskMix, size: int,
+              rng: np.random.Generator) -> tuple[str, np.ndarray, int | None]:
     """(kind, mask (size, size) uint8 in {0, 255}, index of the masked object or None) for one example."""
     from latentdiff.data.shapes import rect_mask, stroke_mask
 
@@ -293,8 +294,13 @@ def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
     size = int(base.vae.config.sample_size)
     images = load_images(train_recs, size, main)
     encode = lambda x: vae_latent_stats(base.vae, x, device)  # noqa: E731
-    mean, std, _ = cached_latents(Path(cfg.latent_cache) if cfg.latent_cache else out / "latents", base.vae,
-                                  train_recs, size, encode, lambda: images)
+    cache = Path(cfg.latent_cache) if cfg.latent_cache else out / "latents"
+    latents = lambda: cached_latents(cache, base.vae, train_recs, size, encode, lambda: images)  # noqa: E731
+    if main:  # builds the cache (or reads it); the other ranks read it once it exists
+        mean, std, _ = latents()
+    accelerator.wait_for_everyone()
+    if not main:
+        mean, std, _ = latents()
     seed_init(cfg.seed, "inpaint")
     unet = inpainting_unet(base.unet).train().requires_grad_(True)
     stage = InpaintTrainStage(cfg, unet, base, images, mean, std, examples_of(train_recs, size), device, hold_recs)
