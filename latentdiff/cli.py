@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "latentdiff.commands.train",
     "latentdiff.commands.eval",
     "latentdiff.commands.generate",
+    "latentdiff.commands.inpaint",
 )
 
 

@@ -125,11 +125,13 @@ def load_components(path: str | Path, *, config: str | Path | None = None,
 
 
 def check_supported(unet, path: Path) -> None:
-    """Text-to-image U-Nets only: no extra input channels (inpainting), no SDXL-style added conditions."""
+    """Text-to-image U-Nets (in = out channels) and inpainting U-Nets in diffusers' layout (in = 2·out + 1:
+    x_t, mask, masked-image latents); no other extra inputs, no SDXL-style added conditions."""
     cfg = unet.config
-    if cfg.in_channels != cfg.out_channels:
-        raise UserError(f"{path}: a U-Net with {cfg.in_channels} input channels (an inpainting model?); only "
-                        f"text-to-image models are supported")
+    if cfg.in_channels not in (cfg.out_channels, 2 * cfg.out_channels + 1):
+        raise UserError(f"{path}: a U-Net with {cfg.in_channels} input channels for {cfg.out_channels} output "
+                        f"channels; only text-to-image ({cfg.out_channels}) and inpainting "
+                        f"({2 * cfg.out_channels + 1}) models are supported")
     if cfg.addition_embed_type is not None or cfg.class_embed_type is not None:
         raise UserError(f"{path}: a U-Net with extra embeddings ({cfg.addition_embed_type or cfg.class_embed_type}, "
                         f"e.g. SDXL); only Stable Diffusion 1.x/2.x-style models are supported")
@@ -327,12 +329,14 @@ def load_single_file(path: str | Path, *, config: str | Path | None = None,
 
 # --- saving -------------------------------------------------------------------------------------------
 
-def model_index() -> dict:
-    """``model_index.json`` of a ``StableDiffusionPipeline`` without safety checker."""
+def model_index(inpainting: bool = False) -> dict:
+    """``model_index.json`` of a ``StableDiffusionPipeline`` (``StableDiffusionInpaintPipeline`` for an
+    inpainting U-Net) without safety checker."""
     import diffusers
 
     return {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "_class_name": "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
         "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
         "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
@@ -361,7 +365,8 @@ def write_config_folder(folder: str | Path, unet, vae, text_encoder, tokenizer, 
     """A diffusers config folder without weights: what ``from_single_file(..., config=folder)`` needs."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    index = dict(model_index(), scheduler=["diffusers", _scheduler_class_name(scheduler_config)])
+    inpainting = unet.config.in_channels == 2 * unet.config.out_channels + 1
+    index = dict(model_index(inpainting), scheduler=["diffusers", _scheduler_class_name(scheduler_config)])
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     unet.save_config(str(folder / "unet"))
     vae.save_config(str(folder / "vae"))

@@ -265,7 +265,17 @@ class Pipeline:
         return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
 
     def _concat_channels(self) -> int:
-        return 0  # text-to-image: the U-Net takes only x_t (an inpainting model would add mask + latents)
+        """Input channels of the U-Net beyond x_t: 0 for text-to-image, 1 + C for inpainting (mask + latents)."""
+        return self.unet.config.in_channels - self.unet.config.out_channels
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.out_channels)
+
+    @property
+    def is_inpainting(self) -> bool:
+        """Whether the U-Net takes diffusers' inpainting inputs: x_t, the mask and masked-image latents."""
+        return self._concat_channels() == self.latent_channels + 1
 
     def sampler_overrides(self, sampler: str) -> dict:
         """The model's timestep-grid settings (``SCHEDULER_KEYS``) that sampler ``sampler`` accepts."""
@@ -327,9 +337,14 @@ class Pipeline:
     @torch.inference_mode()
     def sample_rows(self, rows: Sequence[Row], *, steps: int, guidance: float, sampler: str, height: int,
                     width: int, progress: bool = False, latents: Tensor | None = None,
-                    device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
+                    device: torch.device | None = None, dtype: torch.dtype | None = None,
+                    inpaint=None) -> Tensor:
         """Draw one batch: conditions → guided denoiser → sampler. Returns latents x_0 (B, C, h, w) fp32.
-        ``latents`` replaces the seeded x_T; ``device``/``dtype`` (the U-Net's) are looked up when not given."""
+        ``latents`` replaces the seeded x_T; ``device``/``dtype`` (the U-Net's) are looked up when not given.
+        ``inpaint`` (a :class:`latentdiff.inpaint.InpaintBatch`) adds the inpainting conditions, start and
+        step hook; an inpainting U-Net without it repaints the whole image (text-to-image)."""
+        from dataclasses import replace
+
         from latentdiff.diffusion.guidance import classifier_free_guidance
         from latentdiff.diffusion.sampling import randn, sample
 
@@ -340,10 +355,19 @@ class Pipeline:
             x_T = latents.to(device=device, dtype=torch.float32)
         cond = self.conditioning([r.prompt for r in rows])
         uncond = self.conditioning([r.negative_prompt for r in rows]) if guidance != 1.0 else None
+        if self._concat_channels():
+            from latentdiff.inpaint import whole_image_concat
+
+            concat = inpaint.concat if inpaint is not None else whole_image_concat(self, len(rows), height, width)
+            cond = replace(cond, concat=concat)
+            uncond = None if uncond is None else replace(uncond, concat=concat)
+        extra = {}
+        if inpaint is not None:
+            x_T, extra = inpaint.sampling(x_T, self.schedule, sampler, steps, self.sampler_overrides(sampler))
         model = unet_model(self.unet, self.schedule, dtype=dtype)
         denoiser = classifier_free_guidance(model, cond, uncond, guidance)
         return sample(denoiser, self.schedule, x_T, sampler=sampler, steps=steps, generator=gens,
-                      progress=progress, scheduler_config=self.sampler_overrides(sampler))
+                      progress=progress, scheduler_config=self.sampler_overrides(sampler), **extra)
 
     @torch.inference_mode()
     def decode_latents(self, latents: Tensor) -> np.ndarray:
@@ -391,6 +415,13 @@ class Pipeline:
                 images.append(img)
         return images
 
+    def inpaint(self, prompt: str | list[str], image, mask=None, **kwargs) -> list:
+        """Repaint ``image`` where ``mask`` is white: see :func:`latentdiff.inpaint.inpaint` (modes model |
+        blend | auto, strength, mask_blur, resample, mask_from_alpha and the options of :meth:`generate`)."""
+        from latentdiff.inpaint import inpaint
+
+        return inpaint(self, prompt, image, mask, **kwargs)
+
     def record(self, batch: Sequence[Row], index: int, *, steps, guidance, sampler, height, width,
                device: torch.device | None = None, dtype: torch.dtype | None = None):
         """The provenance :class:`~latentdiff.provenance.Record` of row ``index`` of ``batch``."""
@@ -415,6 +446,9 @@ class Pipeline:
         """Regenerate the image a record describes: redraw its batch and return its row."""
         from PIL import Image
 
+        if "inpaint" in record.extra:
+            raise UserError("an inpainted image: replay cannot redraw it without the input image and mask; "
+                            "run latentdiff inpaint again with the settings in its record")
         n = record.batch_size
         prompts = record.batch_prompts or [record.prompt] * n
         negs = record.batch_negative_prompts or [record.negative_prompt] * n

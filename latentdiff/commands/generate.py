@@ -266,13 +266,14 @@ def run_export(args: argparse.Namespace) -> int:
         import torch
 
         pipe.to(dtype=torch.float16)
+    cls = "StableDiffusionInpaintPipeline" if pipe.is_inpainting else "StableDiffusionPipeline"
     if args.format == "diffusers":
         pipe.save(out)
         print(out)
-        print(f"load with: StableDiffusionPipeline.from_pretrained({str(out)!r}, safety_checker=None)")
+        print(f"load with: {cls}.from_pretrained({str(out)!r}, safety_checker=None)")
         return 0
     path, config_dir = pipe.export_single_file(out, text_layout=args.text_layout)
     print(path)
     print(config_dir)
-    print(f"load with: StableDiffusionPipeline.from_single_file({str(path)!r}, config={str(config_dir)!r})")
+    print(f"load with: {cls}.from_single_file({str(path)!r}, config={str(config_dir)!r})")
     return 0

@@ -1,0 +1,339 @@
+"""Inpainting: repaint the masked region of an image from a prompt (white in the mask = repaint).
+
+>>> pipe = Pipeline.load("runs/inpaint/model")
+>>> images = pipe.inpaint("a small purple square", image="scene.png", mask="mask.png", seed=0)
+
+Two ways through the one sampling path of :meth:`Pipeline.sample_rows`, differing only in what is passed:
+
+* ``model`` — a dedicated inpainting U-Net (9 input channels, diffusers' layout): the condition route
+  ``Conditioning.concat`` carries the mask at latent size and the latents of the masked image,
+  ``[x_t (4), mask (1), E(image ⊙ (1 − mask)) (4)]``, exactly what ``StableDiffusionInpaintPipeline`` feeds.
+* ``blend`` — any text-to-image model, training-free: blended latent diffusion, a sampler hook
+  (:mod:`latentdiff.diffusion.blend`) that keeps the known region on the forward process at every step,
+  optionally with RePaint's resampling (``resample``, ddpm sampler).
+* ``auto`` — ``model`` when the U-Net has the inpainting inputs, else ``blend``.
+
+In both, the decoded image is composited onto the input with a feathered mask (:func:`feather`): pixels
+further than ``mask_blur`` px outside the mask are exactly the input's.
+
+Masks: L, RGB (luminance) or RGBA/LA (luminance × alpha) images the size of the input, or the input's
+own alpha channel (``mask_from_alpha``: transparent = repaint). Soft masks are thresholded at 0.5 for
+the U-Net (diffusers' convention) and kept soft for the composite. Images whose sides are not multiples of
+the VAE factor are padded (edge pixels, marked known) and the result is cropped back.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from latentdiff.errors import UserError
+
+MODES = ("auto", "model", "blend")
+DEFAULT_MASK_BLUR = 4  # px of feathering outside the mask (64×64 shapes images)
+INPAINT_MODEL_DIR = Path(__file__).parent / "assets" / "inpaint_model"
+MASK_MODES = ("1", "L", "P", "RGB", "LA", "PA", "RGBA")
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+def _open(value: Any, flag: str) -> tuple[Image.Image, str]:
+    """(image, name for messages) from a path, a PIL image or an (H, W[, C]) uint8 array."""
+    if isinstance(value, Image.Image):
+        return value, flag
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value), flag
+    path = Path(value)
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy(), f"{flag} {path}"
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{flag} {path}: not an image ({exc})") from None
+
+
+def mask_values(img: Image.Image, name: str = "--mask") -> np.ndarray:
+    """A mask image as (H, W) float32 in [0, 1], 1 = repaint: greyscale as is, colour by luminance,
+    and with an alpha channel luminance × alpha (transparent pixels are kept)."""
+    if img.mode not in MASK_MODES:
+        raise UserError(f"{name}: image mode '{img.mode}'; expected a greyscale (L), RGB or RGBA mask")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    value = np.asarray(img.convert("L"), np.float32) / 255.0  # (H, W)
+    if img.mode in ("LA", "PA", "RGBA"):
+        value = value * np.asarray(img.getchannel("A"), np.float32) / 255.0
+    return value
+
+
+@dataclass(frozen=True)
+class InpaintInputs:
+    """An image and its mask, padded to multiples of the VAE factor; ``height``/``width`` give the
+    original size to crop back to."""
+
+    image: np.ndarray  # (H', W', 3) uint8
+    mask: np.ndarray  # (H', W') float32 in [0, 1], soft; padding is 0 (known)
+    height: int
+    width: int
+    image_sha256: str
+    mask_sha256: str
+
+
+def load_inputs(image: Any, mask: Any = None, factor: int = 8, *, mask_from_alpha: bool = False,
+                image_flag: str = "--image", mask_flag: str = "--mask") -> InpaintInputs:
+    """Read and check an image and its mask (paths, PIL images or arrays); see the module docstring."""
+    img, img_name = _open(image, image_flag)
+    if mask_from_alpha:
+        if mask is not None:
+            raise UserError(f"give either {mask_flag} or --mask-from-alpha, not both")
+        if "A" not in img.getbands() and not (img.mode == "P" and "transparency" in img.info):
+            raise UserError(f"{img_name}: mode '{img.mode}' has no alpha channel; --mask-from-alpha needs an "
+                            f"RGBA image (transparent = repaint)")
+        soft = 1.0 - np.asarray(img.convert("RGBA").getchannel("A"), np.float32) / 255.0
+    elif mask is None:
+        raise UserError(f"no mask: pass {mask_flag} MASK (white = repaint) or --mask-from-alpha")
+    else:
+        m_img, m_name = _open(mask, mask_flag)
+        if m_img.size != img.size:
+            raise UserError(f"{m_name}: size {m_img.size[0]}x{m_img.size[1]} differs from {img_name}'s "
+                            f"{img.size[0]}x{img.size[1]}; the mask must be the image's size")
+        soft = mask_values(m_img, m_name)
+    rgb = np.asarray(img.convert("RGB"), np.uint8)  # (H, W, 3)
+    h, w = rgb.shape[:2]
+    return InpaintInputs(pad_to_multiple(rgb, factor), pad_to_multiple(soft, factor, value=0.0), h, w,
+                         _sha256(rgb), _sha256(soft))
+
+
+def _sha256(array: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array))
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def pad_to_multiple(array: np.ndarray, factor: int, value: float | None = None) -> np.ndarray:
+    """Pad (H, W[, C]) at the bottom/right to multiples of ``factor``: with edge pixels, or ``value``."""
+    h, w = array.shape[:2]
+    ph, pw = -h % factor, -w % factor
+    if not ph and not pw:
+        return array
+    pad = [(0, ph), (0, pw)] + [(0, 0)] * (array.ndim - 2)
+    if value is None:
+        return np.pad(array, pad, mode="edge")
+    return np.pad(array, pad, mode="constant", constant_values=value)
+
+
+# --- masks and the composite ----------------------------------------------------------------------
+
+def binarize(mask: Tensor) -> Tensor:
+    """The mask the U-Net sees: 1 where the soft mask is ≥ 0.5 (diffusers' ``do_binarize``), else 0."""
+    return (mask >= 0.5).to(mask.dtype)
+
+
+def latent_mask(mask: Tensor, factor: int) -> Tensor:
+    """(B, 1, H, W) binary mask → (B, 1, H/f, W/f): a latent cell is repainted if any of its f × f pixels
+    is (max-pool), so the generated latents cover the whole mask. (diffusers' pipeline resizes with
+    nearest-neighbour; the two agree on masks aligned to the f-pixel grid.)"""
+    return F.max_pool2d(mask, kernel_size=factor)
+
+
+def feather(mask: np.ndarray, width: int) -> np.ndarray:
+    """Composite weights α (H, W) from a soft mask m (H, W) in [0, 1]: α = m inside the mask, falling
+    smoothly to 0 at ``width`` px outside it, 0 beyond:
+
+        α(p) = max_q m(q) · s(1 − |p − q| / (width + 1)),   s(u) = 3u² − 2u³  (smoothstep),
+
+    over |p − q| ≤ width (Euclidean). So α ≥ m everywhere, α = m where nothing masked is within
+    ``width`` px, and α = 0 (output = input, exactly) further than ``width`` px from any masked pixel."""
+    m = torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None, None]  # (1, 1, H, W)
+    if width <= 0:
+        return mask.astype(np.float32)
+    padded = F.pad(m, (width, width, width, width))
+    h, w = mask.shape
+    alpha = m.clone()
+    for dy in range(-width, width + 1):
+        for dx in range(-width, width + 1):
+            d = (dy * dy + dx * dx) ** 0.5
+            if d == 0 or d > width:
+                continue
+            u = 1.0 - d / (width + 1)
+            shifted = padded[..., width + dy:width + dy + h, width + dx:width + dx + w]
+            alpha = torch.maximum(alpha, shifted * (3 * u * u - 2 * u ** 3))
+    return alpha[0, 0].numpy()
+
+
+def composite(generated: np.ndarray, original: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """α · generated + (1 − α) · original, rounded: (H, W, 3) uint8; exact where α = 0."""
+    a = alpha[..., None].astype(np.float32)
+    out = a * generated.astype(np.float32) + (1.0 - a) * original.astype(np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+# --- conditions -----------------------------------------------------------------------------------
+
+def vae_factor(vae) -> int:
+    """The VAE's downscale factor f = 2^(number of blocks − 1)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode_images(vae, images: Tensor) -> Tensor:
+    """(B, 3, H, W) in [−1, 1] → latents (B, C, H/f, W/f): the VAE posterior mean × its scaling factor, fp32
+    on the VAE's device. (Used by inference and by training, so both see the same conditions.)"""
+    mean = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
+    return mean.float() * float(vae.config.scaling_factor)
+
+
+def to_unit(images_uint8: np.ndarray | Tensor) -> Tensor:
+    """(B, H, W, 3) uint8 → (B, 3, H, W) float in [−1, 1]."""
+    x = torch.as_tensor(np.array(images_uint8, np.uint8))
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def inpainting_concat(vae, image: Tensor, mask: Tensor) -> Tensor:
+    """The ``concat`` route of an inpainting U-Net, (B, 1 + C, h, w): the latent mask and the latents of the
+    masked image, E(x ⊙ (1 − m)) (masked pixels are 0, mid-grey, as in diffusers). image: (B, 3, H, W) in
+    [−1, 1]; mask: (B, 1, H, W) binary, 1 = repaint. Returned on the VAE's device."""
+    masked = encode_images(vae, image * (1.0 - mask))  # (B, C, h, w)
+    return torch.cat([latent_mask(mask, vae_factor(vae)).to(masked), masked], dim=1)
+
+
+def whole_image_concat(pipe, batch: int, height: int, width: int) -> Tensor:
+    """The ``concat`` of an inpainting U-Net asked for plain text-to-image: everything is repainted."""
+    image = torch.zeros(1, 3, height, width)
+    mask = torch.ones(1, 1, height, width)
+    return inpainting_concat(pipe.vae, image, mask).expand(batch, -1, -1, -1)
+
+
+@dataclass(frozen=True)
+class InpaintBatch:
+    """What inpainting adds to a batch of text-to-image rows (see :meth:`Pipeline.sample_rows`).
+
+    ``known``: (B, C, h, w) latents of the input; ``mask``: (B, 1, h, w) latent mask, 1 = repaint;
+    ``concat``: (B, 1 + C, h, w) for an inpainting U-Net, else None; ``blend``: keep the known region
+    on the forward process (:mod:`latentdiff.diffusion.blend`); ``strength`` ∈ (0, 1]: share of the
+    steps run, starting from the input noised to that level (1: from pure noise)."""
+
+    known: Tensor
+    mask: Tensor
+    concat: Tensor | None
+    blend: bool
+    strength: float = 1.0
+    resample: int = 1
+
+    def repeat(self, batch: int) -> "InpaintBatch":
+        """The one input image's batch, repeated for ``batch`` rows."""
+        rep = lambda v: None if v is None else v.expand(batch, -1, -1, -1)  # noqa: E731
+        return InpaintBatch(rep(self.known), rep(self.mask), rep(self.concat), self.blend, self.strength,
+                            self.resample)
+
+    @staticmethod
+    def cat(batches: list["InpaintBatch"]) -> "InpaintBatch":
+        """Rows of several input images in one batch (they must share mode, strength and resample)."""
+        first = batches[0]
+
+        def cat(name):
+            return None if getattr(first, name) is None else torch.cat([getattr(b, name) for b in batches])
+
+        return InpaintBatch(cat("known"), cat("mask"), cat("concat"), first.blend, first.strength, first.resample)
+
+    def start_step(self, steps: int) -> int:
+        """Steps skipped for ``strength`` (diffusers' rule: run int(steps · strength) of them)."""
+        run = min(int(steps * self.strength), steps)
+        if run < 1:
+            raise UserError(f"strength {self.strength:g} with {steps} steps runs no step; raise --strength "
+                            f"or --steps")
+        return steps - run
+
+    def sampling(self, x_T: Tensor, schedule, sampler: str, steps: int, scheduler_config: dict) -> tuple[Tensor, dict]:
+        """(the start state, the extra keyword arguments of :func:`~latentdiff.diffusion.sampling.sample`).
+        x_T: (B, C, h, w), the seeded noise; it also noises the known latents, at the start and in blend."""
+        from latentdiff.diffusion.blend import known_region_hook
+        from latentdiff.diffusion.sampling import sampling_timesteps
+        from latentdiff.diffusion.schedule import q_sample
+
+        known = self.known.to(x_T)
+        start = self.start_step(steps)
+        if start:
+            t0 = sampling_timesteps(sampler, schedule, steps, scheduler_config)[start]
+            x_T = q_sample(schedule, known, torch.full((x_T.shape[0],), t0, device=x_T.device), x_T)
+        kwargs: dict = {"start": start, "resample": self.resample}
+        if self.blend:
+            kwargs["on_step"] = known_region_hook(schedule, known, self.mask.to(x_T), x_T)
+        return x_T, kwargs
+
+
+def resolve_mode(pipe, mode: str) -> str:
+    """``auto`` → ``model`` for an inpainting U-Net, else ``blend``; ``model`` needs an inpainting U-Net."""
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    has_inputs = pipe.is_inpainting
+    if mode == "auto":
+        return "model" if has_inputs else "blend"
+    if mode == "model" and not has_inputs:
+        raise UserError(f"--mode model needs an inpainting model (a U-Net with {2 * pipe.latent_channels + 1} "
+                        f"input channels); {pipe.name} has {pipe.unet.config.in_channels}. Use --mode blend")
+    return mode
+
+
+def prepare_batch(pipe, inputs: InpaintInputs, mode: str, strength: float = 1.0, resample: int = 1) -> InpaintBatch:
+    """The :class:`InpaintBatch` of one input image (batch 1) for ``pipe`` in ``mode`` (auto | model | blend)."""
+    mode = resolve_mode(pipe, mode)
+    if not 0.0 < strength <= 1.0:
+        raise UserError(f"--strength {strength:g}: expected a number in (0, 1]")
+    if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
+        raise UserError(f"--resample {resample!r}: expected a positive integer")
+    image = to_unit(inputs.image[None])  # (1, 3, H, W)
+    mask = binarize(torch.from_numpy(inputs.mask)[None, None])  # (1, 1, H, W)
+    known = encode_images(pipe.vae, image)
+    concat = inpainting_concat(pipe.vae, image, mask) if pipe.is_inpainting else None
+    return InpaintBatch(known, latent_mask(mask, pipe.vae_scale_factor), concat, mode == "blend", strength, resample)
+
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+def inpaint(pipe, prompt: str | list[str], image: Any, mask: Any = None, *, mode: str = "auto",
+            strength: float = 1.0, mask_blur: int = DEFAULT_MASK_BLUR, resample: int = 1,
+            mask_from_alpha: bool = False, negative_prompt: str | list[str] | None = None, num_images: int = 1,
+            steps: int | None = None, guidance: float | None = None, sampler: str | None = None, seed: int = 0,
+            progress: bool = False, batch_size: int | None = None) -> list:
+    """Inpaint ``image`` where ``mask`` is white (module docstring); returns PIL images of the input's size,
+    each with its provenance record in ``image.info["latentdiff"]`` (the inpainting settings and the
+    input and mask hashes under ``extra["inpaint"]``). Image k of the call uses seed + k."""
+    from latentdiff.pipeline import MAX_BATCH
+
+    inputs = load_inputs(image, mask, pipe.vae_scale_factor, mask_from_alpha=mask_from_alpha)
+    mode = resolve_mode(pipe, mode)
+    if isinstance(mask_blur, bool) or not isinstance(mask_blur, int) or mask_blur < 0:
+        raise UserError(f"--mask-blur {mask_blur!r}: expected a whole number of pixels >= 0")
+    opts = pipe.resolve(steps, guidance, sampler, *inputs.image.shape[:2])
+    if resample != 1 and (mode != "blend" or opts["sampler"] != "ddpm"):
+        raise UserError(f"--resample {resample}: RePaint resampling is for --mode blend with --sampler ddpm")
+    one = prepare_batch(pipe, inputs, mode, strength, resample)
+    one.start_step(opts["steps"])  # check strength before any work
+    h, w = inputs.height, inputs.width
+    original, alpha = inputs.image[:h, :w], feather(inputs.mask[:h, :w], mask_blur)
+    settings = {"mode": mode, "strength": strength, "mask_blur": mask_blur, "resample": resample,
+                "image_sha256": inputs.image_sha256, "mask_sha256": inputs.mask_sha256, "height": h, "width": w}
+    rows = pipe.plan(prompt, negative_prompt, num_images, seed)
+    bs = batch_size or MAX_BATCH
+    where = dict(device=pipe.device, dtype=pipe.dtype)
+    images = []
+    for start in range(0, len(rows), bs):
+        batch = rows[start:start + bs]
+        latents = pipe.sample_rows(batch, inpaint=one.repeat(len(batch)), progress=progress, **opts, **where)
+        for i, px in enumerate(pipe.decode_latents(latents)[:, :h, :w]):
+            img = Image.fromarray(composite(px, original, alpha))
+            record = pipe.record(batch, i, **opts, **where)
+            img.info["latentdiff"] = type(record)(**{**record.__dict__, "extra": {"inpaint": settings}}).to_json()
+            images.append(img)
+    return images

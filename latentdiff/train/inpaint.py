@@ -1,0 +1,342 @@
+"""Fine-tune a dedicated inpainting model from a text-to-image one.
+
+``latentdiff train-inpaint configs/inpaint.yaml`` (resumable with ``--resume``):
+
+1. load the base model (a diffusers folder; the default model when ``base_model`` is empty) and widen its
+   U-Net to diffusers' inpainting layout (:func:`latentdiff.models.inpaint.inpainting_unet`: 9 input
+   channels, the new ones starting at zero, so training starts from the text-to-image model);
+2. train it with the loop every stage runs (:func:`latentdiff.train.loop.run_stage`) on an image folder
+   (the shapes world by default): each example gets a random mask — an object's box from the folder's
+   ``boxes`` (dilated), free-form brush strokes, a rectangle, or the whole image (which keeps text-to-image
+   ability) — and the U-Net sees ``[x_t, mask, E(image ⊙ (1 − mask))]``, built by the same
+   :func:`latentdiff.inpaint.inpainting_concat` as at inference. The loss is [DDPM] Algorithm 1 on the
+   whole latent (with min-SNR weights), with conditioning dropout for classifier-free guidance;
+3. write ``out/model``: a ``StableDiffusionInpaintPipeline`` folder (``latentdiff inpaint --model``).
+
+Captions: with an object-box mask the caption names only that object with probability
+``masks.object_caption`` ("a small purple square in the top left": the prompt says what goes in the
+hole), else the image's own caption.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from latentdiff.config import to_dict
+from latentdiff.diffusion.loss import diffusion_loss
+from latentdiff.errors import ConfigError, UserError
+from latentdiff.train.config import DataConfig, LoopConfig
+
+MASK_KINDS = ("box", "stroke", "rect", "whole")
+
+
+@dataclass(frozen=True)
+class MaskMix:
+    """How often each kind of training mask is drawn (relative weights) and how object masks are made."""
+
+    box: float = 0.4  # an object's box from the folder's ``boxes``, dilated (rect when an image has none)
+    stroke: float = 0.15  # free-form brush strokes
+    rect: float = 0.2  # a random rectangle
+    whole: float = 0.25  # the whole image: text-to-image
+    box_dilate: int = 2  # px at 64×64
+    object_caption: float = 0.5  # with a box mask: probability that the caption names only that object
+
+    def __post_init__(self):
+        weights = [getattr(self, k) for k in MASK_KINDS]
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ConfigError(f"masks: weights {dict(zip(MASK_KINDS, weights))} must be >= 0 with a positive sum")
+        if not 0.0 <= self.object_caption <= 1.0:
+            raise ConfigError(f"masks.object_caption: expected a probability in [0, 1], got {self.object_caption}")
+        if self.box_dilate < 0:
+            raise ConfigError(f"masks.box_dilate: expected >= 0, got {self.box_dilate}")
+
+    def probabilities(self) -> np.ndarray:
+        w = np.array([getattr(self, k) for k in MASK_KINDS], dtype=np.float64)
+        return w / w.sum()
+
+
+@dataclass(frozen=True)
+class InpaintTrainConfig:
+    """The inpainting recipe; ``configs/inpaint.yaml`` mirrors it."""
+
+    out: str = "runs/inpaint"
+    base_model: str = ""  # a diffusers text-to-image folder; "" = the default model
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    latent_cache: str = ""  # latent cache folder; "" = out/latents (the key includes the VAE's weights)
+    data: DataConfig = DataConfig()
+    masks: MaskMix = MaskMix()
+    loop: LoopConfig = LoopConfig(steps=500, batch_size=32, lr=3e-4, warmup_steps=50, checkpoint_every=50,
+                                  validate_every=250, log_every=10, ema_decay=0.999)
+    cond_dropout: float = 0.1
+    min_snr_gamma: float | None = 5.0
+    validation_cases: int = 4
+    validation_steps: int = 25
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device: expected one of auto, cpu, cuda, got {self.device!r}")
+        if not 0.0 <= self.cond_dropout <= 1.0:
+            raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
+
+
+# --- masks and captions -------------------------------------------------------------------------
+
+def square_box(box, width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """A box of a width × height image in the size × size square that ``load_image`` makes of it
+    (centre crop to the shorter side, then resize)."""
+    s = min(width, height)
+    left, top, k = (width - s) // 2, (height - s) // 2, size / s
+    x0, y0, x1, y1 = box
+    return ((x0 - left) * k, (y0 - top) * k, (x1 - left) * k, (y1 - top) * k)
+
+
+def box_mask(box, size: int, dilate: int) -> np.ndarray:
+    """(size, size) uint8 mask, 255 inside ``box`` grown by ``dilate`` px (clamped to the image)."""
+    x0, y0, x1, y1 = box
+    mask = np.zeros((size, size), np.uint8)
+    ys = slice(max(int(np.floor(y0)) - dilate, 0), min(int(np.ceil(y1)) + dilate, size))
+    xs = slice(max(int(np.floor(x0)) - dilate, 0), min(int(np.ceil(x1)) + dilate, size))
+    mask[ys, xs] = 255
+    return mask
+
+
+_SHAPES_PHRASE = re.compile(r"an? (\w+) (\w+)")
+
+
+def object_captions(phrase: str, box, canvas: int = 64) -> list[str]:
+    """Captions that name one object. For a shapes-world phrase ("a red circle") the size and position are
+    read off its box (in the image's own pixels; the shapes canvas is 64) and it is written in the four
+    training forms (with or without size and position); any other phrase is used as it is."""
+    from latentdiff.data.shapes import COLOURS, SHAPES, SIZE_THRESHOLD, position_of
+
+    m = _SHAPES_PHRASE.fullmatch(phrase.strip().lower())
+    if m is None or m[1] not in COLOURS or m[2] not in SHAPES:
+        return [phrase]
+    x0, y0, x1, y1 = box
+    size = "large" if max(x1 - x0, y1 - y0) >= SIZE_THRESHOLD * canvas / 64 else "small"
+    where = f"in the {position_of((x0 + x1) / 2 * 64 / canvas, (y0 + y1) / 2 * 64 / canvas)}"
+    core = f"{m[1]} {m[2]}"
+    return [f"a {core}", f"a {size} {core}", f"a {core} {where}", f"a {size} {core} {where}"]
+
+
+@dataclass
+class Example:
+    """What the sampler needs of one training image: its caption and its objects' boxes (training pixels)
+    with their captions."""
+
+    caption: str
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    object_captions: list[list[str]] = field(default_factory=list)
+
+
+def examples_of(records, size: int) -> list[Example]:
+    """One :class:`Example` per folder record; boxes are mapped into the size × size training image."""
+    out = []
+    for r in records:
+        ex = Example(r.text)
+        if r.boxes:
+            with Image.open(r.image_path) as im:
+                w, h = im.size
+            for b in r.boxes:
+                ex.boxes.append(square_box(b.box, w, h, size))
+                ex.object_captions.append(object_captions(b.phrase, b.box, min(w, h)))
+        out.append(ex)
+    return out
+
+
+def draw_mask(example: Example, mix: MaskMix, size: int,
+              rng: np.random.Generator) -> tuple[str, np.ndarray, int | None]:
+    """(kind, mask (size, size) uint8 in {0, 255}, index of the masked object or None) for one example."""
+    from latentdiff.data.shapes import rect_mask, stroke_mask
+
+    kind = MASK_KINDS[int(rng.choice(len(MASK_KINDS), p=mix.probabilities()))]
+    if kind == "box" and not example.boxes:
+        kind = "rect"
+    if kind == "box":
+        i = int(rng.integers(len(example.boxes)))
+        dilate = int(round(mix.box_dilate * size / 64))
+        return kind, box_mask(example.boxes[i], size, dilate), i
+    if kind == "stroke":
+        return kind, stroke_mask(rng, size), None
+    if kind == "rect":
+        return kind, rect_mask(rng, size), None
+    return kind, np.full((size, size), 255, np.uint8), None
+
+
+def draw_caption(example: Example, obj: int | None, mix: MaskMix, rng: np.random.Generator) -> str:
+    if obj is not None and rng.random() < mix.object_caption:
+        forms = example.object_captions[obj]
+        return forms[int(rng.integers(len(forms)))]
+    return example.caption
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+class InpaintTrainStage:
+    """The inpainting fine-tune as a :class:`latentdiff.train.loop.Stage`."""
+
+    name = "inpaint"
+
+    def __init__(self, cfg: InpaintTrainConfig, unet, base, images: torch.Tensor, latent_mean: torch.Tensor,
+                 latent_std: torch.Tensor, examples: list[Example], device, holdout: list | None = None):
+        self.cfg, self.device, self.base = cfg, device, base  # base: the text-to-image Pipeline (frozen parts)
+        self.model = unet
+        self.images = images  # (N, 3, S, S) uint8
+        self.mean, self.std = latent_mean, latent_std  # (N, C, h, w) each
+        self.examples, self.holdout = examples, holdout or []
+        self.size = images.shape[-1]
+        self.num_examples = images.shape[0]
+        texts = sorted({e.caption for e in examples} | {c for e in examples for cs in e.object_captions for c in cs})
+        self.text_id = {t: i for i, t in enumerate(texts)}
+        self.contexts = torch.cat([base.encode_prompt(texts[i:i + 256]).float().cpu()
+                                   for i in range(0, len(texts), 256)])  # (U, L, D), each text encoded once
+        self.null_context = base.encode_prompt([""])[0].float().cpu()  # (L, D)
+
+    def batch_conditions(self, index: torch.Tensor, generator: torch.Generator):
+        """Masks (B, 1, S, S) in {0, 1} and contexts (B, L, D, with dropout) for a batch; the mask kinds."""
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        masks, ids, kinds = [], [], []
+        for i in index.tolist():
+            ex = self.examples[i]
+            kind, mask, obj = draw_mask(ex, self.cfg.masks, self.size, rng)
+            masks.append(mask)
+            ids.append(self.text_id[draw_caption(ex, obj, self.cfg.masks, rng)])
+            kinds.append(kind)
+        ctx = self.contexts[ids].clone()
+        ctx[torch.rand(len(ids), generator=generator) < self.cfg.cond_dropout] = self.null_context
+        mask = torch.from_numpy(np.stack(masks)).float()[:, None] / 255.0
+        return mask, ctx, kinds
+
+    def loss(self, model, index, generator):
+        from latentdiff.inpaint import inpainting_concat
+        from latentdiff.train.stages import to_unit
+
+        mask, ctx = self.batch_conditions(index, generator)[:2]
+        concat = inpainting_concat(self.base.vae, to_unit(self.images[index]), mask).to(self.device)  # (B, 1+C, h, w)
+        ctx = ctx.to(self.device)
+        eps0 = torch.randn(self.mean[index].shape, generator=generator)
+        x0 = ((self.mean[index] + self.std[index] * eps0) * self.base.scaling_factor).to(self.device)  # (B, C, h, w)
+        t = torch.randint(0, self.base.schedule.num_timesteps, (x0.shape[0],), generator=generator).to(self.device)
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        fn = lambda x_t, tt: model(torch.cat([x_t, concat], 1), tt, encoder_hidden_states=ctx).sample  # noqa: E731
+        return diffusion_loss(fn, self.base.schedule, x0, t=t, noise=noise, min_snr_gamma=self.cfg.min_snr_gamma)
+
+    def validate(self, model, step, out):
+        """Inpaint a few held-out images (an object's box, a prompt naming it in another colour): a grid of
+        input | mask | result rows in ``out/val/``."""
+        from latentdiff.train.stages import save_grid
+
+        cases = validation_cases(self.holdout, self.size, self.cfg.validation_cases)
+        if not cases:
+            return {"step": step}
+        pipe = inpaint_pipeline(model, self.base)
+        tiles = []
+        for image, mask, prompt in cases:
+            result = np.asarray(pipe.inpaint(prompt, image, mask, seed=0, steps=self.cfg.validation_steps)[0])
+            tiles += [image, np.repeat(mask[..., None], 3, -1), result]
+        save_grid(np.stack(tiles), len(cases), out / "val" / f"step{step:07d}.png")
+        return {"step": step}
+
+    def finish(self, model, out):
+        model.save_pretrained(str(out / "unet"), safe_serialization=True)
+        return out
+
+
+def validation_cases(records, size: int, n: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """(image (S, S, 3) uint8, mask (S, S) uint8, prompt) for the first ``n`` held-out records with boxes:
+    the first object's box is masked and the prompt names the same shape in the next palette colour."""
+    from latentdiff.data.latents import load_image
+    from latentdiff.data.shapes import COLOURS
+
+    out = []
+    for ex, rec in zip(examples_of(records, size), records):
+        if len(out) >= n or not ex.boxes:
+            continue
+        forms = ex.object_captions[0]
+        prompt = forms[-1]
+        for c in COLOURS:
+            if f" {c} " in f" {prompt} ":
+                prompt = prompt.replace(c, COLOURS[(COLOURS.index(c) + 1) % len(COLOURS)], 1)
+                break
+        out.append((load_image(rec.image_path, size), box_mask(ex.boxes[0], size, 2), prompt))
+    return out
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
+    """Run the recipe (module docstring); return the model folder ``out/model``."""
+    from latentdiff.data.latents import cached_latents, load_images
+    from latentdiff.models.inpaint import inpainting_unet
+    from latentdiff.pipeline import Pipeline
+    from latentdiff.train.loop import run_stage
+    from latentdiff.train.run import _prepare_data, _Timer, _timed, make_accelerator, seed_init
+    from latentdiff.train.stages import vae_latent_stats
+
+    out = Path(cfg.out)
+    accelerator = make_accelerator(cfg, cfg.loop.mixed_precision)
+    device, main = accelerator.device, accelerator.is_main_process
+    base = Pipeline.load(cfg.base_model or None, device="cuda" if device.type == "cuda" else "cpu")
+    if base.is_inpainting or base._concat_channels():
+        raise UserError(f"base_model {cfg.base_model or 'default'}: already has extra U-Net inputs; start from a "
+                        f"text-to-image model")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    train_recs, hold_recs = _prepare_data(cfg, accelerator)
+    size = int(base.vae.config.sample_size)
+    images = load_images(train_recs, size, main)
+    encode = lambda x: vae_latent_stats(base.vae, x, device)  # noqa: E731
+    cache = Path(cfg.latent_cache) if cfg.latent_cache else out / "latents"
+    latents = lambda: cached_latents(cache, base.vae, train_recs, size, encode, lambda: images)  # noqa: E731
+    if main:  # builds the cache (or reads it); the other ranks read it once it exists
+        mean, std, _ = latents()
+    accelerator.wait_for_everyone()
+    if not main:
+        mean, std, _ = latents()
+    seed_init(cfg.seed, "inpaint")
+    unet = inpainting_unet(base.unet).train().requires_grad_(True)
+    stage = InpaintTrainStage(cfg, unet, base, images, mean, std, examples_of(train_recs, size), device, hold_recs)
+    folder = out / "inpaint"
+    timer = _Timer(out / "times.json", f"{device.type} x{accelerator.num_processes}", main)
+    _timed("inpaint", folder, resume, timer,
+           lambda: run_stage(stage, cfg.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg)))
+    if not main:
+        return out / "model"
+    from diffusers import UNet2DConditionModel
+
+    trained = UNet2DConditionModel.from_pretrained(str(folder / "final" / "unet"))
+    return assemble_inpaint_model(out / "model", trained, base, cfg, out)
+
+
+def assemble_inpaint_model(dest: Path, unet, base, cfg: InpaintTrainConfig, out: Path) -> Path:
+    """Write the ``StableDiffusionInpaintPipeline`` folder with the base model's VAE, text encoder, tokenizer
+    and scheduler, and latentdiff.json (recipe, base model, generate defaults, training time)."""
+    import shutil
+
+    inpaint_pipeline(unet, base).save(dest)
+    info = {"recipe": to_dict(cfg), "base_model": str(base.path) if base.path else "in-memory"}
+    if "generate_defaults" in base.extra:
+        info["generate_defaults"] = base.extra["generate_defaults"]
+    times = out / "times.json"
+    if times.is_file():
+        info["train_times"] = json.loads(times.read_text())
+    (dest / "latentdiff.json").write_text(json.dumps(info, indent=1))
+    if base.path and (Path(base.path) / "clip").is_dir():
+        shutil.copytree(Path(base.path) / "clip", dest / "clip", dirs_exist_ok=True)
+    return dest
+
+
+def inpaint_pipeline(unet, base):
+    """A Pipeline of an inpainting U-Net with the base model's other parts (nothing copied)."""
+    from latentdiff.pipeline import Pipeline
+
+    return Pipeline.from_components(unet, base.vae, base.text_encoder, base.tokenizer, base.schedule,
+                                    base.scheduler_config)
