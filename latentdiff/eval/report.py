@@ -42,8 +42,8 @@ def _plt():
 def _errorbar(ax, xs, summaries, **kw) -> None:
     """Accuracy with its 95% interval as asymmetric error bars."""
     acc = [s["accuracy"] for s in summaries]
-    lo = [a - s["ci95"][0] for a, s in zip(acc, summaries)]
-    hi = [s["ci95"][1] - a for a, s in zip(acc, summaries)]
+    lo = [max(0.0, a - s["ci95"][0]) for a, s in zip(acc, summaries)]  # ≥ 0: the bounds are rounded at p = 0, 1
+    hi = [max(0.0, s["ci95"][1] - a) for a, s in zip(acc, summaries)]
     ax.errorbar(xs, acc, yerr=[lo, hi], marker="o", capsize=3, **kw)
 
 
