@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from latentdiff.errors import UserError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # the exact command, for reports
     try:
         result = args.handler(args)
     except UserError as exc:

@@ -338,11 +338,13 @@ class Pipeline:
     def sample_rows(self, rows: Sequence[Row], *, steps: int, guidance: float, sampler: str, height: int,
                     width: int, progress: bool = False, latents: Tensor | None = None,
                     device: torch.device | None = None, dtype: torch.dtype | None = None,
-                    inpaint=None) -> Tensor:
+                    inpaint=None, guide=None) -> Tensor:
         """Draw one batch: conditions → guided denoiser → sampler. Returns latents x_0 (B, C, h, w) fp32.
         ``latents`` replaces the seeded x_T; ``device``/``dtype`` (the U-Net's) are looked up when not given.
         ``inpaint`` (a :class:`latentdiff.inpaint.InpaintBatch`) adds the inpainting conditions, start and
-        step hook; an inpainting U-Net without it repaints the whole image (text-to-image)."""
+        step hook; an inpainting U-Net without it repaints the whole image (text-to-image).
+        ``guide`` (for example a :class:`~latentdiff.models.classifier.ClassifierGuide`) wraps the denoiser
+        once more: ``guide.wrap(denoiser, schedule)``."""
         from dataclasses import replace
 
         from latentdiff.diffusion.guidance import classifier_free_guidance
@@ -366,6 +368,9 @@ class Pipeline:
             x_T, extra = inpaint.sampling(x_T, self.schedule, sampler, steps, self.sampler_overrides(sampler))
         model = unet_model(self.unet, self.schedule, dtype=dtype)
         denoiser = classifier_free_guidance(model, cond, uncond, guidance)
+        if guide is not None:
+            guide.check(self.schedule, x_T.shape[1])
+            denoiser = guide.wrap(denoiser, self.schedule)
         return sample(denoiser, self.schedule, x_T, sampler=sampler, steps=steps, generator=gens,
                       progress=progress, scheduler_config=self.sampler_overrides(sampler), **extra)
 
@@ -381,23 +386,24 @@ class Pipeline:
                          num_images: int = 1, steps: int | None = None, guidance: float | None = None,
                          sampler: str | None = None, seed: int = 0, height: int | None = None,
                          width: int | None = None, progress: bool = False,
-                         batch_size: int | None = None) -> Tensor:
+                         batch_size: int | None = None, guide=None) -> Tensor:
         """Latents x_0 of every image of the call (N, C, h, w), drawn in batches of ``batch_size``."""
         opts = self.resolve(steps, guidance, sampler, height, width)
         rows = self.plan(prompt, negative_prompt, num_images, seed)
         bs = batch_size or MAX_BATCH
-        return torch.cat([self.sample_rows(rows[i:i + bs], progress=progress, **opts)
+        return torch.cat([self.sample_rows(rows[i:i + bs], progress=progress, guide=guide, **opts)
                           for i in range(0, len(rows), bs)])
 
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, steps: int | None = None, guidance: float | None = None,
                  sampler: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
-                 progress: bool = False, batch_size: int | None = None) -> list:
+                 progress: bool = False, batch_size: int | None = None, guide=None) -> list:
         """Generate images (PIL). Unset options come from the model's defaults (``self.defaults``: dpm++,
         25 steps, guidance 4.0 unless the model's latentdiff.json says otherwise) and its native size.
 
         Image k of the call uses seed + k; each image's provenance record (a JSON string, see
-        :mod:`latentdiff.provenance`) is in ``image.info["latentdiff"]``.
+        :mod:`latentdiff.provenance`) is in ``image.info["latentdiff"]``. ``guide``: classifier guidance
+        (:class:`~latentdiff.models.classifier.ClassifierGuide`), described in the record's ``extra``.
         """
         from PIL import Image
 
@@ -408,10 +414,10 @@ class Pipeline:
         images = []
         for start in range(0, len(rows), bs):
             batch = rows[start:start + bs]
-            pixels = self.decode_latents(self.sample_rows(batch, progress=progress, **opts, **where))
+            pixels = self.decode_latents(self.sample_rows(batch, progress=progress, guide=guide, **opts, **where))
             for i, px in enumerate(pixels):
                 img = Image.fromarray(px)
-                img.info["latentdiff"] = self.record(batch, i, **opts, **where).to_json()
+                img.info["latentdiff"] = self.record(batch, i, **opts, **where, guide=guide).to_json()
                 images.append(img)
         return images
 
@@ -423,7 +429,7 @@ class Pipeline:
         return inpaint(self, prompt, image, mask, **kwargs)
 
     def record(self, batch: Sequence[Row], index: int, *, steps, guidance, sampler, height, width,
-               device: torch.device | None = None, dtype: torch.dtype | None = None):
+               device: torch.device | None = None, dtype: torch.dtype | None = None, guide=None):
         """The provenance :class:`~latentdiff.provenance.Record` of row ``index`` of ``batch``."""
         from latentdiff import __version__
         from latentdiff.provenance import Record
@@ -440,10 +446,12 @@ class Pipeline:
             latentdiff_version=__version__, batch_seed=batch[0].seed, batch_size=len(batch), batch_index=index,
             batch_prompts=None if len(set(prompts)) == 1 else prompts,
             batch_negative_prompts=None if len(set(negs)) == 1 else negs,
+            extra={"classifier_guidance": guide.describe()} if guide is not None else {},
         )
 
-    def replay(self, record) -> Any:
-        """Regenerate the image a record describes: redraw its batch and return its row."""
+    def replay(self, record, guide=None) -> Any:
+        """Regenerate the image a record describes: redraw its batch and return its row. An image made with
+        classifier guidance needs its ``guide`` (the CLI rebuilds it from the record)."""
         from PIL import Image
 
         if "inpaint" in record.extra:
@@ -455,8 +463,10 @@ class Pipeline:
         if len(prompts) != n or len(negs) != n or not 0 <= record.batch_index < n:
             raise UserError("the latentdiff record's batch fields are inconsistent")
         rows = [Row(p, q, record.batch_seed + i) for i, (p, q) in enumerate(zip(prompts, negs))]
+        if "classifier_guidance" in record.extra and guide is None:
+            raise UserError("the image was made with classifier guidance; replay needs its classifier")
         opts = self.resolve(record.steps, record.guidance, record.sampler, record.height, record.width)
-        pixels = self.decode_latents(self.sample_rows(rows, **opts))
+        pixels = self.decode_latents(self.sample_rows(rows, guide=guide, **opts))
         img = Image.fromarray(pixels[record.batch_index])
-        img.info["latentdiff"] = self.record(rows, record.batch_index, **opts).to_json()
+        img.info["latentdiff"] = self.record(rows, record.batch_index, **opts, guide=guide).to_json()
         return img

@@ -63,10 +63,12 @@ def test_eval_command_on_tiny_model(tiny_model_dir, tmp_path):
     from latentdiff.cli import main
 
     out = tmp_path / "rep"
-    assert main(["eval", "--model", str(tiny_model_dir), "--out", str(out), "--guidance", "1", "3",
-                 "--num-images", "2", "--limit", "3", "--steps", "4"]) == 0
+    assert main(["eval", "--model", str(tiny_model_dir), "--out", str(out), "--sections", "accuracy,guidance",
+                 "--guidance", "1", "3", "--num-images", "2", "--limit", "3", "--steps", "4"]) == 0
     res = json.loads((out / "results.json").read_text())["results"]
-    assert [r["guidance"] for r in res] == [1.0, 3.0]
-    assert res[0]["one_colour_shape"]["n"] == 6 and 0.0 <= res[0]["one_colour_shape"]["accuracy"] <= 1.0
-    assert (out / "guidance_sweep.png").is_file() and (out / "samples.png").is_file()
+    assert [r["guidance"] for r in res["guidance"]["results"]] == [1.0, 3.0]
+    first = res["guidance"]["results"][0]["one_colour_shape"]
+    assert first["n"] == 4 and 0.0 <= first["accuracy"] <= 1.0  # prompts 1 and 3 of 3 (stride 2) × 2 images
+    assert res["accuracy"]["one_colour_shape"]["n"] == 6
+    assert (out / "guidance_sweep.png").is_file() and (out / "accuracy_samples.png").is_file()
     assert "| 3 |" in (out / "report.md").read_text()

@@ -18,6 +18,7 @@ from latentdiff.errors import UserError
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "euler")  # mirrors latentdiff.diffusion.sampling.SAMPLERS (lazy import)
 FORMATS = ("diffusers", "single-file")
+DEFAULT_CLASSIFIER_SCALE = 5.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", default=None, metavar="N", help="images per forward pass (default: up to 8)")
     g.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     g.add_argument("--device", default="auto", metavar="DEV", help="cpu | cuda | auto (default: auto)")
+    g.add_argument("--classifier-guidance", default=None, metavar="CLASS",
+                   help="classifier guidance towards a shape or colour (circle, square, triangle, red, ...); "
+                        "with an empty prompt the default guidance becomes 1 (classifier-free guidance is the "
+                        "identity when the prompt equals the negative prompt)")
+    g.add_argument("--classifier-scale", default=None, metavar="S",
+                   help=f"classifier guidance scale s (default: {DEFAULT_CLASSIFIER_SCALE:g}; 0 = none)")
+    g.add_argument("--classifier", default=None, metavar="DIR",
+                   help="classifier folder from 'latentdiff train-classifier' (default: MODEL/classifier)")
     g.set_defaults(handler=run_generate)
 
     r = sub.add_parser("replay", help="regenerate an image from the record inside its PNG",
@@ -166,6 +175,30 @@ class _UserWarnings(warnings.catch_warnings):
         return self
 
 
+def check_classifier_flags(name: str | None, scale_text: str | None, path_text: str | None) -> float | None:
+    """Check the classifier-guidance flags before any model is loaded; return the scale (None: unset)."""
+    if name is None and (scale_text is not None or path_text is not None):
+        raise UserError("--classifier-scale and --classifier need --classifier-guidance CLASS")
+    return parse_float("--classifier-scale", scale_text)
+
+
+def classifier_guide(pipe, name: str | None, scale: float | None, path_text: str | None):
+    """The :class:`~latentdiff.models.classifier.ClassifierGuide` the flags ask for, or None."""
+    if name is None:
+        return None
+    from latentdiff.models.classifier import ClassifierGuide, load_classifier
+
+    path = Path(path_text) if path_text else (pipe.path / "classifier" if pipe.path and pipe.path.is_dir() else None)
+    if path is None or not path.exists():
+        where = f"--classifier {path}: not found" if path_text else "this model has no classifier/ folder"
+        raise UserError(f"--classifier-guidance: {where}; pass --classifier DIR (written by 'latentdiff "
+                        f"train-classifier')")
+    guide = ClassifierGuide(load_classifier(path, pipe.device), name,
+                            DEFAULT_CLASSIFIER_SCALE if scale is None else scale, path=str(path.resolve()))
+    guide.check(pipe.schedule, pipe.unet.config.in_channels)
+    return guide
+
+
 def _load(args: argparse.Namespace, model: str | None, device: str | None):
     from latentdiff.pipeline import Pipeline
 
@@ -187,12 +220,16 @@ def run_generate(args: argparse.Namespace) -> int:
     width = parse_int("--width", args.width, 1)
     batch = parse_int("--batch-size", args.batch_size, 1)
     device = parse_device(args.device)
+    cg_scale = check_classifier_flags(args.classifier_guidance, args.classifier_scale, args.classifier)
     out = prepare_out_dir(args.out)
     pipe = _load(args, args.model, device)
+    guide = classifier_guide(pipe, args.classifier_guidance, cg_scale, args.classifier)
+    if guide is not None and guidance is None and args.prompt == args.negative_prompt:
+        guidance = 1.0  # ε_∅ + w(ε_∅ − ε_∅) = ε_∅: skip the second pass
     with _UserWarnings("generate"):
         images = pipe.generate(args.prompt, negative_prompt=args.negative_prompt, num_images=num, steps=steps,
                                guidance=guidance, sampler=sampler, seed=seed, height=height, width=width,
-                               progress=sys.stderr.isatty(), batch_size=batch)
+                               progress=sys.stderr.isatty(), batch_size=batch, guide=guide)
     for img in images:
         record = Record.from_json(img.info["latentdiff"])
         path = save_png(img, _free_path(out, f"{_slug(args.prompt)}_{record.seed}"), record)
@@ -233,8 +270,13 @@ def run_replay(args: argparse.Namespace) -> int:
     if pipe.weights_sha256 != record.model_sha256:
         raise UserError(f"{image}: the model at {pipe.path} has weights sha256 {pipe.weights_sha256[:12]}…, "
                         f"the image was made with {record.model_sha256[:12]}…")
+    guide = None
+    if "classifier_guidance" in record.extra:
+        cg = record.extra["classifier_guidance"]
+        guide = classifier_guide(pipe, cg.get("class"), float(cg.get("scale", DEFAULT_CLASSIFIER_SCALE)),
+                                 cg.get("classifier_path"))
     with _UserWarnings("replay"):
-        img = pipe.replay(record)
+        img = pipe.replay(record, guide=guide)
     path = save_png(img, _free_path(out, f"{image.stem}_replay"), Record.from_json(img.info["latentdiff"]))
     print(path)
     with Image.open(image) as orig:

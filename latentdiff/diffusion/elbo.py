@@ -106,12 +106,12 @@ def bits_per_dim(denoiser: Denoiser, schedule: Schedule, x0: Tensor, *, num_t: i
     total = prior_term(schedule, x0)
     if num_t is None:
         for i in range(T):
-            total = total + vlb_term(denoiser, schedule, x0, torch.full((b,), i, dtype=torch.long),
+            total = total + vlb_term(denoiser, schedule, x0, torch.full((b,), i, dtype=torch.long, device=x0.device),
                                      variance=variance, decoder=decoder, generator=generator)
     else:
-        acc = torch.zeros(b)
+        acc = torch.zeros(b, device=x0.device)
         for _ in range(num_t):
-            t = torch.randint(0, T, (b,), generator=generator)
+            t = torch.randint(0, T, (b,), generator=generator).to(x0.device)
             acc = acc + vlb_term(denoiser, schedule, x0, t, variance=variance, decoder=decoder, generator=generator)
         total = total + acc * (T / num_t)
     return total / (dims * math.log(2.0))

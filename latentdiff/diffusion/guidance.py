@@ -49,3 +49,44 @@ def classifier_free_guidance(model: CondModel, cond: Any, uncond: Any, scale: fl
         return eps_uncond + scale * (eps_cond - eps_uncond)
 
     return denoise
+
+
+# log_prob(x_t (B,C,H,W), t (B,)) -> log p_φ(y | x_t, t) (B,), differentiable in x_t.
+LogProb = Callable[[Tensor, Tensor], Tensor]
+
+
+def classifier_gradient(log_prob: LogProb, x_t: Tensor, t: Tensor) -> Tensor:
+    """∇_{x_t} log p_φ(y | x_t, t), (B, C, H, W).
+
+    Samplers run under ``torch.inference_mode``/``no_grad``; the gradient is taken on a detached copy of
+    x_t with inference mode switched off and autograd on, so the wrapper works inside any sampler. The
+    batch sum is differentiated: each row's log-probability depends only on its own x_t.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x_t.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(log_prob(x, t.detach().clone()).sum(), x)
+    return grad
+
+
+def classifier_guidance(denoiser: Denoiser, log_prob: LogProb, schedule, scale: float) -> Denoiser:
+    """Classifier guidance in its ε form (Dhariwal & Nichol 2021, eq. 14 and Algorithm 2):
+
+        ε̄(x_t, t) = ε_θ(x_t, t) − s √(1 − ᾱ_t) ∇_{x_t} log p_φ(y | x_t, t).
+
+    Since ε_θ ≈ −√(1 − ᾱ_t) ∇ log p(x_t), this is the ε of the tilted score ∇ log p(x_t) + s ∇ log p(y | x_t),
+    i.e. of p(x_t) p(y | x_t)^s: s = 1 samples p(x | y), s > 1 sharpens it. ``t`` are the integer
+    timesteps every sampler passes, so ᾱ_t is read from ``schedule`` at t. s = 0 returns ε_θ unchanged
+    (no classifier call). Works on top of any denoiser, including a classifier-free-guided one.
+    """
+    scale = float(scale)
+    alphas_bar = schedule.alphas_bar
+
+    def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+        eps = denoiser(x_t, t)  # (B, C, H, W)
+        if scale == 0.0:
+            return eps
+        sigma = (1.0 - alphas_bar.to(x_t.device)[t.long()]).sqrt().reshape(-1, *([1] * (x_t.ndim - 1)))  # (B,1,1,1)
+        grad = classifier_gradient(log_prob, x_t, t)
+        return eps - scale * sigma.to(eps.dtype) * grad.to(eps.dtype)
+
+    return denoise
