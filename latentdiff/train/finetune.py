@@ -200,7 +200,17 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_step: Callable[[int],
     torch.manual_seed(seed_for(cfg.seed, STAGE_IDS["finetune"], 1 << 30))  # LoRA's initial A from the seed
     prompts = list(dict.fromkeys(texts))[: cfg.validation_prompts]
     stage = FinetuneStage(cfg, base, mean, std, tokens, null, accelerator.device, prompts)
+    if main:
+        params = list(stage.model.parameters())
+        trained = sum(p.numel() for p in params if p.requires_grad)
+        log(f"training {trained:,} of {sum(p.numel() for p in params):,} parameters ({_what(cfg)}), "
+            f"{cfg.loop.steps} steps of {cfg.loop.batch_size} images at {size}x{size}")
     return run_stage(stage, cfg.loop, out, cfg.seed, accelerator, resume, to_dict(cfg), on_step, final=out)
+
+
+def _what(cfg: FinetuneConfig) -> str:
+    parts = "U-Net and text encoder" if cfg.train_text_encoder else "U-Net"
+    return f"LoRA rank {cfg.rank} on the {parts}" if cfg.method == "lora" else f"all of the {parts}"
 
 
 def _output_folder(text: str) -> Path:
