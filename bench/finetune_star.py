@@ -14,7 +14,7 @@ What it does, with the same code as the documented commands:
 4. the 50 held-out prompts of the shapes world (``held_out_prompts()``) with the base model and with the
    LoRA: the share of images that match their prompt (scorer), and LoRA / base (target ≥ 0.90).
 
-CPU cost: the fine-tune (``--steps`` × ~1.3 s at batch 16 on one contended core) plus sampling
+CPU cost: the fine-tune (``--steps`` × ~1.06 CPU s at batch 16, see BENCHMARKS.md) plus sampling
 (16 star prompts × ``--num-images`` and 50 held-out prompts × ``--held-out-images``, twice each; at
 dpm++ 25 steps, about 1–2 s per image on this machine). Defaults: ~12 min training + ~10 min sampling.
 """

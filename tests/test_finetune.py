@@ -242,6 +242,11 @@ def test_bad_folders_fail_before_any_work(tmp_path, capsys):
     code, out, err = run(capsys, "finetune", "--data", tmp_path / "broken", "--out", tmp_path / "o",
                          "--model", model)
     assert code == 2 and "model not found" in err  # a readable folder with captions: the model comes next
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "file").write_text("x")
+    code, out, err = run(capsys, "finetune", "--data", tmp_path / "broken", "--out", tmp_path / "file",
+                         "--model", model)
+    assert code == 2 and "exists and is not a folder" in err
 
 
 def test_all_images_unusable_is_a_clear_error(tiny_model_dir, tmp_path, capsys):

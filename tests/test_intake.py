@@ -162,3 +162,13 @@ def test_unreadable_folder_is_a_data_error(tmp_path):
             load_folder(folder)
     finally:
         folder.chmod(0o755)
+
+
+def test_decompression_bombs_are_skipped(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 = 4096 > 2 x 1000: Pillow refuses it
+    from latentdiff.data.folder import Record
+
+    intake = take_in([Record(tmp_path / "big.png", "x")], R, progress=False)
+    assert not intake.records and intake.skipped[0][0] == "big.png"
+    assert intake.skipped[0][1].startswith("too large")

@@ -180,7 +180,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_step: Callable[[int],
     from latentdiff.train.run import make_accelerator
 
     records = load_folder(cfg.data)
-    out = _output_folder(cfg.out)
+    out = _check_output(cfg.out)
     accelerator = make_accelerator(cfg.device, cfg.loop.mixed_precision)
     main = accelerator.is_main_process
     base = _load_base(cfg)
@@ -191,6 +191,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_step: Callable[[int],
     if not intake.records:
         raise DataError(f"{cfg.data}: none of its {intake.total} images can be used (see the summary above)")
     if main:
+        _make_output(out)
         (out / "intake.json").write_text(json.dumps(intake.to_json(), indent=1))
         _check_identity(out, _identity(cfg, base, size, len(intake.records)), resume)
     base.to(accelerator.device)
@@ -213,15 +214,18 @@ def _what(cfg: FinetuneConfig) -> str:
     return f"LoRA rank {cfg.rank} on the {parts}" if cfg.method == "lora" else f"all of the {parts}"
 
 
-def _output_folder(text: str) -> Path:
+def _check_output(text: str) -> Path:
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
+    return out
+
+
+def _make_output(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
-    return out
 
 
 def _load_base(cfg: FinetuneConfig):
