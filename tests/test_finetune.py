@@ -317,3 +317,16 @@ def test_star_concept_on_the_default_model(tmp_path):
     assert result["train_seconds"] <= 15 * 60
     assert result["star_colour_and_shape"]["accuracy"] >= 0.80
     assert result["held_out_retention"] is not None and result["held_out_retention"] >= 0.90
+
+
+def test_an_inpainting_model_is_refused(stars, tmp_path, capsys):
+    from conftest import build_tiny_pipeline
+
+    from latentdiff.models.inpaint import inpainting_unet
+    from latentdiff.pipeline import Pipeline
+
+    base = build_tiny_pipeline(seed=1)
+    Pipeline.from_components(inpainting_unet(base.unet), base.vae, base.text_encoder, base.tokenizer,
+                             base.schedule).save(tmp_path / "inpaint")
+    code, _, err = run(capsys, "finetune", "--data", stars, "--out", tmp_path / "o", "--model", tmp_path / "inpaint")
+    assert code == 2 and "an inpainting model" in err and err.count("\n") == 1

@@ -231,8 +231,12 @@ def _make_output(out: Path) -> None:
 def _load_base(cfg: FinetuneConfig):
     from latentdiff.pipeline import Pipeline
 
-    return Pipeline.load(cfg.model, device="cpu", dtype=torch.float32, config=cfg.model_config,
+    base = Pipeline.load(cfg.model, device="cpu", dtype=torch.float32, config=cfg.model_config,
                          allow_unsafe_pickle=cfg.allow_unsafe_pickle)
+    if base._concat_channels():
+        raise UserError(f"{cfg.model or 'the default model'}: an inpainting model (its U-Net takes extra inputs); "
+                        f"fine-tune the text-to-image model it was made from")
+    return base
 
 
 def _resolution(cfg: FinetuneConfig, base) -> int:
