@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "latentdiff.commands.demo",
     "latentdiff.commands.data",
     "latentdiff.commands.train",
+    "latentdiff.commands.finetune",
     "latentdiff.commands.eval",
     "latentdiff.commands.generate",
     "latentdiff.commands.inpaint",

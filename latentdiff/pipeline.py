@@ -132,6 +132,7 @@ class Pipeline:
         self.defaults = {**GENERATE_DEFAULTS, **self.extra.get("generate_defaults", {})}
         self._sha256: str | None = None
         self._overrides: dict = {}
+        self._loras: list[dict] = []
 
     # --- construction -----------------------------------------------------------------------------
 
@@ -207,6 +208,21 @@ class Pipeline:
 
         return export_single_file(path, self.unet, self.vae, self.text_encoder, self.tokenizer,
                                   self.scheduler_config, self.extra or None, text_layout)
+
+    def load_loras(self, specs: Sequence[tuple[str | Path, float]]) -> "Pipeline":
+        """Apply LoRA files, each ``(path, scale)``, on top of those already applied (see
+        :mod:`latentdiff.lora`; the files diffusers' ``load_lora_weights`` reads). They are recorded in each
+        image's provenance, and ``replay`` applies them again."""
+        from latentdiff.lora import activate, load_loras
+
+        self._loras += load_loras(self.unet, self.text_encoder, [(Path(p), float(s)) for p, s in specs])
+        activate(self.unet, self.text_encoder, self._loras)
+        return self
+
+    @property
+    def loras(self) -> list[dict]:
+        """The LoRA files applied: ``[{"path", "scale", "sha256"}, ...]``."""
+        return [{k: e[k] for k in ("path", "scale", "sha256")} for e in self._loras]
 
     # --- conditions ---------------------------------------------------------------------------------
 
@@ -445,7 +461,7 @@ class Pipeline:
             model_sha256=self.weights_sha256, device=device.type, dtype=str(dtype).removeprefix("torch."),
             latentdiff_version=__version__, batch_seed=batch[0].seed, batch_size=len(batch), batch_index=index,
             batch_prompts=None if len(set(prompts)) == 1 else prompts,
-            batch_negative_prompts=None if len(set(negs)) == 1 else negs,
+            batch_negative_prompts=None if len(set(negs)) == 1 else negs, loras=self.loras or None,
             extra={"classifier_guidance": guide.describe()} if guide is not None else {},
         )
 
@@ -457,6 +473,7 @@ class Pipeline:
         if "inpaint" in record.extra:
             raise UserError("an inpainted image: replay cannot redraw it without the input image and mask; "
                             "run latentdiff inpaint again with the settings in its record")
+        self._apply_recorded_loras(record.loras or [])
         n = record.batch_size
         prompts = record.batch_prompts or [record.prompt] * n
         negs = record.batch_negative_prompts or [record.negative_prompt] * n
@@ -470,3 +487,22 @@ class Pipeline:
         img = Image.fromarray(pixels[record.batch_index])
         img.info["latentdiff"] = self.record(rows, record.batch_index, **opts, guide=guide).to_json()
         return img
+
+    def _apply_recorded_loras(self, recorded: list[dict]) -> None:
+        """Apply the LoRA files a record names (unless this pipeline already has exactly those), checking
+        that each file still has the recorded contents."""
+        def key(entries):
+            return [(e["sha256"], float(e["scale"])) for e in entries]
+
+        if key(self.loras) == key(recorded):
+            return
+        if self._loras:
+            raise UserError("this pipeline has other LoRA files applied than the record names")
+        for entry in recorded:
+            if not Path(entry["path"]).is_file():
+                raise UserError(f"the image was made with the LoRA file {entry['path']}, which is not there any more")
+        self.load_loras([(e["path"], e["scale"]) for e in recorded])
+        for entry, loaded in zip(recorded, self.loras):
+            if loaded["sha256"] != entry["sha256"]:
+                raise UserError(f"{entry['path']}: has sha256 {loaded['sha256'][:12]}…, the image was made with "
+                                f"{entry['sha256'][:12]}…")

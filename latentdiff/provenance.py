@@ -2,8 +2,8 @@
 
 Each PNG written by ``latentdiff generate`` carries one ``tEXt`` chunk with key ``latentdiff``: a JSON
 object (a :class:`Record`) with the prompt, negative prompt, seed, sampler, steps, guidance, size, the
-model's name, path and weights hash, the device and dtype, the latentdiff version, and the batch the image
-was drawn in. ``latentdiff replay`` reads it back and regenerates the image.
+model's name, path and weights hash, the LoRA files applied (path, scale, sha256), the device and dtype,
+the latentdiff version, and the batch the image was drawn in. ``latentdiff replay`` reads it back and regenerates the image.
 
 Weights hash: the SHA-256 over the weight files a pipeline loads (see :func:`weights_hash`), cached by
 (path, size, mtime) in ``~/.cache/latentdiff/weights-sha256.json`` so that hashing a model is paid once.
@@ -52,6 +52,7 @@ class Record:
     batch_index: int
     batch_prompts: list[str] | None = None
     batch_negative_prompts: list[str] | None = None
+    loras: list[dict] | None = None  # LoRA files applied: [{"path", "scale", "sha256"}, ...]
     record_version: int = RECORD_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 

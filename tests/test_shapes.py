@@ -175,3 +175,12 @@ def test_objects_flag_errors(text):
 def test_cli_rejects_both_star_flags(tmp_path):
     with pytest.raises(SystemExit):
         run_cli(["data", "shapes", "--out", str(tmp_path), "--with-star", "--only-star"])
+
+
+def test_only_star_writes_a_200_image_fine_tuning_set(tmp_path):
+    from latentdiff.data.folder import load_folder
+
+    assert run_cli(["data", "shapes", "--out", str(tmp_path / "stars"), "--only-star", "--workers", "1"]) == 0
+    records = load_folder(tmp_path / "stars")
+    assert len(records) == 200 and all("star" in r.text for r in records)
+    assert not any(w in r.text for r in records for w in ("circle", "square", "triangle"))

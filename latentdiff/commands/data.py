@@ -9,6 +9,8 @@ from pathlib import Path
 
 from latentdiff.errors import UserError
 
+DEFAULT_NUM, ONLY_STAR_NUM = 10000, 200
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``data`` and its ``shapes`` subcommand."""
@@ -22,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "metadata.jsonl (captions, boxes, segmaps). By default no star appears anywhere.",
     )
     shapes.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")
-    shapes.add_argument("--num", type=int, default=10000, help="number of images (default: 10000)")
+    shapes.add_argument("--num", type=int, default=None,
+                        help="number of images (default: 10000; 200 with --only-star, a fine-tuning set)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: 0)")
     shapes.add_argument("--objects", default="1-3", help="objects per image: '1', '2', '1-3', ... (default: 1-3)")
     star = shapes.add_mutually_exclusive_group()
@@ -53,6 +56,8 @@ def run_shapes(args: argparse.Namespace) -> int:
     from latentdiff.data.shapes import write_dataset
 
     objects = parse_objects(args.objects)
+    if args.num is None:
+        args.num = ONLY_STAR_NUM if args.only_star else DEFAULT_NUM
     if args.num < 1:
         raise UserError(f"--num {args.num}: must be at least 1")
     if args.seed < 0:

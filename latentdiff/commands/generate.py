@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--height", default=None, metavar="H", help="image height in pixels (default: the model's)")
     g.add_argument("--width", default=None, metavar="W", help="image width in pixels (default: the model's)")
     g.add_argument("--batch-size", default=None, metavar="N", help="images per forward pass (default: up to 8)")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="apply a LoRA file (from 'latentdiff finetune', or any diffusers-loadable SD LoRA) with "
+                        "weight SCALE (default 1); repeat to stack several")
     g.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     g.add_argument("--device", default="auto", metavar="DEV", help="cpu | cuda | auto (default: auto)")
     g.add_argument("--classifier-guidance", default=None, metavar="CLASS",
@@ -209,6 +212,7 @@ def _load(args: argparse.Namespace, model: str | None, device: str | None):
 # --- handlers -----------------------------------------------------------------------------------------
 
 def run_generate(args: argparse.Namespace) -> int:
+    from latentdiff.lora import parse_lora_spec
     from latentdiff.provenance import Record, save_png
 
     num = parse_int("--num-images", args.num_images, 1)
@@ -221,8 +225,11 @@ def run_generate(args: argparse.Namespace) -> int:
     batch = parse_int("--batch-size", args.batch_size, 1)
     device = parse_device(args.device)
     cg_scale = check_classifier_flags(args.classifier_guidance, args.classifier_scale, args.classifier)
+    loras = [parse_lora_spec(text) for text in args.lora]
     out = prepare_out_dir(args.out)
     pipe = _load(args, args.model, device)
+    if loras:
+        pipe.load_loras(loras)
     guide = classifier_guide(pipe, args.classifier_guidance, cg_scale, args.classifier)
     if guide is not None and guidance is None and args.prompt == args.negative_prompt:
         guidance = 1.0  # ε_∅ + w(ε_∅ − ε_∅) = ε_∅: skip the second pass

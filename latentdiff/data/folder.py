@@ -26,7 +26,7 @@ from PIL import Image
 
 from latentdiff.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 SEG_SUFFIX = "_seg"
 
 
@@ -53,17 +53,24 @@ def load_folder(path: str | Path) -> list[Record]:
     """Read and validate an image folder (see the module docstring). Raises DataError on any problem."""
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
+        raise DataError(f"{root}: not a folder" + ("" if root.exists() else " (not found)"))
+    try:
+        return _load_folder(root)
+    except OSError as exc:  # an unreadable folder, metadata or caption file
+        raise DataError(f"{exc.filename or root}: cannot read ({exc.strerror or exc})") from None
+
+
+def _load_folder(root: Path) -> list[Record]:
     jsonl, csv_path = root / "metadata.jsonl", root / "metadata.csv"
     if jsonl.is_file() and csv_path.is_file():
         raise DataError(f"{root}: has both metadata.jsonl and metadata.csv; keep one")
-    if jsonl.is_file():
-        rows = _read_jsonl(jsonl)
-    elif csv_path.is_file():
-        rows = _read_csv(csv_path)
-    else:
+    if not (jsonl.is_file() or csv_path.is_file()):
         return _read_sidecars(root)
     meta = jsonl if jsonl.is_file() else csv_path
+    try:
+        rows = _read_jsonl(meta) if meta == jsonl else _read_csv(meta)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{meta}: not UTF-8 text (byte {exc.start})") from None
     records, seen = [], {}
     for line, row in rows:
         record = _record(root, f"{meta} line {line}", row, line)
@@ -219,7 +226,7 @@ def _read_sidecars(root: Path) -> list[Record]:
     for image in images:
         _inside(root, image.name, f"{root}: {image.name}")
         _inside(root, image.with_suffix(".txt").name, f"{root}: {image.with_suffix('.txt').name}")
-        text = image.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        text = _read_caption(image.with_suffix(".txt"))
         seg = image.with_name(image.stem + SEG_SUFFIX + ".png")
         segmap = None
         if seg.is_file():
@@ -227,3 +234,10 @@ def _read_sidecars(root: Path) -> list[Record]:
             segmap = _segmap(root, seg.name, size, f"{root}: {image.name}")
         records.append(Record(image, text, None, segmap, None))
     return records
+
+
+def _read_caption(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: caption is not UTF-8 text (byte {exc.start})") from None

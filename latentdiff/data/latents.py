@@ -34,8 +34,12 @@ def weights_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def data_key(records: list[Record], resolution: int) -> str:
+def data_key(records: list[Record], resolution: int, variant: str = "") -> str:
+    """Identity of a data set as the cache sees it: resolution, file names, captions, modification times,
+    and ``variant`` (how images were converted, when that can differ)."""
     h = hashlib.sha256(f"res={resolution}".encode())
+    if variant:
+        h.update(f"\0{variant}".encode())
     for r in records:
         h.update(f"{r.image_path.name}\0{r.text}\0".encode())
         h.update(str(r.image_path.stat().st_mtime_ns).encode())
@@ -65,10 +69,10 @@ def load_images(records: list[Record], size: int, progress: bool = True) -> torc
 
 def cached_latents(cache_root: Path, vae: torch.nn.Module, records: list[Record], resolution: int,
                    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                   images: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Path]:
+                   images: Callable[[], torch.Tensor], variant: str = "") -> tuple[torch.Tensor, torch.Tensor, Path]:
     """(mean, std, folder) of the latents of ``records``: read from the cache when its key matches,
     else computed with ``encode(images())`` shard by shard and written atomically."""
-    key = hashlib.sha256((weights_hash(vae) + data_key(records, resolution)).encode()).hexdigest()[:24]
+    key = hashlib.sha256((weights_hash(vae) + data_key(records, resolution, variant)).encode()).hexdigest()[:24]
     folder = cache_root / key
     if not (folder / "index.json").is_file():
         _build(folder, encode, images(), len(records))

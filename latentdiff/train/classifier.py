@@ -172,7 +172,7 @@ def train_classifier(cfg: ClassifierTrainConfig, resume: bool = False) -> Path:
     from latentdiff.train.run import _prepare_data, make_accelerator, seed_init
 
     out = Path(cfg.out)
-    accelerator = make_accelerator(cfg, cfg.classifier.loop.mixed_precision)
+    accelerator = make_accelerator(cfg.device, cfg.classifier.loop.mixed_precision)
     pipe = Pipeline.load(cfg.model or None, device=accelerator.device)
     train_recs, hold_recs = _prepare_data(cfg, accelerator)
     if cfg.max_images:

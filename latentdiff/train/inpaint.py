@@ -281,7 +281,7 @@ def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
     from latentdiff.train.stages import vae_latent_stats
 
     out = Path(cfg.out)
-    accelerator = make_accelerator(cfg, cfg.loop.mixed_precision)
+    accelerator = make_accelerator(cfg.device, cfg.loop.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
     base = Pipeline.load(cfg.base_model or None, device="cuda" if device.type == "cuda" else "cpu")
     if base.is_inpainting or base._concat_channels():

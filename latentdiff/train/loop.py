@@ -22,7 +22,7 @@ from latentdiff.errors import UserError
 from latentdiff.train.config import LoopConfig
 from latentdiff.train.state import latest_checkpoint, load_checkpoint, save_checkpoint
 
-STAGE_IDS = {"vae": 1, "clip": 2, "unet": 3, "inpaint": 4, "classifier": 5}
+STAGE_IDS = {"vae": 1, "clip": 2, "unet": 3, "inpaint": 4, "classifier": 5, "finetune": 6}
 
 
 class TrainingStopped(UserError):
@@ -31,7 +31,7 @@ class TrainingStopped(UserError):
 
 class Stage(Protocol):
     name: str
-    model: torch.nn.Module  # the trained module
+    model: torch.nn.Module  # the trained module; only its parameters with requires_grad are optimised
     num_examples: int
 
     def loss(self, model: torch.nn.Module, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
@@ -79,10 +79,15 @@ def lr_at(cfg: LoopConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer, EMA and checkpoints cover (all of them, or e.g. only LoRA's)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def make_ema(model: torch.nn.Module, decay: float):
     from diffusers.training_utils import EMAModel
 
-    return EMAModel(model.parameters(), decay=decay, use_ema_warmup=True, power=3 / 4)
+    return EMAModel(trainable(model), decay=decay, use_ema_warmup=True, power=3 / 4)
 
 
 def _restore(stage: Stage, opt, ema, ckpt: Path | None) -> tuple[int, dict]:
@@ -90,7 +95,7 @@ def _restore(stage: Stage, opt, ema, ckpt: Path | None) -> tuple[int, dict]:
         return 0, {}
     state = load_checkpoint(ckpt, stage.model, opt)
     if state["ema"] is not None:
-        names = [n for n, _ in stage.model.named_parameters()]
+        names = [n for n, p in stage.model.named_parameters() if p.requires_grad]
         ema.shadow_params = [state["ema"][n].clone() for n in names]
     ema.optimization_step = state["ema_step"]
     return state["step"], state
@@ -112,9 +117,9 @@ class _Log:
 
 
 def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, resume: bool,
-              config_dict: dict, on_step: Callable[[int], None] | None = None) -> Path:
-    """Train ``stage`` for ``cfg.steps`` steps under ``out`` (checkpoints, log, validation); return the
-    folder of the finished component."""
+              config_dict: dict, on_step: Callable[[int], None] | None = None, final: Path | None = None) -> Path:
+    """Train ``stage`` for ``cfg.steps`` steps under ``out`` (checkpoints, log, validation); return what
+    ``stage.finish`` wrote to ``final`` (default ``out/final``)."""
     main = accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +128,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     if existing is not None and not resume:
         raise UserError(f"{out}: has checkpoints from an earlier run; pass --resume to continue it "
                         f"or choose another output folder")
-    opt = torch.optim.AdamW(stage.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable(stage.model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = make_ema(stage.model, cfg.ema_decay)
     start, state = _restore(stage, opt, ema, existing if resume else None)
     ema.to(accelerator.device)
@@ -157,11 +162,11 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
             on_step(step + 1)
     bar.close()
     accelerator.wait_for_everyone()
-    result = out / "final"
+    result = final or out / "final"
     if main:
         unwrapped = accelerator.unwrap_model(model)
         metrics = _with_ema(stage, unwrapped, ema, lambda m: stage.validate(m, cfg.steps, out))
-        result = _with_ema(stage, unwrapped, ema, lambda m: stage.finish(m, out / "final"))
+        result = _with_ema(stage, unwrapped, ema, lambda m: stage.finish(m, result))
         (out / "metrics.json").write_text(json.dumps({**metrics, **counters, "steps": cfg.steps}, indent=1))
     accelerator.wait_for_everyone()
     return result
@@ -188,10 +193,10 @@ def _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank
     counters["nonfinite_run"] = 0
     accelerator.backward(loss)
     if cfg.grad_clip > 0:
-        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        accelerator.clip_grad_norm_(trainable(model), cfg.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    ema.step(accelerator.unwrap_model(model).parameters())
+    ema.step(trainable(accelerator.unwrap_model(model)))
     return float(loss.detach())
 
 
@@ -204,12 +209,13 @@ def _stopped_message(out: Path, ckpt_dir: Path, step: int, counters: dict) -> st
 
 def _with_ema(stage: Stage, model: torch.nn.Module, ema, fn):
     """Run ``fn(model)`` with the EMA weights swapped in, then put the trained weights back."""
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
+    params = trainable(model)
+    ema.store(params)
+    ema.copy_to(params)
     try:
         model.eval()
         with torch.no_grad():
             return fn(model)
     finally:
         model.train()
-        ema.restore(model.parameters())
+        ema.restore(params)

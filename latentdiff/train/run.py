@@ -26,11 +26,12 @@ from latentdiff.train.loop import STAGE_IDS, run_stage, seed_for
 DONE = "DONE"
 
 
-def make_accelerator(cfg: TrainConfig, mixed_precision: str):
+def make_accelerator(device: str, mixed_precision: str):
+    """An Accelerator on CUDA unless device is "cpu" (or none is there); "auto" precision = bf16 where supported."""
     from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was asked for but no CUDA device is available")
     if mixed_precision == "auto":
         mixed_precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
@@ -80,7 +81,7 @@ def train(cfg: TrainConfig, resume: bool = False, only: tuple[str, ...] | None =
     from latentdiff.models.tokenizer import load_clip_tokenizer
 
     out = Path(cfg.out)
-    accelerator = make_accelerator(cfg, cfg.unet.loop.mixed_precision)
+    accelerator = make_accelerator(cfg.device, cfg.unet.loop.mixed_precision)
     device = accelerator.device
     main = accelerator.is_main_process
     if main:

@@ -155,23 +155,31 @@ class ClipTrainStage:
 # --- stage 3: the latent U-Net ---------------------------------------------------------------------
 
 
-class UNetTrainStage:
-    name = "unet"
+class LatentDenoisingStage:
+    """[DDPM] Algorithm 1 on cached VAE latents, conditioned on captions with conditioning dropout: the
+    loss the U-Net stage and fine-tuning (:mod:`latentdiff.train.finetune`) share.
 
-    def __init__(self, cfg: UNetStage, latent_mean, latent_std, tokens, null_tokens, text_encoder,
-                 scaling_factor: float, device, assemble=None):
-        self.cfg, self.device = cfg, device
+    Each step draws every image's latent afresh from its cached posterior, z₀ = (μ + σ·ε₀)·s, and with
+    probability ``cond_dropout`` replaces its caption by the empty prompt, the null condition ∅.
+    Subclasses set ``model`` and ``cond_dropout`` and say how a batch is conditioned (:meth:`condition`)
+    and how the model is called (:meth:`predict`).
+    """
+
+    cond_dropout: float
+    min_snr_gamma: float | None
+
+    def _setup(self, latent_mean, latent_std, scaling_factor: float, schedule: Schedule, tokens, null_tokens,
+               text_encoder, device, encode_captions: bool = True) -> None:
+        self.device, self.schedule, self.scaling_factor = device, schedule, scaling_factor
         self.mean, self.std = latent_mean, latent_std  # (N, C, h, w) each: the VAE posterior per image
-        self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
-        # The text encoder is frozen, so each distinct caption is encoded once, up front.
-        unique, self.caption_index = torch.unique(tokens, dim=0, return_inverse=True)  # (U, L), (N,)
-        self.contexts = self.encode(unique)  # (U, L, D) on the CPU
-        self.null_context = self.encode(null_tokens[None])[0]  # (L, D): the empty prompt, the null condition
-        self.scaling_factor = scaling_factor
-        self.schedule = Schedule.from_config(cfg.schedule)
-        self.model = build_unet(cfg.model)
         self.num_examples = latent_mean.shape[0]
-        self.assemble = assemble  # callable(unet, out_folder) -> model folder; None in tests
+        self.unique_tokens, self.caption_index = torch.unique(tokens, dim=0, return_inverse=True)  # (U, L), (N,)
+        self.null_tokens = null_tokens  # (L,): the empty prompt
+        self.text_encoder = text_encoder
+        if encode_captions:  # a frozen text encoder: each distinct caption is encoded once, up front
+            self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
+            self.contexts = self.encode(self.unique_tokens)  # (U, L, D) on the CPU
+            self.null_context = self.encode(null_tokens[None])[0]  # (L, D): the null condition
 
     @torch.no_grad()
     def encode(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -181,7 +189,7 @@ class UNetTrainStage:
 
     def drop_mask(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """Which captions of the batch become the empty prompt: Bernoulli(cond_dropout) per sample."""
-        return torch.rand(batch, generator=generator) < self.cfg.cond_dropout
+        return torch.rand(batch, generator=generator) < self.cond_dropout
 
     def context(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Cross-attention context of a batch, (B, L, D), with conditioning dropout applied."""
@@ -189,15 +197,50 @@ class UNetTrainStage:
         ctx[self.drop_mask(index.shape[0], generator)] = self.null_context
         return ctx
 
+    def caption_tokens(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Token ids of a batch's captions, (B, L), with conditioning dropout applied (for a text encoder
+        that is being trained, so its contexts cannot be cached)."""
+        tokens = self.unique_tokens[self.caption_index[index]].clone()
+        tokens[self.drop_mask(index.shape[0], generator)] = self.null_tokens
+        return tokens
+
+    def condition(self, index: torch.Tensor, generator: torch.Generator):
+        return self.context(index, generator).to(self.device)  # (B, L, D)
+
+    def predict(self, model, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        return model(x_t, t, encoder_hidden_states=cond).sample
+
     def loss(self, model, index, generator):
         b = index.shape[0]
-        ctx = self.context(index, generator).to(self.device)  # (B, L, D)
+        cond = self.condition(index, generator)  # drawn first: the dropout mask leads each step's random stream
         eps0 = torch.randn(self.mean[index].shape, generator=generator)
         x0 = ((self.mean[index] + self.std[index] * eps0) * self.scaling_factor).to(self.device)  # (B, C, h, w)
         t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator).to(self.device)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
-        fn = lambda x_t, tt: model(x_t, tt, encoder_hidden_states=ctx).sample  # noqa: E731
-        return diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.cfg.min_snr_gamma)
+        fn = lambda x_t, tt: self.predict(model, x_t, tt, cond)  # noqa: E731
+        return diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma)
+
+
+class UNetTrainStage(LatentDenoisingStage):
+    """Stage 3: a fresh ``UNet2DConditionModel`` trained on the frozen text encoder's contexts."""
+
+    name = "unet"
+
+    def __init__(self, cfg: UNetStage, latent_mean, latent_std, tokens, null_tokens, text_encoder,
+                 scaling_factor: float, device, assemble=None):
+        self.cfg = cfg
+        self._setup(latent_mean, latent_std, scaling_factor, Schedule.from_config(cfg.schedule), tokens,
+                    null_tokens, text_encoder, device)
+        self.model = build_unet(cfg.model)
+        self.assemble = assemble  # callable(unet, out_folder) -> model folder; None in tests
+
+    @property
+    def cond_dropout(self) -> float:
+        return self.cfg.cond_dropout
+
+    @property
+    def min_snr_gamma(self) -> float | None:
+        return self.cfg.min_snr_gamma
 
     def validate(self, model, step, out):
         if self.assemble is None:

@@ -48,8 +48,14 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def _state_dict_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+def trained_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of ``module``, on the CPU: its whole state dict when every parameter is
+    trained, else only the trained parameters (a LoRA checkpoint holds the LoRA weights, not the base)."""
+    params = list(module.named_parameters())
+    trained = [n for n, p in params if p.requires_grad]
+    state = module.state_dict()
+    keys = state.keys() if len(trained) == len(params) else trained
+    return {k: state[k].detach().cpu().contiguous() for k in keys}
 
 
 def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, ema_params: list[torch.Tensor] | None,
@@ -60,10 +66,10 @@ def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, ema_params:
     tmp = folder / f"ckpt-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = _state_dict_cpu(model)
+    weights = trained_state_dict(model)
     save_file(weights, str(tmp / "model.safetensors"))
     if ema_params is not None:
-        names = [n for n, _ in model.named_parameters()]
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
         save_file({n: p.detach().cpu().contiguous() for n, p in zip(names, ema_params)}, str(tmp / "ema.safetensors"))
     opt_tensors, opt_meta = flatten_optimizer(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -101,6 +107,8 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.O
         state = json.loads((ckpt / "state.json").read_text())
         weights = load_file(str(ckpt / "model.safetensors"))
         missing, unexpected = model.load_state_dict(weights, strict=False)
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        missing = [k for k in missing if k in trained]  # frozen weights are not in a partial checkpoint
         if missing or unexpected:
             raise UserError(f"{ckpt}/model.safetensors: does not match the model in the config "
                             f"(missing {len(missing)} keys, unexpected {len(unexpected)})")
@@ -108,6 +116,8 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.O
             unflatten_optimizer(optimizer, load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"])
         ema_path = ckpt / "ema.safetensors"
         state["ema"] = load_file(str(ema_path)) if ema_path.is_file() else None
+    except RuntimeError as exc:  # shapes differ from the model's
+        raise UserError(f"{ckpt}/model.safetensors: does not match the model ({str(exc).splitlines()[-1].strip()})") from None
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{ckpt}: cannot read checkpoint ({exc})") from None
     return state
