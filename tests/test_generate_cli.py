@@ -150,3 +150,16 @@ def test_export_fp16_halves_weights_and_keeps_images(tiny_model_dir, tmp_path, c
     a = np.asarray(full.generate("a red circle", seed=1, steps=5)[0], dtype=np.int16)
     b = np.asarray(half.generate("a red circle", seed=1, steps=5)[0], dtype=np.int16)
     assert np.abs(a - b).max() <= 3  # fp16 rounding of the weights only
+
+
+def test_export_keeps_companion_folders(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_model_dir, src)
+    (src / "clip").mkdir()
+    (src / "clip" / "config.json").write_text('{"marker": 1}')
+    code, _, _ = run(capsys, "export", "--model", str(src), "--format", "diffusers", "--dtype", "fp16",
+                     "--out", str(tmp_path / "out"))
+    assert code == 0 and (tmp_path / "out" / "clip" / "config.json").read_text() == '{"marker": 1}'
+    assert not (tmp_path / "out" / "classifier").exists()

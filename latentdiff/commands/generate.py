@@ -296,6 +296,21 @@ def run_replay(args: argparse.Namespace) -> int:
     return 1
 
 
+# Companions a model folder may carry beside the diffusers components (the trained CLIP with its image
+# tower, the noise-aware classifier, layout/segmentation checkpoints); export copies them unchanged.
+AUX_FOLDERS = ("clip", "classifier", "gligen", "controlnet")
+
+
+def _copy_aux_folders(src, out: Path) -> None:
+    import shutil
+
+    if src is None:
+        return
+    for name in AUX_FOLDERS:
+        if (Path(src) / name).is_dir():
+            shutil.copytree(Path(src) / name, out / name)
+
+
 def run_export(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise UserError(f"--format {args.format!r}: expected one of {', '.join(FORMATS)}")
@@ -318,6 +333,7 @@ def run_export(args: argparse.Namespace) -> int:
     cls = "StableDiffusionInpaintPipeline" if pipe.is_inpainting else "StableDiffusionPipeline"
     if args.format == "diffusers":
         pipe.save(out)
+        _copy_aux_folders(pipe.path, out)
         print(out)
         print(f"load with: {cls}.from_pretrained({str(out)!r}, safety_checker=None)")
         return 0
