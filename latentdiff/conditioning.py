@@ -118,20 +118,36 @@ def unet_model(unet, schedule: Schedule, prediction: str | None = None, dtype: t
     net_dtype = dtype or unet.dtype
 
     def model(x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        x_in = x_t if cond.concat is None else torch.cat([x_t, cond.concat.to(x_t)], dim=1)  # (B, C+C', H, W)
-        ctx = cond.context.to(net_dtype)
-        kwargs = unet_kwargs(cond, net_dtype)
-        if cond.control is not None:
-            if controlnet is None:
-                raise ValueError("a control condition was given but no ControlNet is attached")
-            down, mid = controlnet(x_t.to(net_dtype), t, encoder_hidden_states=ctx,
-                                   controlnet_cond=cond.control.to(net_dtype), return_dict=False)
-            kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-        out = unet(x_in.to(net_dtype), t, encoder_hidden_states=ctx, return_dict=False, **kwargs)[0]
-        out = out.float()  # (B, C, H, W)
+        out = network_output(unet, controlnet, x_t, t, cond, net_dtype).float()  # (B, C, H, W)
         return prediction_to_eps(schedule, x_t, t, out, prediction) if prediction != "epsilon" else out
 
     return model
+
+
+def network_output(unet, controlnet, x_t: Tensor, t: Tensor, cond: Conditioning, dtype: torch.dtype) -> Tensor:
+    """The U-Net's raw output (in its prediction type and dtype) with every route of ``cond`` applied."""
+    x_in = x_t if cond.concat is None else torch.cat([x_t, cond.concat.to(x_t)], dim=1)  # (B, C+C', H, W)
+    ctx = cond.context.to(dtype)
+    kwargs = unet_kwargs(cond, dtype)
+    if cond.control is not None:
+        if controlnet is None:
+            raise ValueError("a control condition was given but no ControlNet is attached")
+        down, mid = controlnet(x_t.to(dtype), t, encoder_hidden_states=ctx, controlnet_cond=cond.control.to(dtype),
+                               return_dict=False)
+        kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+    return unet(x_in.to(dtype), t, encoder_hidden_states=ctx, return_dict=False, **kwargs)[0]
+
+
+class ConditionedUNet(torch.nn.Module):
+    """A U-Net with an optional ControlNet as one module (what a training loop optimises and DDP wraps):
+    ``forward(x_t, t, cond)`` is the raw network output with every route of ``cond``."""
+
+    def __init__(self, unet, controlnet=None):
+        super().__init__()
+        self.unet, self.controlnet = unet, controlnet
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        return network_output(self.unet, self.controlnet, x_t, t, cond, x_t.dtype)
 
 
 def unet_kwargs(cond: Conditioning, dtype: torch.dtype) -> dict:

@@ -145,7 +145,7 @@ def guidance_chain(pipe, spatial: Spatial, cond: Conditioning, uncond: Condition
     b = cond.batch_size
     full = cond
     if spatial.segmap is not None:
-        control = one_hot(torch.from_numpy(spatial.segmap)[None]).expand(b, -1, -1, -1).to(pipe.device)
+        control = one_hot(torch.from_numpy(np.array(spatial.segmap))[None]).expand(b, -1, -1, -1).to(pipe.device)
         full = replace(full, control=control)
     if spatial.layout is not None:
         full = replace(full, grounding=grounding_for(pipe, spatial.layout, b, pipe.gligen_slots))
