@@ -1,6 +1,6 @@
 """Done-when 3: text + layout + segmentation together, and the docs figure showing inputs beside outputs.
 
-    nice python bench/spatial_figure.py --model latentdiff/assets/default_model --out docs/images/spatial.png
+    nice python bench/spatial_figure.py --model latentdiff/assets/default_model --out docs/img/spatial.png
 
 For a few scenes it draws, in one row each: the layout (boxes), the segmentation map, then the images for
 text only, text + layout, text + segmentation map, and text + layout + map (seed fixed per row). The
@@ -45,7 +45,7 @@ def segmap_for(layout, classes, size: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--out", default="docs/images/spatial.png")
+    p.add_argument("--out", default="docs/img/spatial.png")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
