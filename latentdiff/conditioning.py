@@ -7,7 +7,12 @@ A :class:`Conditioning` carries every route a latent U-Net can take, batched alo
 * ``concat`` — extra input channels concatenated to x_t, (B, C', H, W): for example an inpainting mask and
   the masked image latents, or a segmentation map. ``None`` when the model takes only x_t.
 
-New routes (layout/grounding tokens, ControlNet residuals) are new typed fields, never a string switch.
+* ``grounding`` — layout tokens for GLIGEN's gated self-attention (:class:`Grounding`: boxes, phrase
+  embeddings and a mask of which of the N slots are used). ``None`` when the U-Net has no gated layers.
+* ``control`` — a ControlNet's input image, (B, C_c, H, W) at pixel resolution: for segmentation the
+  one-hot class map (all zeros is the null map). ``None`` when no ControlNet is attached.
+
+New routes are new typed fields, never a string switch.
 :func:`unet_model` turns a U-Net into the ``model(x_t, t, cond) -> ε̂`` that
 :func:`latentdiff.diffusion.guidance.classifier_free_guidance` wraps into a denoiser; the guidance module
 batches conditions with ``type(cond).cat``.
@@ -23,12 +28,47 @@ from torch import Tensor
 from latentdiff.diffusion.schedule import Schedule, prediction_to_eps
 
 
+def _cat(values: list):
+    first = values[0]
+    return type(first).cat(values) if hasattr(type(first), "cat") else torch.cat(values, dim=0)
+
+
+def _map(value, fn):
+    return value.map(fn) if hasattr(value, "map") else fn(value)
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """GLIGEN grounding tokens (Li et al. 2023): N slots per image, each a box and a phrase embedding.
+
+    The U-Net's position net turns each used slot into a token h_i = MLP([e_i, Fourier(b_i)]); unused slots
+    (``mask`` 0) get its learnt null features, so an all-zero mask is the null condition ∅ of the route.
+    """
+
+    boxes: Tensor  # (B, N, 4) xyxy in [0, 1]
+    embeddings: Tensor  # (B, N, D) pooled text-encoder embedding of each phrase
+    mask: Tensor  # (B, N) 1 for a used slot, 0 for padding
+
+    @classmethod
+    def cat(cls, parts: list["Grounding"]) -> "Grounding":
+        return cls(*(torch.cat([getattr(p, f.name) for p in parts], dim=0) for f in fields(cls)))
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "Grounding":
+        return Grounding(*(fn(getattr(self, f.name)) for f in fields(self)))
+
+    def null(self) -> "Grounding":
+        """The same slots with every one unused (the route's null condition)."""
+        return replace(self, mask=torch.zeros_like(self.mask))
+
+
 @dataclass(frozen=True)
 class Conditioning:
     """The conditions of a batch of images; every field is batched along dim 0 (or ``None``)."""
 
     context: Tensor  # (B, L, D) cross-attention tokens
     concat: Tensor | None = None  # (B, C', H, W) extra input channels, or None
+    grounding: Grounding | None = None  # GLIGEN layout tokens, or None
+    control: Tensor | None = None  # (B, C_c, H, W) ControlNet input (one-hot segmentation map), or None
 
     @property
     def batch_size(self) -> int:
@@ -44,7 +84,7 @@ class Conditioning:
             present = [v is not None for v in values]
             if any(present) and not all(present):
                 raise ValueError(f"Conditioning.cat: route '{f.name}' is set in some parts and not in others")
-            out[f.name] = torch.cat(values, dim=0) if all(present) else None
+            out[f.name] = _cat(values) if all(present) else None
         return cls(**out)
 
     def index(self, idx: Tensor | list[int]) -> "Conditioning":
@@ -57,16 +97,19 @@ class Conditioning:
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> "Conditioning":
         """Apply ``fn`` to every route that is set."""
-        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
+        return replace(self, **{f.name: _map(getattr(self, f.name), fn) for f in fields(self)
                                 if getattr(self, f.name) is not None})
 
 
-def unet_model(unet, schedule: Schedule, prediction: str | None = None,
-               dtype: torch.dtype | None = None) -> Callable[[Tensor, Tensor, Conditioning], Tensor]:
+def unet_model(unet, schedule: Schedule, prediction: str | None = None, dtype: torch.dtype | None = None,
+               controlnet=None) -> Callable[[Tensor, Tensor, Conditioning], Tensor]:
     """``model(x_t (B,C,H,W), t (B,), cond) -> ε̂ (B,C,H,W)`` for a diffusers ``UNet2DConditionModel``.
 
     Routes: ``cond.concat`` is concatenated to x_t along channels, ``cond.context`` goes to
-    cross-attention. The network runs in its own dtype (``dtype``, looked up when not given); inputs are
+    cross-attention, ``cond.grounding`` to the gated self-attention of a U-Net built with
+    ``attention_type="gated"`` (diffusers' ``cross_attention_kwargs={"gligen": ...}``), and ``cond.control``
+    through ``controlnet`` (a diffusers ``ControlNetModel``) whose residuals are added to the U-Net's skip
+    connections and middle block. The network runs in its own dtype (``dtype``, looked up when not given); inputs are
     cast at this boundary and the output comes back as float32. A v- or x_0-predicting network is
     converted to ε̂ with the schedule (``latentdiff.diffusion.schedule.prediction_to_eps``), so samplers
     always see an ε-denoiser.
@@ -75,9 +118,42 @@ def unet_model(unet, schedule: Schedule, prediction: str | None = None,
     net_dtype = dtype or unet.dtype
 
     def model(x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        x_in = x_t if cond.concat is None else torch.cat([x_t, cond.concat.to(x_t)], dim=1)  # (B, C+C', H, W)
-        out = unet(x_in.to(net_dtype), t, encoder_hidden_states=cond.context.to(net_dtype), return_dict=False)[0]
-        out = out.float()  # (B, C, H, W)
+        out = network_output(unet, controlnet, x_t, t, cond, net_dtype).float()  # (B, C, H, W)
         return prediction_to_eps(schedule, x_t, t, out, prediction) if prediction != "epsilon" else out
 
     return model
+
+
+def network_output(unet, controlnet, x_t: Tensor, t: Tensor, cond: Conditioning, dtype: torch.dtype) -> Tensor:
+    """The U-Net's raw output (in its prediction type and dtype) with every route of ``cond`` applied."""
+    x_in = x_t if cond.concat is None else torch.cat([x_t, cond.concat.to(x_t)], dim=1)  # (B, C+C', H, W)
+    ctx = cond.context.to(dtype)
+    kwargs = unet_kwargs(cond, dtype)
+    if cond.control is not None:
+        if controlnet is None:
+            raise ValueError("a control condition was given but no ControlNet is attached")
+        down, mid = controlnet(x_t.to(dtype), t, encoder_hidden_states=ctx, controlnet_cond=cond.control.to(dtype),
+                               return_dict=False)
+        kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+    return unet(x_in.to(dtype), t, encoder_hidden_states=ctx, return_dict=False, **kwargs)[0]
+
+
+class ConditionedUNet(torch.nn.Module):
+    """A U-Net with an optional ControlNet as one module (what a training loop optimises and DDP wraps):
+    ``forward(x_t, t, cond)`` is the raw network output with every route of ``cond``."""
+
+    def __init__(self, unet, controlnet=None):
+        super().__init__()
+        self.unet, self.controlnet = unet, controlnet
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        return network_output(self.unet, self.controlnet, x_t, t, cond, x_t.dtype)
+
+
+def unet_kwargs(cond: Conditioning, dtype: torch.dtype) -> dict:
+    """The U-Net keyword arguments of the grounding route (GLIGEN), empty when it is not set."""
+    g = cond.grounding
+    if g is None:
+        return {}
+    gligen = {"boxes": g.boxes.to(dtype), "positive_embeddings": g.embeddings.to(dtype), "masks": g.mask.to(dtype)}
+    return {"cross_attention_kwargs": {"gligen": gligen}}

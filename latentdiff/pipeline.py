@@ -133,6 +133,9 @@ class Pipeline:
         self._sha256: str | None = None
         self._overrides: dict = {}
         self._loras: list[dict] = []
+        self.controlnet = None  # a segmentation ControlNet (attach_segmap), or None
+        self.gligen_slots = 0  # grounding slots of a gated U-Net (attach_layout); 0: no layout conditioning
+        self.spatial_paths: dict[str, str] = {}  # "layout" / "segmap" -> checkpoint folder
 
     # --- construction -----------------------------------------------------------------------------
 
@@ -172,8 +175,9 @@ class Pipeline:
         from latentdiff.interop import quiet_libraries
 
         with quiet_libraries():  # diffusers warns about fp32-pinned modules even when there are none
-            for m in (self.unet, self.vae, self.text_encoder):
-                m.to(device=device, dtype=dtype)
+            for m in (self.unet, self.vae, self.text_encoder, self.controlnet):
+                if m is not None:
+                    m.to(device=device, dtype=dtype)
         return self
 
     @property
@@ -217,6 +221,28 @@ class Pipeline:
 
         self._loras += load_loras(self.unet, self.text_encoder, [(Path(p), float(s)) for p, s in specs])
         activate(self.unet, self.text_encoder, self._loras)
+        return self
+
+    def attach_layout(self, folder: str | Path) -> "Pipeline":
+        """Make the U-Net a GLIGEN one with the gated layers saved in ``folder`` (see
+        :mod:`latentdiff.models.gligen`); attach before applying LoRA files."""
+        from latentdiff.models.gligen import MAX_BOXES, load_gligen
+
+        if self._loras:
+            raise UserError("attach the layout checkpoint before applying LoRA files")
+        self.unet, cfg = load_gligen(self.unet, folder)
+        self.gligen_slots = int(cfg.get("max_boxes", MAX_BOXES))
+        self.spatial_paths["layout"] = str(Path(folder).resolve())
+        return self
+
+    def attach_segmap(self, folder: str | Path) -> "Pipeline":
+        """Attach the segmentation ControlNet saved in ``folder`` (see :mod:`latentdiff.models.control`)."""
+        from latentdiff.models.control import check_fits, load_controlnet
+
+        net = load_controlnet(folder)
+        check_fits(net, self.unet, Path(folder))
+        self.controlnet = net.to(device=self.device, dtype=self.dtype)
+        self.spatial_paths["segmap"] = str(Path(folder).resolve())
         return self
 
     @property
@@ -354,13 +380,14 @@ class Pipeline:
     def sample_rows(self, rows: Sequence[Row], *, steps: int, guidance: float, sampler: str, height: int,
                     width: int, progress: bool = False, latents: Tensor | None = None,
                     device: torch.device | None = None, dtype: torch.dtype | None = None,
-                    inpaint=None, guide=None) -> Tensor:
+                    inpaint=None, guide=None, spatial=None) -> Tensor:
         """Draw one batch: conditions → guided denoiser → sampler. Returns latents x_0 (B, C, h, w) fp32.
         ``latents`` replaces the seeded x_T; ``device``/``dtype`` (the U-Net's) are looked up when not given.
         ``inpaint`` (a :class:`latentdiff.inpaint.InpaintBatch`) adds the inpainting conditions, start and
         step hook; an inpainting U-Net without it repaints the whole image (text-to-image).
         ``guide`` (for example a :class:`~latentdiff.models.classifier.ClassifierGuide`) wraps the denoiser
-        once more: ``guide.wrap(denoiser, schedule)``."""
+        once more: ``guide.wrap(denoiser, schedule)``. ``spatial`` (a :class:`latentdiff.layout.Spatial`)
+        adds layout and segmentation routes, guided with the nested multi-condition formula."""
         from dataclasses import replace
 
         from latentdiff.diffusion.guidance import classifier_free_guidance
@@ -382,13 +409,31 @@ class Pipeline:
         extra = {}
         if inpaint is not None:
             x_T, extra = inpaint.sampling(x_T, self.schedule, sampler, steps, self.sampler_overrides(sampler))
-        model = unet_model(self.unet, self.schedule, dtype=dtype)
-        denoiser = classifier_free_guidance(model, cond, uncond, guidance)
+        model = unet_model(self.unet, self.schedule, dtype=dtype, controlnet=self.controlnet)
+        if spatial is not None and (spatial.layout is not None or spatial.segmap is not None):
+            from latentdiff.diffusion.guidance import nested_guidance
+            from latentdiff.layout import guidance_chain
+
+            self._check_spatial(spatial, height, width)
+            denoiser = nested_guidance(model, *guidance_chain(self, spatial, cond, uncond, guidance))
+        else:
+            denoiser = classifier_free_guidance(model, cond, uncond, guidance)
         if guide is not None:
             guide.check(self.schedule, x_T.shape[1])
             denoiser = guide.wrap(denoiser, self.schedule)
         return sample(denoiser, self.schedule, x_T, sampler=sampler, steps=steps, generator=gens,
                       progress=progress, scheduler_config=self.sampler_overrides(sampler), **extra)
+
+    def _check_spatial(self, spatial, height: int, width: int) -> None:
+        if spatial.layout is not None and not self.gligen_slots:
+            raise UserError("this model has no layout checkpoint (gligen/); pass --layout-model DIR")
+        if spatial.layout is not None and len(spatial.layout) > self.gligen_slots:
+            raise UserError(f"{len(spatial.layout)} layout boxes; this model supports at most {self.gligen_slots}")
+        if spatial.segmap is not None and self.controlnet is None:
+            raise UserError("this model has no segmentation ControlNet (controlnet/); pass --segmap-model DIR")
+        if spatial.segmap is not None and spatial.segmap.shape != (height, width):
+            raise UserError(f"segmentation map of size {spatial.segmap.shape[1]}x{spatial.segmap.shape[0]}; the "
+                            f"image is {width}x{height}")
 
     @torch.inference_mode()
     def decode_latents(self, latents: Tensor) -> np.ndarray:
@@ -413,13 +458,15 @@ class Pipeline:
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, steps: int | None = None, guidance: float | None = None,
                  sampler: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
-                 progress: bool = False, batch_size: int | None = None, guide=None) -> list:
+                 progress: bool = False, batch_size: int | None = None, guide=None, spatial=None) -> list:
         """Generate images (PIL). Unset options come from the model's defaults (``self.defaults``: dpm++,
         25 steps, guidance 4.0 unless the model's latentdiff.json says otherwise) and its native size.
 
         Image k of the call uses seed + k; each image's provenance record (a JSON string, see
         :mod:`latentdiff.provenance`) is in ``image.info["latentdiff"]``. ``guide``: classifier guidance
         (:class:`~latentdiff.models.classifier.ClassifierGuide`), described in the record's ``extra``.
+        ``spatial``: layout and/or segmentation map (:class:`latentdiff.layout.Spatial`), needing
+        :meth:`attach_layout` / :meth:`attach_segmap`.
         """
         from PIL import Image
 
@@ -430,10 +477,15 @@ class Pipeline:
         images = []
         for start in range(0, len(rows), bs):
             batch = rows[start:start + bs]
-            pixels = self.decode_latents(self.sample_rows(batch, progress=progress, guide=guide, **opts, **where))
+            pixels = self.decode_latents(self.sample_rows(batch, progress=progress, guide=guide, spatial=spatial,
+                                                          **opts, **where))
             for i, px in enumerate(pixels):
                 img = Image.fromarray(px)
-                img.info["latentdiff"] = self.record(batch, i, **opts, **where, guide=guide).to_json()
+                record = self.record(batch, i, **opts, **where, guide=guide)
+                if spatial is not None:
+                    record.extra.update(spatial.describe())
+                    record.extra["spatial_checkpoints"] = dict(self.spatial_paths)
+                img.info["latentdiff"] = record.to_json()
                 images.append(img)
         return images
 
@@ -470,6 +522,9 @@ class Pipeline:
         classifier guidance needs its ``guide`` (the CLI rebuilds it from the record)."""
         from PIL import Image
 
+        if "layout" in record.extra or "segmap" in record.extra:
+            raise UserError("an image made with --layout/--segmap: replay cannot redraw it yet; run latentdiff "
+                            "generate again with the settings in its record")
         if "inpaint" in record.extra:
             raise UserError("an inpainted image: replay cannot redraw it without the input image and mask; "
                             "run latentdiff inpaint again with the settings in its record")

@@ -53,6 +53,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"classifier guidance scale s (default: {DEFAULT_CLASSIFIER_SCALE:g}; 0 = none)")
     g.add_argument("--classifier", default=None, metavar="DIR",
                    help="classifier folder from 'latentdiff train-classifier' (default: MODEL/classifier)")
+    g.add_argument("--layout", default=None, metavar="FILE",
+                   help='layout JSON: [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in pixels '
+                        '(x1, y1 exclusive); needs a layout checkpoint (MODEL/gligen or --layout-model)')
+    g.add_argument("--layout-normalized", action="store_true", help="the layout's boxes are in [0, 1]")
+    g.add_argument("--layout-scale", default=None, metavar="S",
+                   help="guidance scale of the layout (1 = no extra guidance, default: 1)")
+    g.add_argument("--layout-model", default=None, metavar="DIR",
+                   help="layout (GLIGEN) checkpoint folder (default: MODEL/gligen)")
+    g.add_argument("--segmap", default=None, metavar="PNG",
+                   help="segmentation map: single-channel or palette PNG of class ids (0 background, 1 circle, "
+                        "2 square, 3 triangle, 4 star) of the image's size; needs MODEL/controlnet or --segmap-model")
+    g.add_argument("--segmap-scale", default=None, metavar="S",
+                   help="guidance scale of the segmentation map (1 = no extra guidance, default: 1)")
+    g.add_argument("--segmap-model", default=None, metavar="DIR",
+                   help="segmentation ControlNet folder (default: MODEL/controlnet)")
     g.set_defaults(handler=run_generate)
 
     r = sub.add_parser("replay", help="regenerate an image from the record inside its PNG",
@@ -202,6 +217,52 @@ def classifier_guide(pipe, name: str | None, scale: float | None, path_text: str
     return guide
 
 
+def check_spatial_flags(args: argparse.Namespace) -> dict:
+    """Check --layout/--segmap flags before any model is loaded; the scales."""
+    for main, given in (("--layout", args.layout), ("--segmap", args.segmap)):
+        for flag in (f"{main}-normalized", f"{main}-scale", f"{main}-model"):
+            value = getattr(args, flag[2:].replace("-", "_"), None)
+            if value not in (None, False) and given is None:
+                raise UserError(f"{flag} needs {main} FILE")
+    for flag, path in (("--layout", args.layout), ("--segmap", args.segmap)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{flag} {path}: file not found")
+    scales = {"layout_scale": parse_float("--layout-scale", args.layout_scale),
+              "segmap_scale": parse_float("--segmap-scale", args.segmap_scale)}
+    return {k: 1.0 if v is None else v for k, v in scales.items()}
+
+
+def _checkpoint(pipe, flag: str, explicit: str | None, name: str) -> Path:
+    """An explicit checkpoint folder, else MODEL/<name>."""
+    if explicit is not None:
+        if not Path(explicit).is_dir():
+            raise UserError(f"{flag} {explicit}: folder not found")
+        return Path(explicit)
+    folder = pipe.path / name if pipe.path is not None and pipe.path.is_dir() else None
+    if folder is None or not folder.is_dir():
+        raise UserError(f"{pipe.name}: the model has no {name}/ checkpoint; pass {flag} DIR "
+                        f"(written by 'latentdiff train-spatial')")
+    return folder
+
+
+def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int | None, width: int | None):
+    """Attach the checkpoints the flags need and read the layout / segmentation map (or None)."""
+    if args.layout is None and args.segmap is None:
+        return None
+    from latentdiff.layout import Spatial, read_layout, read_segmap
+
+    size = pipe.resolve(height=height, width=width)
+    h, w = size["height"], size["width"]
+    layout = segmap = None
+    if args.layout is not None:
+        pipe.attach_layout(_checkpoint(pipe, "--layout-model", args.layout_model, "gligen"))
+        layout = read_layout(args.layout, w, h, args.layout_normalized, pipe.gligen_slots)
+    if args.segmap is not None:
+        pipe.attach_segmap(_checkpoint(pipe, "--segmap-model", args.segmap_model, "controlnet"))
+        segmap = read_segmap(args.segmap, w, h)
+    return Spatial(layout, segmap, **scales)
+
+
 def _load(args: argparse.Namespace, model: str | None, device: str | None):
     from latentdiff.pipeline import Pipeline
 
@@ -226,8 +287,10 @@ def run_generate(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     cg_scale = check_classifier_flags(args.classifier_guidance, args.classifier_scale, args.classifier)
     loras = [parse_lora_spec(text) for text in args.lora]
+    spatial_flags = check_spatial_flags(args)
     out = prepare_out_dir(args.out)
     pipe = _load(args, args.model, device)
+    spatial = spatial_conditions(pipe, args, spatial_flags, height, width)
     if loras:
         pipe.load_loras(loras)
     guide = classifier_guide(pipe, args.classifier_guidance, cg_scale, args.classifier)
@@ -236,7 +299,7 @@ def run_generate(args: argparse.Namespace) -> int:
     with _UserWarnings("generate"):
         images = pipe.generate(args.prompt, negative_prompt=args.negative_prompt, num_images=num, steps=steps,
                                guidance=guidance, sampler=sampler, seed=seed, height=height, width=width,
-                               progress=sys.stderr.isatty(), batch_size=batch, guide=guide)
+                               progress=sys.stderr.isatty(), batch_size=batch, guide=guide, spatial=spatial)
     for img in images:
         record = Record.from_json(img.info["latentdiff"])
         path = save_png(img, _free_path(out, f"{_slug(args.prompt)}_{record.seed}"), record)

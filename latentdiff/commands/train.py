@@ -28,6 +28,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", help="the diffusion model to guide (overrides the recipe's 'model')")
     c.set_defaults(handler=run_classifier)
 
+    s = sub.add_parser("train-spatial", help="train layout (GLIGEN) or segmentation (ControlNet) conditioning "
+                                             "(configs/layout.yaml, configs/segmap.yaml)",
+                       description="Train the layout or segmentation condition of a model (its base stays "
+                                   "frozen); the result OUT/<condition>/final/gligen or .../controlnet goes into the "
+                                   "model folder (or --install copies it there).")
+    s.add_argument("config", help="YAML recipe, e.g. configs/layout.yaml")
+    s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    s.add_argument("--out", help="output folder (overrides the recipe's 'out')")
+    s.add_argument("--model", help="the base model (overrides the recipe's 'base_model')")
+    s.add_argument("--install", action="store_true", help="copy the result into the base model's folder")
+    s.set_defaults(handler=run_spatial)
+
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
@@ -56,4 +68,25 @@ def run_classifier(args: argparse.Namespace) -> int:
     if args.model:
         cfg = dataclasses.replace(cfg, model=args.model)
     print(f"classifier: {train_classifier(cfg, resume=args.resume)}")
+    return 0
+
+
+def run_spatial(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from latentdiff.config import load_config
+    from latentdiff.train.spatial import SpatialTrainConfig, install, train_spatial
+
+    cfg = load_config(args.config, SpatialTrainConfig)
+    if args.out:
+        cfg = dataclasses.replace(cfg, out=args.out)
+    if args.model:
+        cfg = dataclasses.replace(cfg, base_model=args.model)
+    result = train_spatial(cfg, resume=args.resume)
+    print(f"{cfg.condition}: {result}")
+    if args.install:
+        from latentdiff.pipeline import DEFAULT_MODEL_DIR
+
+        print(f"installed: {install(result, Path(cfg.base_model) if cfg.base_model else DEFAULT_MODEL_DIR)}")
     return 0

@@ -90,3 +90,36 @@ def classifier_guidance(denoiser: Denoiser, log_prob: LogProb, schedule, scale: 
         return eps - scale * sigma.to(eps.dtype) * grad.to(eps.dtype)
 
     return denoise
+
+
+def nested_guidance(model: CondModel, chain: list[Any], scales: list[float]) -> Denoiser:
+    """Multi-condition classifier-free guidance in the nested form of InstructPix2Pix (Brooks et al. 2023,
+    eq. 3), for conditions c_1, …, c_k added one at a time:
+
+        C_0 = ∅,  C_i = C_{i−1} + c_i,   Δ_i = ε(x_t, C_i) − ε(x_t, C_{i−1}),
+        ε̂ = ε(x_t, C_0) + Σ_i s_i Δ_i  =  ε(x_t, C_k) + Σ_i (s_i − 1) Δ_i.
+
+    ``chain`` holds the k + 1 conditions C_0 … C_k (each batched like x_t, every one carrying the same
+    routes, with absent conditions at their null values) and ``scales`` the k scales s_i. The second form
+    shows what a scale means: s_i = 1 removes c_i's guidance term and leaves the others unchanged (c_i is
+    then an ordinary condition, present in every branch after it); with k = 1 this is
+    :func:`classifier_free_guidance` with w = s_1. Only the branches a non-unit scale needs are run, as one
+    batched forward.
+    """
+    if len(chain) != len(scales) + 1:
+        raise ValueError(f"nested_guidance: {len(chain)} conditions need {len(chain) - 1} scales, got {len(scales)}")
+    scales = [float(s) for s in scales]
+    k = len(scales)
+    needed = sorted({k} | {j for i, s in enumerate(scales, 1) if s != 1.0 for j in (i - 1, i)})
+
+    def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+        n = len(needed)
+        out = model(torch.cat([x_t] * n), torch.cat([t] * n), cat_conditions([chain[j] for j in needed]))
+        eps = dict(zip(needed, out.chunk(n)))  # C_j -> (B, C, H, W)
+        result = eps[k]
+        for i, s in enumerate(scales, 1):
+            if s != 1.0:
+                result = result + (s - 1.0) * (eps[i] - eps[i - 1])
+        return result
+
+    return denoise

@@ -1,0 +1,233 @@
+"""Training the layout (GLIGEN) and segmentation (ControlNet) conditions on top of a trained model.
+
+    latentdiff train-spatial configs/layout.yaml      (condition: layout; add --resume after an interruption)
+    latentdiff train-spatial configs/segmap.yaml      (condition: segmap)
+
+Both run on the loop every stage runs (:func:`latentdiff.train.loop.run_stage`) with the U-Net stage's loss
+(:class:`latentdiff.train.stages.LatentDenoisingStage`: [DDPM] Algorithm 1 on cached latents, min-SNR
+weights) over an image folder with ``boxes`` and ``segmap`` (the shapes world by default). The base model
+stays frozen:
+
+* ``layout``: the U-Net gets GLIGEN's gated self-attention and position net (:mod:`latentdiff.models.gligen`);
+  only those are trained, as in GLIGEN. Result: ``OUT/final/gligen/``.
+* ``segmap``: a ControlNet copied from the U-Net (:mod:`latentdiff.models.control`) is trained on the one-hot
+  class maps. Result: ``OUT/final/controlnet/``.
+
+Each condition has its own dropout: the caption becomes the empty prompt with probability ``text_dropout``
+and, independently, the layout/map becomes its null value (no used slot / the all-zero map) with
+probability ``spatial_dropout``, so one model serves every branch of the nested guidance of
+:func:`latentdiff.diffusion.guidance.nested_guidance`. Copy the result into the model folder
+(``MODEL/gligen``, ``MODEL/controlnet``) and ``latentdiff generate --layout/--segmap`` finds it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from latentdiff.config import to_dict
+from latentdiff.conditioning import ConditionedUNet, Conditioning, Grounding
+from latentdiff.errors import ConfigError, UserError
+from latentdiff.train.config import DataConfig, LoopConfig
+from latentdiff.train.stages import LatentDenoisingStage, save_grid
+
+CONDITIONS = ("layout", "segmap")
+
+
+@dataclass(frozen=True)
+class SpatialTrainConfig:
+    """The recipe of a layout or segmentation condition; ``configs/layout.yaml`` and ``configs/segmap.yaml``."""
+
+    condition: str = "layout"  # layout | segmap
+    out: str = "runs/layout"
+    base_model: str = ""  # a diffusers text-to-image folder; "" = the default model
+    seed: int = 0
+    device: str = "auto"
+    latent_cache: str = ""  # "" = out/latents
+    data: DataConfig = DataConfig()
+    loop: LoopConfig = LoopConfig(steps=600, batch_size=32, lr=3e-4, warmup_steps=50, checkpoint_every=100,
+                                  log_every=10, ema_decay=0.999)
+    text_dropout: float = 0.1
+    spatial_dropout: float = 0.1
+    min_snr_gamma: float | None = 5.0
+    validation_cases: int = 8
+    validation_steps: int = 20
+
+    def __post_init__(self):
+        if self.condition not in CONDITIONS:
+            raise ConfigError(f"condition: expected one of {', '.join(CONDITIONS)}, got {self.condition!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device: expected one of auto, cpu, cuda, got {self.device!r}")
+        for name in ("text_dropout", "spatial_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+def layout_of(record, size: int) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """(phrase, normalised box) of each box of a folder record, mapped into the size × size training image."""
+    from latentdiff.train.inpaint import square_box
+
+    if not record.boxes:
+        return []
+    with Image.open(record.image_path) as im:
+        w, h = im.size
+    out = []
+    for b in record.boxes:
+        x0, y0, x1, y1 = (min(max(v / size, 0.0), 1.0) for v in square_box(b.box, w, h, size))
+        out.append((b.phrase, (x0, y0, x1, y1)))
+    return out
+
+
+def segmap_of(record, size: int) -> np.ndarray:
+    """(size, size) uint8 class map of a record (centre crop, nearest resize), zeros when it has none."""
+    if record.segmap_path is None:
+        return np.zeros((size, size), np.uint8)
+    with Image.open(record.segmap_path) as im:
+        w, h = im.size
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.NEAREST)
+        return np.asarray(im, dtype=np.uint8)
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
+class SpatialStage(LatentDenoisingStage):
+    """The U-Net stage's loss with a layout or segmentation route added; only the new layers train."""
+
+    def __init__(self, cfg: SpatialTrainConfig, base, model: ConditionedUNet, mean, std, tokens, null_tokens,
+                 records, size: int, device, holdout=()):
+        from latentdiff.models.gligen import MAX_BOXES, grounding_tensors, phrase_embeddings
+
+        self.name, self.cfg, self.base, self.model = cfg.condition, cfg, base, model
+        self.cond_dropout, self.min_snr_gamma = cfg.text_dropout, cfg.min_snr_gamma
+        self._setup(mean, std, base.scaling_factor, base.schedule, tokens, null_tokens, base.text_encoder, device)
+        self.size, self.holdout = size, list(holdout)
+        if cfg.condition == "layout":
+            layouts = [layout_of(r, size) for r in records]
+            phrases = sorted({p for lay in layouts for p, _ in lay})
+            emb = dict(zip(phrases, phrase_embeddings(base.text_encoder, base.tokenizer, phrases).cpu()))
+            dim = base.text_encoder.config.hidden_size
+            self.boxes, self.embeddings, self.slots = grounding_tensors(
+                [[(emb[p], b) for p, b in lay] for lay in layouts], dim, MAX_BOXES)  # (N, S, 4), (N, S, D), (N, S)
+        else:
+            self.segmaps = torch.from_numpy(np.stack([segmap_of(r, size) for r in records]))  # (N, S, S) uint8
+
+    def condition(self, index, generator) -> Conditioning:
+        from latentdiff.models.control import one_hot
+
+        ctx = self.context(index, generator)  # (B, L, D), text dropout applied
+        keep = (torch.rand(index.shape[0], generator=generator) >= self.cfg.spatial_dropout).float()  # (B,)
+        if self.cfg.condition == "layout":
+            g = Grounding(self.boxes[index], self.embeddings[index], self.slots[index] * keep[:, None])
+            return Conditioning(context=ctx, grounding=g).to(self.device)
+        control = one_hot(self.segmaps[index]) * keep[:, None, None, None]  # (B, K, S, S); dropped: all zeros
+        return Conditioning(context=ctx, control=control).to(self.device)
+
+    def predict(self, model, x_t, t, cond):
+        return model(x_t, t, cond)
+
+    def pipeline(self, model: ConditionedUNet):
+        """A Pipeline over the model being trained (nothing copied), with the condition attached."""
+        from latentdiff.models.gligen import MAX_BOXES
+        from latentdiff.pipeline import Pipeline
+
+        b = self.base
+        pipe = Pipeline(model.unet, b.vae, b.text_encoder, b.tokenizer, b.schedule, b.scheduler_config, extra=b.extra)
+        pipe.controlnet = model.controlnet
+        pipe.gligen_slots = MAX_BOXES if self.cfg.condition == "layout" else 0
+        return pipe
+
+    def validate(self, model, step, out):
+        """Generate the first held-out records' layouts/maps with their captions; score them with the
+        shapes scorer (box accuracy and IoU, or pixel accuracy) and save input | output grids."""
+        if not self.holdout or not self.cfg.validation_cases:
+            return {"step": step}
+        from latentdiff.eval.spatial import run_cases
+
+        cases = self.holdout[: self.cfg.validation_cases]
+        metrics, tiles = run_cases(self.pipeline(model), cases, self.cfg.condition, self.size,
+                                   steps=self.cfg.validation_steps)
+        save_grid(np.stack(tiles), len(cases), out / "val" / f"step{step:07d}.png")
+        return {"step": step, **metrics}
+
+    def finish(self, model, out):
+        from latentdiff.models.gligen import save_gligen
+
+        if self.cfg.condition == "layout":
+            return save_gligen(model.unet, out / "gligen", {"recipe": to_dict(self.cfg)})
+        model.controlnet.save_pretrained(str(out / "controlnet"), safe_serialization=True)
+        return out / "controlnet"
+
+
+def build_model(condition: str, base) -> ConditionedUNet:
+    """The module the loop trains: a gated copy of the frozen U-Net, or the frozen U-Net and a ControlNet."""
+    from latentdiff.models.control import controlnet_from_unet
+    from latentdiff.models.gligen import gated_unet
+
+    base.unet.requires_grad_(False)
+    if condition == "layout":
+        return ConditionedUNet(gated_unet(base.unet)).train()
+    net = controlnet_from_unet(base.unet, base.vae_scale_factor).train().requires_grad_(True)
+    return ConditionedUNet(base.unet, net).train()
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
+    """Run the recipe (module docstring); returns ``OUT/final/gligen`` or ``OUT/final/controlnet``."""
+    from latentdiff.data.latents import cached_latents, load_images
+    from latentdiff.pipeline import Pipeline
+    from latentdiff.train.finetune import _tokens
+    from latentdiff.train.loop import run_stage
+    from latentdiff.train.run import _prepare_data, make_accelerator, seed_init
+    from latentdiff.train.stages import vae_latent_stats
+
+    out = Path(cfg.out)
+    accelerator = make_accelerator(cfg.device, cfg.loop.mixed_precision)
+    device, main = accelerator.device, accelerator.is_main_process
+    base = Pipeline.load(cfg.base_model or None, device="cuda" if device.type == "cuda" else "cpu")
+    if base._concat_channels():
+        raise UserError(f"base_model {cfg.base_model or 'default'}: has extra U-Net inputs; start from a "
+                        f"text-to-image model")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    train_recs, hold_recs = _prepare_data(cfg, accelerator)
+    size = int(base.vae.config.sample_size)
+    cache = Path(cfg.latent_cache) if cfg.latent_cache else out / "latents"
+    encode = lambda x: vae_latent_stats(base.vae, x, device)  # noqa: E731
+    latents = lambda: cached_latents(cache, base.vae, train_recs, size, encode,  # noqa: E731
+                                     lambda: load_images(train_recs, size, main))
+    if main:
+        mean, std, _ = latents()
+    accelerator.wait_for_everyone()
+    if not main:
+        mean, std, _ = latents()
+    tokens, null = _tokens(base, [r.text for r in train_recs], print if main else (lambda _: None))
+    seed_init(cfg.seed, cfg.condition)
+    model = build_model(cfg.condition, base)
+    stage = SpatialStage(cfg, base, model, mean, std, tokens, null, train_recs, size, device, hold_recs)
+    if main:
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"{cfg.condition}: training {n:,} parameters, {cfg.loop.steps} steps of {cfg.loop.batch_size}", flush=True)
+    result = run_stage(stage, cfg.loop, out / cfg.condition, cfg.seed, accelerator, resume, to_dict(cfg))
+    if main:
+        print(f"copy into the model folder to use by default: cp -r {result} MODEL/{result.name}", flush=True)
+    return result
+
+
+def install(result: Path, model_dir: Path) -> Path:
+    """Copy a trained condition (``gligen/`` or ``controlnet/``) into a model folder."""
+    dest = model_dir / result.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(result, dest)
+    return dest

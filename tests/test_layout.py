@@ -1,0 +1,295 @@
+"""Layout (GLIGEN) and segmentation (ControlNet) conditioning: routes, nested guidance, inputs, training."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import build_tiny_pipeline
+from latentdiff.conditioning import Conditioning, Grounding, unet_model
+from latentdiff.diffusion.guidance import classifier_free_guidance, nested_guidance
+from latentdiff.errors import UserError
+from latentdiff.layout import LayoutEntry, Spatial, read_layout, read_segmap
+
+
+# --- nested multi-condition guidance ------------------------------------------------------------------
+
+def _toy_model():
+    """ε(x, t, c) nonlinear in c, so guidance terms differ per condition and channel."""
+    def model(x, t, c):
+        return torch.tanh(x * (1 + c[:, :1, None, None]) + c[:, 1:2, None, None] * x ** 2) + 0.1 * t[:, None, None, None]
+    return model
+
+
+def _chain(b=2, k=3):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(b, 2, generator=g) for _ in range(k + 1)]
+
+
+def test_nested_guidance_one_condition_is_classifier_free_guidance():
+    model, (c0, c1) = _toy_model(), _chain(k=1)
+    x, t = torch.randn(2, 4, 3, 3), torch.tensor([5.0, 7.0])
+    for w in (0.0, 1.0, 3.5):
+        a = nested_guidance(model, [c0, c1], [w])(x, t)
+        b = classifier_free_guidance(model, c1, c0, w)(x, t)
+        torch.testing.assert_close(a, b)
+
+
+def test_nested_guidance_scale_one_removes_only_that_term():
+    model, chain = _toy_model(), _chain(k=3)
+    x, t = torch.randn(2, 4, 3, 3), torch.tensor([5.0, 7.0])
+    eps = [model(x, t, c) for c in chain]
+    scales = [2.0, 3.0, 4.0]
+    for i in range(3):
+        s = list(scales)
+        s[i] = 1.0
+        expected = eps[3] + sum((s[j] - 1) * (eps[j + 1] - eps[j]) for j in range(3) if j != i)
+        torch.testing.assert_close(nested_guidance(model, chain, s)(x, t), expected)
+    # the InstructPix2Pix form ε(C_0) + Σ s_i Δ_i is the same thing
+    ip2p = eps[0] + sum(scales[j] * (eps[j + 1] - eps[j]) for j in range(3))
+    torch.testing.assert_close(nested_guidance(model, chain, scales)(x, t), ip2p)
+
+
+def test_nested_guidance_all_ones_is_one_conditional_pass():
+    calls = []
+    base = _toy_model()
+
+    def model(x, t, c):
+        calls.append(x.shape[0])
+        return base(x, t, c)
+    chain = _chain(k=2)
+    x, t = torch.randn(2, 4, 3, 3), torch.tensor([5.0, 7.0])
+    torch.testing.assert_close(nested_guidance(model, chain, [1.0, 1.0])(x, t), base(x, t, chain[2]))
+    assert calls == [2]
+
+
+# --- routes --------------------------------------------------------------------------------------------
+
+def _grounding(b=2, n=3, d=32):
+    g = torch.Generator().manual_seed(1)
+    boxes = torch.rand(b, n, 4, generator=g).sort(-1).values
+    return Grounding(boxes, torch.randn(b, n, d, generator=g), torch.ones(b, n))
+
+
+def test_conditioning_cat_and_index_carry_grounding_and_control():
+    c = Conditioning(context=torch.randn(2, 5, 32), grounding=_grounding(), control=torch.randn(2, 5, 8, 8))
+    both = Conditioning.cat([c, c.index([1, 0])])
+    assert both.batch_size == 4 and both.grounding.boxes.shape == (4, 3, 4) and both.control.shape[0] == 4
+    back = both.index([3, 2])
+    for a, b in ((back.grounding.embeddings, c.grounding.embeddings), (back.control, c.control),
+                 (back.context, c.context)):
+        torch.testing.assert_close(a, b)
+    assert c.grounding.null().mask.sum() == 0
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_model_dir):
+    """A copy of the tiny model folder with untrained gligen/ and controlnet/ checkpoints inside."""
+    from latentdiff.models.control import controlnet_from_unet
+    from latentdiff.models.gligen import gated_unet, save_gligen
+    from latentdiff.pipeline import Pipeline
+
+    folder = tmp_path_factory.mktemp("spatial") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    pipe = Pipeline.load(folder, device="cpu")
+    torch.manual_seed(0)
+    gated = gated_unet(pipe.unet)
+    with torch.no_grad():  # open the gates so the layout changes the output
+        for name, p in gated.named_parameters():
+            if name.endswith(("alpha_attn", "alpha_dense")):
+                p.fill_(0.5)
+    save_gligen(gated, folder / "gligen")
+    net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor)
+    with torch.no_grad():  # make the zero convolutions non-zero so the map changes the output
+        for p in net.controlnet_down_blocks.parameters():
+            p.normal_(0, 0.1)
+        for p in net.controlnet_mid_block.parameters():
+            p.normal_(0, 0.1)
+    net.save_pretrained(str(folder / "controlnet"))
+    return folder
+
+
+def test_untrained_gated_unet_and_controlnet_leave_the_output_unchanged():
+    from latentdiff.models.control import controlnet_from_unet, one_hot
+    from latentdiff.models.gligen import gated_unet
+
+    pipe = build_tiny_pipeline()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    plain = Conditioning(context=torch.randn(2, 77, 32))
+    ref = unet_model(pipe.unet, pipe.schedule)(x, t, plain)
+    gated = gated_unet(pipe.unet)
+    out = unet_model(gated, pipe.schedule)(x, t, Conditioning(context=plain.context, grounding=_grounding()))
+    torch.testing.assert_close(out, ref)
+    seg = one_hot(torch.randint(0, 5, (2, 32, 32)))
+    net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor)
+    out = unet_model(pipe.unet, pipe.schedule, controlnet=net)(x, t, Conditioning(context=plain.context, control=seg))
+    torch.testing.assert_close(out, ref)
+    assert all(p.requires_grad == (".fuser." in n or n.startswith("position_net.")) for n, p in gated.named_parameters())
+
+
+# --- inputs --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, expected", [
+    ([{"phrase": "a red circle", "box": [0, 0, 40, 10]}], "entry 0: box [0, 0, 40, 10] is outside the 32x32 image"),
+    ([{"phrase": "a", "box": [0, 0, 4, 4]}, {"phrase": "b", "box": [10, 2, 10, 8]}], "entry 1: box [10, 2, 10, 8]: expected x0 < x1"),
+    ([{"phrase": "  ", "box": [0, 0, 4, 4]}], "entry 0: phrase '  ': expected a non-empty string"),
+    ([{"phrase": "a", "box": [0, 0, 4, 4]}] * 4, "4 boxes; at most 3 are supported"),
+    ([{"phrase": "a", "box": [0, 0, 4]}], "entry 0: box [0, 0, 4]: expected four numbers"),
+    ({"phrase": "a"}, "expected a JSON list"),
+])
+def test_layout_errors_name_file_entry_and_problem(tmp_path, data, expected):
+    path = tmp_path / "layout.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as err:
+        read_layout(path, 32, 32, max_boxes=3)
+    msg = str(err.value)
+    assert str(path) in msg and expected in msg and "\n" not in msg
+
+
+def test_layout_invalid_json_and_normalised_boxes(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[{"phrase": "a red circle", "box": [1, 2, 3, 4],}]')
+    with pytest.raises(UserError, match=r"bad\.json: invalid JSON: .* \(line 1, column \d+\)"):
+        read_layout(path, 32, 32)
+    path.write_text('[{"phrase": "a red circle", "box": [0.25, 0.5, 0.75, 1.0]}]')
+    assert read_layout(path, 32, 32, normalized=True) == [LayoutEntry("a red circle", (0.25, 0.5, 0.75, 1.0))]
+    path.write_text('[{"phrase": "a red circle", "box": [8, 16, 24, 32]}]')
+    assert read_layout(path, 32, 32) == [LayoutEntry("a red circle", (0.25, 0.5, 0.75, 1.0))]
+    with pytest.raises(UserError, match="outside \\[0, 1\\]"):
+        read_layout(path, 32, 32, normalized=True)
+
+
+def test_segmap_reading_and_errors(tmp_path):
+    seg = np.zeros((32, 32), np.uint8)
+    seg[4:10, 4:10] = 3
+    Image.fromarray(seg).save(tmp_path / "ok.png")
+    pal = Image.fromarray(seg, mode="L").convert("P")
+    pal.save(tmp_path / "pal.png")
+    np.testing.assert_array_equal(read_segmap(tmp_path / "ok.png", 32, 32), seg)
+    np.testing.assert_array_equal(read_segmap(tmp_path / "pal.png", 32, 32), seg)
+    cases = {"size.png": (Image.fromarray(seg[:16]), "size 32x16 differs from the image's 32x32"),
+             "ids.png": (Image.fromarray(seg * 3), "unknown class ids [9]"),
+             "rgb.png": (Image.fromarray(np.stack([seg] * 3, -1)), "mode RGB: expected a single-channel")}
+    for name, (im, expected) in cases.items():
+        im.save(tmp_path / name)
+        with pytest.raises(UserError) as err:
+            read_segmap(tmp_path / name, 32, 32)
+        assert str(tmp_path / name) in str(err.value) and expected in str(err.value)
+
+
+# --- generation ----------------------------------------------------------------------------------------
+
+def test_text_layout_and_segmap_together(checkpoints):
+    from latentdiff.pipeline import Pipeline
+
+    pipe = Pipeline.load(checkpoints, device="cpu").attach_layout(checkpoints / "gligen")
+    pipe.attach_segmap(checkpoints / "controlnet")
+    seg = np.zeros((32, 32), np.uint8)
+    seg[2:14, 2:14] = 1
+    layout = [LayoutEntry("a red circle", (0.05, 0.05, 0.45, 0.45))]
+    kw = dict(seed=3, steps=2, guidance=2.0)
+    plain = np.asarray(pipe.generate("a red circle", **kw)[0]).astype(int)
+    both = pipe.generate("a red circle", spatial=Spatial(layout, seg, 1.5, 1.5), **kw)[0]
+    record = json.loads(both.info["latentdiff"])
+    assert record["extra"]["layout"]["boxes"][0]["phrase"] == "a red circle"
+    assert record["extra"]["segmap"]["classes"] == [0, 1]
+    assert np.abs(np.asarray(both).astype(int) - plain).max() > 0  # the routes reach the network
+    again = pipe.generate("a red circle", spatial=Spatial(layout, seg, 1.5, 1.5), **kw)[0]
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(both))
+
+
+def test_cli_layout_and_segmap(checkpoints, tmp_path, capsys):
+    from latentdiff.cli import main
+
+    (tmp_path / "layout.json").write_text('[{"phrase": "a red circle", "box": [2, 2, 14, 14]}]')
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "seg.png")
+    base = ["generate", "a red circle", "--model", str(checkpoints), "--steps", "2", "--device", "cpu",
+            "--out", str(tmp_path / "out")]
+    assert main(base + ["--layout", str(tmp_path / "layout.json"), "--segmap", str(tmp_path / "seg.png"),
+                        "--layout-scale", "2", "--segmap-scale", "1.5"]) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+    (tmp_path / "far.json").write_text('[{"phrase": "a red circle", "box": [2, 2, 40, 14]}]')
+    capsys.readouterr()
+    assert main(base + ["--layout", str(tmp_path / "far.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "far.json: entry 0: box [2, 2, 40, 14] is outside the 32x32 image" in err
+    assert main(base + ["--segmap-scale", "2"]) == 2
+    assert "--segmap-scale needs --segmap FILE" in capsys.readouterr().err
+
+
+def test_cli_without_checkpoint_names_the_missing_folder(tiny_model_dir, tmp_path, capsys):
+    from latentdiff.cli import main
+
+    (tmp_path / "layout.json").write_text('[{"phrase": "a red circle", "box": [2, 2, 14, 14]}]')
+    assert main(["generate", "x", "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(tmp_path),
+                 "--layout", str(tmp_path / "layout.json")]) == 2
+    assert "has no gligen/ checkpoint; pass --layout-model DIR" in capsys.readouterr().err
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shapes_records(tmp_path_factory):
+    from latentdiff.data.folder import load_folder
+    from latentdiff.data.shapes import write_dataset
+
+    folder = tmp_path_factory.mktemp("shapes")
+    write_dataset(folder, 24, seed=0, workers=1)
+    return load_folder(folder)
+
+
+def _stage(condition, records, dropout=0.1):
+    from latentdiff.data.latents import load_images
+    from latentdiff.train.config import LoopConfig
+    from latentdiff.train.finetune import _tokens
+    from latentdiff.train.spatial import SpatialStage, SpatialTrainConfig, build_model
+    from latentdiff.train.stages import vae_latent_stats
+
+    base = build_tiny_pipeline()
+    cfg = SpatialTrainConfig(condition=condition, spatial_dropout=dropout, validation_cases=0,
+                             loop=LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1))
+    mean, std = vae_latent_stats(base.vae, load_images(records, 32, False), torch.device("cpu"))
+    tokens, null = _tokens(base, [r.text for r in records], lambda _: None)
+    return base, cfg, SpatialStage(cfg, base, build_model(condition, base), mean, std, tokens, null, records, 32,
+                                   torch.device("cpu"))
+
+
+@pytest.mark.parametrize("condition", ["layout", "segmap"])
+def test_spatial_dropout_rate_is_what_was_asked(shapes_records, condition):
+    _, _, stage = _stage(condition, shapes_records, dropout=0.3)
+    gen = torch.Generator().manual_seed(0)
+    dropped = []
+    for _ in range(40):
+        c = stage.condition(torch.arange(24), gen)
+        if condition == "layout":
+            dropped.append(c.grounding.mask.sum(1) == 0)
+        else:
+            dropped.append(c.control.flatten(1).sum(1) == 0)
+    rate = torch.cat(dropped).float().mean().item()
+    assert abs(rate - 0.3) < 0.05  # 960 draws: 4.5 standard deviations
+
+
+@pytest.mark.parametrize("condition", ["layout", "segmap"])
+def test_training_moves_only_the_new_layers_and_saves_them(shapes_records, condition, tmp_path):
+    from accelerate import Accelerator
+
+    from latentdiff.train.loop import run_stage
+
+    base, cfg, stage = _stage(condition, shapes_records)
+    frozen = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    new = {k: v.clone() for k, v in stage.model.named_parameters() if v.requires_grad}
+    result = run_stage(stage, cfg.loop, tmp_path / condition, 0, Accelerator(cpu=True), False, {})
+    unet = stage.model.unet
+    for k, v in unet.state_dict().items():
+        if k in frozen:
+            torch.testing.assert_close(v, frozen[k])
+    moved = [k for k, v in stage.model.named_parameters() if k in new and not torch.equal(v, new[k])]
+    assert moved
+    from latentdiff.pipeline import Pipeline
+
+    pipe = Pipeline.from_components(base.unet, base.vae, base.text_encoder, base.tokenizer, base.schedule)
+    (pipe.attach_layout if condition == "layout" else pipe.attach_segmap)(result)
