@@ -43,6 +43,7 @@ class Job:
     pngs: list[bytes] = field(default_factory=list)
     records: list[str] = field(default_factory=list)
     cancel_flag: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
 

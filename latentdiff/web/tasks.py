@@ -18,6 +18,7 @@ import inspect
 import io
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -112,7 +113,9 @@ def decode_image(data: Any, name: str, max_side: int):
     except (binascii.Error, ValueError):
         raise UserError(f"{name}: the upload is not base64 data") from None
     try:
-        img = Image.open(io.BytesIO(raw))
+        with warnings.catch_warnings():  # the size is checked below, before any pixel is decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise UserError(f"{name}: not an image (expected a PNG, JPEG, WebP, …)") from None
     w, h = img.size
