@@ -98,7 +98,10 @@ function showImages(kind, images) {
     link.href = im.url; link.download = im.filename; link.textContent = "Download PNG";
     const pre = document.createElement("pre");
     pre.className = "provenance";
-    pre.textContent = JSON.stringify(im.record, null, 1);
+    const first = {};  // what people look for first, then the rest of the record
+    for (const k of ["prompt", "negative_prompt", "seed", "steps", "guidance", "sampler", "width", "height"])
+      if (k in im.record) first[k] = im.record[k];
+    pre.textContent = JSON.stringify(Object.assign(first, im.record), null, 1);
     fig.append(img, link, pre);
     gallery.prepend(fig);
   }
