@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # torch/torchvision first and pinned: on the project machines they come from local disk.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow lint clean default-model inpaint-model
+.PHONY: install demo test test-slow test-ui ui-screenshots lint clean default-model inpaint-model
 
 install: $(STAMP)
 
@@ -26,6 +26,20 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q -m slow
+
+# The web app in a real browser: Debian's chromium + chromedriver (apt) and selenium (the ui-test extra),
+# installed when missing; the tests never download anything.
+CHROMIUM_PKGS := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-ui: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(CHROMIUM_PKGS); }
+	@$(VPY) -c "import selenium" 2>/dev/null || $(VPY) -m pip install -q -e '.[test,ui-test]'
+	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q tests/test_webapp.py tests/test_webapp_browser.py
+
+# Screenshots of each panel for docs/webapp.md (MODEL: a model folder; default: the default model).
+ui-screenshots: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VPY) scripts/webapp_screenshots.py $(if $(MODEL),--model $(MODEL)) --out docs/img
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "latentdiff.commands.eval",
     "latentdiff.commands.generate",
     "latentdiff.commands.inpaint",
+    "latentdiff.commands.serve",
 )
 
 

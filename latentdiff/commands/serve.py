@@ -1,0 +1,54 @@
+"""``latentdiff serve``: the local web app (:mod:`latentdiff.web`). Loads the model once, binds to
+loopback unless told otherwise, prints the URL and serves until interrupted."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from latentdiff.commands.generate import _load, _model_flags, parse_device, parse_int
+from latentdiff.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="a local web app: generate, inpaint with a painted mask, draw a layout",
+                       description="Serve the web app on http://HOST:PORT/ (loopback by default: other machines "
+                                   "cannot reach it unless --host says so). Requests queue and run one at a time.")
+    _model_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 = every "
+                                                      "interface, reachable from the network)")
+    p.add_argument("--port", default="7860", metavar="N", help="port (default: 7860; 0 = any free port)")
+    p.add_argument("--device", default=None, metavar="DEV", help="cpu | cuda | cuda:N | auto (default: auto)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="apply a LoRA file")
+    p.add_argument("--max-steps", default="150", metavar="N", help="most sampler steps a request may ask (150)")
+    p.add_argument("--max-images", default="8", metavar="N", help="most images per request (8)")
+    p.add_argument("--max-side", default="1024", metavar="PX",
+                   help="largest width/height of a generated or uploaded image in pixels (1024)")
+    p.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from latentdiff.lora import parse_lora_spec
+    from latentdiff.web.server import make_server, url_of
+    from latentdiff.web.tasks import Limits
+
+    port = parse_int("--port", args.port, 0, 65535)
+    limits = Limits(max_steps=parse_int("--max-steps", args.max_steps, 1),
+                    max_images=parse_int("--max-images", args.max_images, 1),
+                    max_side=parse_int("--max-side", args.max_side, 8))
+    device = parse_device(args.device)
+    loras = [parse_lora_spec(text) for text in args.lora]
+    pipe = _load(args, args.model, device)
+    if loras:
+        pipe.load_loras(loras)
+    try:
+        server = make_server(pipe, args.host, port, limits)
+    except OSError as exc:
+        raise UserError(f"--host {args.host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+    print(f"latentdiff serve: {pipe.name} at {url_of(server)}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("latentdiff serve: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,230 @@
+"""Requests of the web app → checked jobs.
+
+A request is a JSON object with ``kind`` (txt2img | inpaint | layout | segmap) and the fields of that
+panel. Everything is checked here, before anything is queued, so a bad request is answered at once
+with a one-line message naming the field, the value and what was expected: limits (:class:`Limits`),
+the model's own checks (:meth:`Pipeline.resolve`), uploads (a base64 ``data:`` URL that must decode to
+an image no larger than the size limit — read from the header, before any pixel is decoded) and the
+inpainting mask (the image's size; :func:`latentdiff.inpaint.load_inputs`).
+
+Layout and segmentation maps go through :func:`layout_support`: they are offered when the pipeline's
+``generate`` takes ``layout=`` / ``segmap=`` (issue #7), and refused with a clear message otherwise.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import io
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from latentdiff.errors import UserError
+
+KINDS = ("txt2img", "inpaint", "layout", "segmap")
+MAX_PROMPT_CHARS = 2000
+MAX_BOXES = 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: sampler steps, images, and image side in pixels (width and height,
+    generated or uploaded)."""
+
+    max_steps: int = 150
+    max_images: int = 8
+    max_side: int = 1024
+
+    def describe(self) -> dict:
+        return {"max_steps": self.max_steps, "max_images": self.max_images, "max_side": self.max_side}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked request: ``run(pipe) -> images`` and its number of U-Net evaluations."""
+
+    kind: str
+    run: Callable[[Any], list]
+    total: int
+
+
+def layout_support(pipe) -> dict[str, bool]:
+    """Which of layout / segmap conditioning this build's ``Pipeline.generate`` accepts."""
+    params = inspect.signature(pipe.generate).parameters
+    return {"layout": "layout" in params, "segmap": "segmap" in params}
+
+
+# --- fields ---------------------------------------------------------------------------------------
+
+def _text(req: dict, name: str) -> str:
+    value = req.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{name}: expected text")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise UserError(f"{name}: {len(value)} characters; at most {MAX_PROMPT_CHARS}")
+    return value
+
+
+def _int(req: dict, name: str, lo: int, hi: int, default: int | None = None) -> int | None:
+    value = req.get(name)
+    if value is None or value == "":
+        return default
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        number = int(value)
+    if number is None:
+        raise UserError(f"{name} {value!r}: expected a whole number")
+    if not lo <= number <= hi:
+        raise UserError(f"{name} {number}: expected {lo}..{hi}")
+    return number
+
+
+def _float(req: dict, name: str) -> float | None:
+    value = req.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} {value!r}: expected a number") from None
+    if not math.isfinite(number) or isinstance(value, bool):
+        raise UserError(f"{name} {value!r}: expected a finite number")
+    return number
+
+
+def decode_image(data: Any, name: str, max_side: int):
+    """A PIL image from a base64 ``data:`` URL; its size is checked from the header before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(data, str) or not data:
+        raise UserError(f"{name}: no image uploaded")
+    match = re.fullmatch(r"data:[^,]*?;base64,(.*)", data, flags=re.S)
+    try:
+        raw = base64.b64decode(match.group(1) if match else data, validate=True)
+    except (binascii.Error, ValueError):
+        raise UserError(f"{name}: the upload is not base64 data") from None
+    try:
+        with warnings.catch_warnings():  # the size is checked below, before any pixel is decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise UserError(f"{name}: not an image (expected a PNG, JPEG, WebP, …)") from None
+    w, h = img.size
+    if max(w, h) > max_side:
+        raise UserError(f"{name}: the image is {w}x{h} pixels; the largest side allowed is {max_side} px")
+    try:
+        img.load()
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"{name}: the image file is damaged ({exc})") from None
+    return img
+
+
+def _common(pipe, req: dict, limits: Limits, size: tuple[int, int] | None = None) -> dict:
+    """Prompt, sampling options (model defaults for blanks) and seed, checked."""
+    opts = dict(prompt=_text(req, "prompt"), negative_prompt=_text(req, "negative_prompt"),
+                seed=_int(req, "seed", 0, 2**63 - 1, 0),
+                num_images=_int(req, "num_images", 1, limits.max_images, 1),
+                steps=_int(req, "steps", 1, limits.max_steps), guidance=_float(req, "guidance"),
+                sampler=req.get("sampler") or None)
+    if size is None:
+        size = (_int(req, "height", 1, limits.max_side), _int(req, "width", 1, limits.max_side))
+    resolved = pipe.resolve(opts["steps"], opts["guidance"], opts["sampler"], *size)
+    if max(resolved["height"], resolved["width"]) > limits.max_side:
+        raise UserError(f"size {resolved['width']}x{resolved['height']}: the largest side allowed is "
+                        f"{limits.max_side} px")
+    if resolved["steps"] > limits.max_steps:
+        raise UserError(f"steps {resolved['steps']}: expected 1..{limits.max_steps}")
+    opts.update(steps=resolved["steps"], guidance=resolved["guidance"], sampler=resolved["sampler"])
+    opts.update(height=resolved["height"], width=resolved["width"])
+    return opts
+
+
+def _total(opts: dict) -> int:
+    from latentdiff.pipeline import MAX_BATCH
+
+    return opts["steps"] * math.ceil(opts["num_images"] / MAX_BATCH)
+
+
+# --- kinds ----------------------------------------------------------------------------------------
+
+def plan_txt2img(pipe, req: dict, limits: Limits) -> Plan:
+    opts = _common(pipe, req, limits)
+    return Plan("txt2img", lambda p: p.generate(**opts), _total(opts))
+
+
+def plan_inpaint(pipe, req: dict, limits: Limits) -> Plan:
+    from latentdiff.inpaint import load_inputs
+
+    image = decode_image(req.get("image"), "image", limits.max_side)
+    mask = decode_image(req.get("mask"), "mask", limits.max_side)
+    load_inputs(image, mask, pipe.vae_scale_factor, image_flag="image", mask_flag="mask")  # sizes, modes
+    opts = _common(pipe, req, limits, size=(None, None))
+    opts.pop("height"), opts.pop("width")  # the image's own size
+    return Plan("inpaint", lambda p: p.inpaint(image=image, mask=mask, **opts), _total(opts))
+
+
+def _boxes(req: dict) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """``[{"phrase", "x0", "y0", "x1", "y1"}]`` in [0, 1] image coordinates → [(phrase, box)]."""
+    boxes = req.get("boxes")
+    if not isinstance(boxes, list) or not boxes:
+        raise UserError("boxes: draw at least one box on the canvas")
+    if len(boxes) > MAX_BOXES:
+        raise UserError(f"boxes: {len(boxes)} boxes; at most {MAX_BOXES}")
+    out = []
+    for i, b in enumerate(boxes, 1):
+        phrase = b.get("phrase", "").strip() if isinstance(b, dict) and isinstance(b.get("phrase", ""), str) else ""
+        if not phrase:
+            raise UserError(f"box {i}: give it a phrase")
+        try:
+            x0, y0, x1, y1 = (float(b[k]) for k in ("x0", "y0", "x1", "y1"))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"box {i}: expected x0, y0, x1, y1 in 0..1") from None
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            raise UserError(f"box {i}: ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not a box inside the image")
+        out.append((phrase[:200], (x0, y0, x1, y1)))
+    return out
+
+
+def _unavailable(what: str) -> UserError:
+    return UserError(f"{what} conditioning is not available in this build: this model/pipeline has no "
+                     f"generate({what}=...) (layout and segmentation conditioning, issue #7)")
+
+
+def plan_layout(pipe, req: dict, limits: Limits) -> Plan:
+    """Adapter to ``Pipeline.generate(prompt, layout=[(phrase, (x0, y0, x1, y1)), …])`` (issue #7)."""
+    if not layout_support(pipe)["layout"]:
+        raise _unavailable("layout")
+    boxes = _boxes(req)
+    opts = _common(pipe, req, limits)
+    return Plan("layout", lambda p: p.generate(layout=boxes, **opts), _total(opts))
+
+
+def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
+    """Adapter to ``Pipeline.generate(prompt, segmap=<PIL image>)`` (issue #7)."""
+    if not layout_support(pipe)["segmap"]:
+        raise _unavailable("segmap")
+    segmap = decode_image(req.get("segmap"), "segmap", limits.max_side)
+    opts = _common(pipe, req, limits, size=(segmap.height, segmap.width))
+    return Plan("segmap", lambda p: p.generate(segmap=segmap, **opts), _total(opts))
+
+
+PLANNERS = {"txt2img": plan_txt2img, "inpaint": plan_inpaint, "layout": plan_layout, "segmap": plan_segmap}
+
+
+def plan(pipe, req: Any, limits: Limits) -> Plan:
+    """Check a request and return what to run (a :class:`UserError` names what is wrong)."""
+    if not isinstance(req, dict):
+        raise UserError("request: expected a JSON object")
+    kind = req.get("kind")
+    if kind not in PLANNERS:
+        raise UserError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return PLANNERS[kind](pipe, req, limits)
