@@ -152,14 +152,28 @@ def test_export_fp16_halves_weights_and_keeps_images(tiny_model_dir, tmp_path, c
     assert np.abs(a - b).max() <= 3  # fp16 rounding of the weights only
 
 
-def test_export_keeps_companion_folders(tiny_model_dir, tmp_path, capsys):
+def test_export_keeps_companion_folders_in_half_precision(tiny_model_dir, tmp_path, capsys):
     import shutil
+
+    from safetensors import safe_open
+
+    from latentdiff.eval.fid import ClipImageFeatures
+    from latentdiff.models.factory import ImageTowerConfig, TextConfig, build_clip
 
     src = tmp_path / "src"
     shutil.copytree(tiny_model_dir, src)
-    (src / "clip").mkdir()
-    (src / "clip" / "config.json").write_text('{"marker": 1}')
+    torch.manual_seed(0)
+    build_clip(TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, projection_dim=32),
+               ImageTowerConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, image_size=32)
+               ).save_pretrained(str(src / "clip"))
     code, _, _ = run(capsys, "export", "--model", str(src), "--format", "diffusers", "--dtype", "fp16",
                      "--out", str(tmp_path / "out"))
-    assert code == 0 and (tmp_path / "out" / "clip" / "config.json").read_text() == '{"marker": 1}'
-    assert not (tmp_path / "out" / "classifier").exists()
+    assert code == 0 and not (tmp_path / "out" / "classifier").exists()
+    with safe_open(str(tmp_path / "out" / "clip" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    full, half = ClipImageFeatures(src / "clip")(images), ClipImageFeatures(tmp_path / "out" / "clip")(images)
+    assert half.dtype == torch.float32 and full.shape == half.shape
+    assert (full - half).abs().max() <= 2e-2 * full.abs().max()  # fp16 rounding of the weights only
+    code, _, _ = run(capsys, "export", "--model", str(src), "--format", "diffusers", "--out", str(tmp_path / "o32"))
+    assert code == 0 and torch.equal(ClipImageFeatures(tmp_path / "o32" / "clip")(images), full)

@@ -364,7 +364,9 @@ def run_replay(args: argparse.Namespace) -> int:
 AUX_FOLDERS = ("clip", "classifier", "gligen", "controlnet")
 
 
-def _copy_aux_folders(src, out: Path) -> None:
+def _copy_aux_folders(src, out: Path, half: bool = False) -> None:
+    """Copy the companion folders of model folder ``src`` into ``out``; ``half``: their float32 weights
+    are stored as float16 (loaders upcast them), as the components are."""
     import shutil
 
     if src is None:
@@ -372,6 +374,20 @@ def _copy_aux_folders(src, out: Path) -> None:
     for name in AUX_FOLDERS:
         if (Path(src) / name).is_dir():
             shutil.copytree(Path(src) / name, out / name)
+            for f in (out / name).rglob("*.safetensors") if half else ():
+                _halve_safetensors(f)
+
+
+def _halve_safetensors(path: Path) -> None:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
+    save_file(tensors, str(path), metadata=meta)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -396,7 +412,7 @@ def run_export(args: argparse.Namespace) -> int:
     cls = "StableDiffusionInpaintPipeline" if pipe.is_inpainting else "StableDiffusionPipeline"
     if args.format == "diffusers":
         pipe.save(out)
-        _copy_aux_folders(pipe.path, out)
+        _copy_aux_folders(pipe.path, out, half=args.dtype == "fp16")
         print(out)
         print(f"load with: {cls}.from_pretrained({str(out)!r}, safety_checker=None)")
         return 0

@@ -89,7 +89,8 @@ class ClipImageFeatures:
                             f"as training writes to MODEL/clip)")
         try:
             with quiet_libraries():
-                self.model = CLIPVisionModelWithProjection.from_pretrained(str(folder), local_files_only=True)
+                self.model = CLIPVisionModelWithProjection.from_pretrained(str(folder), local_files_only=True,
+                                                                           dtype=torch.float32)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise UserError(f"{folder}: cannot load the CLIP image tower ({str(exc).splitlines()[0]})") from None
         self.model = self.model.to(device).eval().requires_grad_(False)
