@@ -65,11 +65,13 @@ def startup(model: str | None, repeats: int) -> dict:
 
 
 def diffusers_pipeline(pipe, model: str | None):
+    import torch
     from diffusers import StableDiffusionPipeline
 
     path = Path(model) if model else pipe.path
     if path.is_dir():
-        sd = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, local_files_only=True)
+        sd = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, local_files_only=True,
+                                                     dtype=torch.float32)  # as latentdiff loads fp16 folders
     else:
         sd = StableDiffusionPipeline.from_single_file(str(path), config=str(path.with_name(path.stem + "_config")),
                                                       local_files_only=True)
