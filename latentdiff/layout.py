@@ -89,17 +89,22 @@ def read_segmap(path: str | Path, width: int, height: int, num_classes: int = 5)
     try:
         with Image.open(path) as im:
             im.load()
-            mode, size = im.mode, im.size
-            arr = np.asarray(im) if mode in ("L", "P", "I", "I;16") else None
+            return segmap_array(im, str(path), width, height, num_classes)
     except (OSError, UnidentifiedImageError) as exc:
         raise UserError(f"{path}: cannot read the segmentation map ({getattr(exc, 'strerror', None) or exc})") from None
-    if arr is None:
-        raise UserError(f"{path}: mode {mode}: expected a single-channel (L) or palette (P) PNG of class indices")
-    if size != (width, height):
-        raise UserError(f"{path}: size {size[0]}x{size[1]} differs from the image's {width}x{height}")
+
+
+def segmap_array(im, where: str, width: int | None, height: int | None, num_classes: int = 5) -> np.ndarray:
+    """Check a loaded segmentation map image (``where`` names it in errors) → (H, W) uint8 class indices.
+    ``width``/``height`` None: any size."""
+    if im.mode not in ("L", "P", "I", "I;16"):
+        raise UserError(f"{where}: mode {im.mode}: expected a single-channel (L) or palette (P) PNG of class indices")
+    if width is not None and height is not None and im.size != (width, height):
+        raise UserError(f"{where}: size {im.size[0]}x{im.size[1]} differs from the image's {width}x{height}")
+    arr = np.asarray(im)
     bad = sorted(set(np.unique(arr).tolist()) - set(range(num_classes)))
     if bad:
-        raise UserError(f"{path}: unknown class ids {bad[:5]}; expected 0..{num_classes - 1} "
+        raise UserError(f"{where}: unknown class ids {bad[:5]}; expected 0..{num_classes - 1} "
                         f"(0 background, 1 circle, 2 square, 3 triangle, 4 star)")
     return arr.astype(np.uint8)
 

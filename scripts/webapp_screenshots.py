@@ -5,8 +5,9 @@
 
 Starts ``latentdiff serve``'s server in-process on a free loopback port, then: text-to-image (prompt,
 generate), inpainting (a generated scene uploaded, a stroke painted, inpaint), layout (two boxes with
-phrases; generated when this build has layout conditioning) and segmentation map (a map uploaded;
-generated when available). CPU cost: two generations and one inpainting at --steps steps (default 20):
+phrases) and segmentation map (a class-index map uploaded); the last two generate when the model has
+gligen/ and controlnet/ checkpoints (or --layout-model / --segmap-model), and show the panel's
+"not available" note otherwise. CPU cost: two generations and one inpainting at --steps steps (default 20):
 well under a minute with the default model on 2 cores. Needs selenium and chromium (make test-ui).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from latentdiff.commands.serve import attach_spatial  # noqa: E402
 from latentdiff.pipeline import Pipeline  # noqa: E402
 from latentdiff.web.server import make_server, serve_in_thread, url_of  # noqa: E402
 
@@ -44,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="model folder (default: the default model)")
     ap.add_argument("--out", default="docs/img")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--layout-model", default=None, help="layout checkpoint (default: MODEL/gligen if present)")
+    ap.add_argument("--segmap-model", default=None, help="segmentation ControlNet (default: MODEL/controlnet)")
     args = ap.parse_args(argv)
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -52,16 +56,17 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.load(args.model, device="cpu")
+    attach_spatial(pipe, args.layout_model, args.segmap_model)
     server = make_server(pipe, "127.0.0.1", 0)
     serve_in_thread(server)
     tmp = Path(tempfile.mkdtemp())
     scene = tmp / "scene.png"
     pipe.generate("a large blue square and a small red circle", seed=7, steps=args.steps)[0].save(scene)
     size = Image.open(scene).size
-    segmap = tmp / "segmap.png"
-    img = Image.new("RGB", size, (0, 0, 0))
-    ImageDraw.Draw(img).rectangle([size[0] // 8, size[1] // 4, size[0] // 2, size[1] * 3 // 4], fill=(255, 0, 0))
-    ImageDraw.Draw(img).ellipse([size[0] // 2, size[1] // 8, size[0] * 7 // 8, size[1] // 2], fill=(0, 0, 255))
+    segmap = tmp / "segmap.png"  # class indices: 2 a square on the left, 1 a circle top right
+    img = Image.new("L", size, 0)
+    ImageDraw.Draw(img).rectangle([size[0] // 8, size[1] // 4, size[0] // 2, size[1] * 3 // 4], fill=2)
+    ImageDraw.Draw(img).ellipse([size[0] // 2 + 2, size[1] // 8, size[0] * 7 // 8, size[1] // 2], fill=1)
     img.save(segmap)
     d = chrome()
     wait = WebDriverWait(d, 600)

@@ -52,3 +52,35 @@ def tiny_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny_model"
     build_tiny_pipeline().save(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def spatial_model_dir(tmp_path_factory, tiny_model_dir):
+    """A copy of the tiny model folder with gligen/ and controlnet/ checkpoints inside: untrained, with the
+    gates opened and the zero convolutions made non-zero so both routes change the output (read-only)."""
+    import shutil
+
+    import torch
+
+    from latentdiff.models.control import controlnet_from_unet
+    from latentdiff.models.gligen import gated_unet, save_gligen
+    from latentdiff.pipeline import Pipeline
+
+    folder = tmp_path_factory.mktemp("spatial") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    pipe = Pipeline.load(folder, device="cpu")
+    torch.manual_seed(0)
+    gated = gated_unet(pipe.unet)
+    with torch.no_grad():  # open the gates so the layout changes the output
+        for name, p in gated.named_parameters():
+            if name.endswith(("alpha_attn", "alpha_dense")):
+                p.fill_(0.5)
+    save_gligen(gated, folder / "gligen")
+    net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor)
+    with torch.no_grad():  # make the zero convolutions non-zero so the map changes the output
+        for p in net.controlnet_down_blocks.parameters():
+            p.normal_(0, 0.1)
+        for p in net.controlnet_mid_block.parameters():
+            p.normal_(0, 0.1)
+    net.save_pretrained(str(folder / "controlnet"))
+    return folder

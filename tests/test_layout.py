@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -87,30 +86,8 @@ def test_conditioning_cat_and_index_carry_grounding_and_control():
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tiny_model_dir):
-    """A copy of the tiny model folder with untrained gligen/ and controlnet/ checkpoints inside."""
-    from latentdiff.models.control import controlnet_from_unet
-    from latentdiff.models.gligen import gated_unet, save_gligen
-    from latentdiff.pipeline import Pipeline
-
-    folder = tmp_path_factory.mktemp("spatial") / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    pipe = Pipeline.load(folder, device="cpu")
-    torch.manual_seed(0)
-    gated = gated_unet(pipe.unet)
-    with torch.no_grad():  # open the gates so the layout changes the output
-        for name, p in gated.named_parameters():
-            if name.endswith(("alpha_attn", "alpha_dense")):
-                p.fill_(0.5)
-    save_gligen(gated, folder / "gligen")
-    net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor)
-    with torch.no_grad():  # make the zero convolutions non-zero so the map changes the output
-        for p in net.controlnet_down_blocks.parameters():
-            p.normal_(0, 0.1)
-        for p in net.controlnet_mid_block.parameters():
-            p.normal_(0, 0.1)
-    net.save_pretrained(str(folder / "controlnet"))
-    return folder
+def checkpoints(spatial_model_dir):
+    return spatial_model_dir
 
 
 def test_untrained_gated_unet_and_controlnet_leave_the_output_unchanged():

@@ -77,7 +77,9 @@ def test_info_names_the_model_its_defaults_and_what_is_available(server):
     assert status == 200 and info["model"] == "tiny_model"
     assert info["defaults"]["height"] == info["defaults"]["width"] == 32
     assert info["limits"] == {"max_steps": 1000, "max_images": 4, "max_side": 256}
-    assert info["features"] == {"layout": False, "segmap": False}  # main has no layout conditioning yet
+    assert info["features"] == {"layout": False, "segmap": False}  # the tiny model has no gligen/ nor controlnet/
+    assert "latentdiff train-spatial configs/layout.yaml --install" in info["unavailable"]["layout"]
+    assert "latentdiff serve --segmap-model DIR" in info["unavailable"]["segmap"]
     assert b"<canvas id=\"inpaint-canvas\"" in fetch(server, "/")
 
 
@@ -146,8 +148,8 @@ def test_cancel_stops_a_running_request_and_the_next_one_runs(server):
     ({"guidance": "nan"}, "guidance 'nan': expected a finite number"),
     ({"kind": "video"}, "kind 'video': expected one of txt2img, inpaint, layout, segmap"),
     ({"kind": "layout", "boxes": [{"phrase": "a star", "x0": 0, "y0": 0, "x1": 0.5, "y1": 0.5}]},
-     "layout conditioning is not available in this build"),
-    ({"kind": "segmap"}, "segmap conditioning is not available in this build"),
+     "layout conditioning needs a layout (GLIGEN) checkpoint and this model has none"),
+    ({"kind": "segmap"}, "segmentation-map conditioning needs a segmentation ControlNet and this model has none"),
 ])
 def test_bad_requests_are_refused_with_a_message(server, change, message):
     status, reply = call(server, "/api/jobs", txt2img(**change))
@@ -241,6 +243,92 @@ def test_a_failing_job_reports_its_error_and_the_worker_goes_on(server, monkeypa
     monkeypatch.undo()
     _, reply = call(server, "/api/jobs", txt2img())
     assert wait(server, reply["id"])["state"] == "done"
+
+
+# --- layout and segmentation maps (a model folder with gligen/ and controlnet/) -------------------
+
+@pytest.fixture(scope="module")
+def spatial_server(spatial_model_dir):
+    from latentdiff.commands.serve import attach_spatial
+    from latentdiff.pipeline import Pipeline
+
+    pipe = Pipeline.load(spatial_model_dir, device="cpu")
+    attach_spatial(pipe, None, None)  # what `latentdiff serve --model DIR` does: MODEL/gligen, MODEL/controlnet
+    srv = make_server(pipe, "127.0.0.1", 0, Limits(max_steps=100, max_images=4, max_side=256))
+    serve_in_thread(srv)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+BOX = {"phrase": "a red circle", "x0": 0.05, "y0": 0.05, "x1": 0.45, "y1": 0.45}
+
+
+def _segmap(size=(32, 32), value=1) -> Image.Image:
+    seg = np.zeros(size[::-1], np.uint8)
+    seg[2:14, 2:14] = value
+    return Image.fromarray(seg, mode="L")
+
+
+def test_layout_and_segmap_requests_give_the_library_pixels_and_record(spatial_server):
+    from latentdiff.layout import LayoutEntry, Spatial
+
+    status, info = call(spatial_server, "/api/info")
+    assert info["features"] == {"layout": True, "segmap": True} and info["unavailable"] == {}
+    assert info["max_boxes"] == 10
+    pipe = spatial_server.app.pipe
+    common = {"prompt": "a red circle", "steps": 2, "sampler": "ddim", "seed": 5, "guidance": 2.0}
+    _, reply = call(spatial_server, "/api/jobs", {"kind": "layout", "boxes": [BOX], "layout_scale": "1.5", **common})
+    job = wait(spatial_server, reply["id"])
+    assert job["state"] == "done", job
+    record = job["images"][0]["record"]
+    assert record["extra"]["layout"] == {"boxes": [{"phrase": "a red circle", "box": [0.05, 0.05, 0.45, 0.45]}],
+                                         "scale": 1.5}
+    ref = pipe.generate(spatial=Spatial(layout=[LayoutEntry("a red circle", (0.05, 0.05, 0.45, 0.45))],
+                                        layout_scale=1.5), **common)[0]
+    with Image.open(io.BytesIO(fetch(spatial_server, job["images"][0]["url"]))) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(ref))
+
+    _, reply = call(spatial_server, "/api/jobs", {"kind": "segmap", "segmap": data_url(_segmap()), **common})
+    job = wait(spatial_server, reply["id"])
+    assert job["state"] == "done", job
+    record = job["images"][0]["record"]
+    assert record["extra"]["segmap"]["classes"] == [0, 1] and (record["width"], record["height"]) == (32, 32)
+    ref = pipe.generate(spatial=Spatial(segmap=np.asarray(_segmap())), **common)[0]
+    with Image.open(io.BytesIO(fetch(spatial_server, job["images"][0]["url"]))) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(ref))
+    plain = pipe.generate(**common)[0]
+    assert not np.array_equal(np.asarray(plain), np.asarray(ref))  # the map reached the network
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"kind": "layout", "boxes": []}, "boxes: draw at least one box on the canvas"),
+    ({"kind": "layout", "boxes": [BOX] * 11}, "boxes: 11 boxes; this model supports at most 10"),
+    ({"kind": "layout", "boxes": [{**BOX, "phrase": " "}]}, "box 1: give it a phrase"),
+    ({"kind": "layout", "boxes": [{**BOX, "x1": 1.5}]}, "box 1: (0.05, 0.05, 1.5, 0.45) is not a box inside"),
+    ({"kind": "layout", "boxes": [BOX], "layout_scale": "lots"}, "layout_scale 'lots': expected a number"),
+    ({"kind": "layout", "boxes": [BOX], "layout_scale": 99}, "layout_scale 99: expected 0..50"),
+    ({"kind": "segmap"}, "segmap: no image uploaded"),
+    ({"kind": "segmap", "segmap": "unknown ids"}, "segmap: unknown class ids [7]; expected 0..4"),
+    ({"kind": "segmap", "segmap": "rgb"}, "segmap: mode RGB: expected a single-channel (L) or palette (P) PNG"),
+    ({"kind": "segmap", "segmap": "odd size"}, "segmap: the image is generated at the map's size, 32x30: height 30: expected a positive multiple of 4"),
+])
+def test_bad_layouts_and_maps_are_refused_with_a_message(spatial_server, request_, message):
+    uploads = {"unknown ids": data_url(_segmap(value=7)), "rgb": data_url(_segmap().convert("RGB")),
+               "odd size": data_url(_segmap((32, 30)))}
+    if request_.get("segmap") in uploads:
+        request_ = {**request_, "segmap": uploads[request_["segmap"]]}
+    status, reply = call(spatial_server, "/api/jobs", {"prompt": "x", "steps": 1, **request_})
+    assert status == 400 and message in reply["error"], reply
+    assert call(spatial_server, "/api/info")[0] == 200
+
+
+def test_serve_names_a_missing_checkpoint_folder(tiny_model_dir, tmp_path, capsys):
+    from latentdiff.cli import main
+
+    assert main(["serve", "--model", str(tiny_model_dir), "--device", "cpu", "--port", "0",
+                 "--layout-model", str(tmp_path / "nope")]) == 2
+    assert f"--layout-model {tmp_path / 'nope'}: folder not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch and diffusers: over a minute on a busy 2-core machine

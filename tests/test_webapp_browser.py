@@ -28,13 +28,21 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chro
 WAIT = 120
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
+def _serve(model_dir):
+    from latentdiff.commands.serve import attach_spatial
     from latentdiff.pipeline import Pipeline
 
-    srv = make_server(Pipeline.load(tiny_model_dir, device="cpu"), "127.0.0.1", 0,
-                      Limits(max_steps=200, max_images=4, max_side=256))
+    pipe = Pipeline.load(model_dir, device="cpu")
+    attach_spatial(pipe, None, None)  # MODEL/gligen and MODEL/controlnet, as `latentdiff serve` does
+    srv = make_server(pipe, "127.0.0.1", 0, Limits(max_steps=200, max_images=4, max_side=256))
     serve_in_thread(srv)
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(spatial_model_dir):
+    """The tiny model with (untrained, opened) layout and segmentation checkpoints: every panel works."""
+    srv = _serve(spatial_model_dir)
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -197,19 +205,63 @@ def test_bad_uploads_show_a_message_and_the_page_goes_on(browser, server, tmp_pa
     assert "after the bad uploads" in fig.find_element(By.CLASS_NAME, "provenance").text
 
 
-def test_layout_panel_draws_boxes_and_says_it_is_not_available(browser, server):
+def test_draw_a_layout_and_generate(browser, server):
     open_page(browser, server, "layout")
-    note = browser.find_element(By.ID, "layout-unavailable")
-    assert note.is_displayed() and "Not available in this build" in note.text
-    assert not browser.find_element(By.ID, "layout-generate").is_enabled()
-    canvas = browser.find_element(By.ID, "layout-canvas")
+    assert not browser.find_element(By.ID, "layout-unavailable").is_displayed()
+    canvas = browser.find_element(By.ID, "layout-canvas")  # 320 px; drag over its top-left quarter
     ActionChains(browser).move_to_element_with_offset(canvas, -100, -100).click_and_hold() \
         .move_by_offset(60, 60).move_by_offset(40, 40).release().perform()
     phrases = browser.find_elements(By.CSS_SELECTOR, "#layout-boxes input.phrase")
     assert len(phrases) == 1
     phrases[0].send_keys("a red circle")
-    boxes = browser.execute_script("return EXTRA.layout().boxes")
-    assert len(boxes) == 1 and boxes[0]["phrase"] == "a red circle"
-    assert 0 <= boxes[0]["x0"] < boxes[0]["x1"] <= 0.5 + 1e-6 and 0 <= boxes[0]["y0"] < boxes[0]["y1"] <= 0.5 + 1e-6
-    browser.find_element(By.ID, "tab-segmap").click()
-    assert "Not available in this build" in browser.find_element(By.ID, "segmap-unavailable").text
+    fill(browser, "layout-prompt", "a red circle")
+    fill(browser, "layout-steps", 3)
+    fill(browser, "layout-scale", 2)
+    browser.find_element(By.ID, "layout-generate").click()
+    fig = wait_for_image(browser, "layout")
+    record = json.loads(fig.find_element(By.CLASS_NAME, "provenance").text)
+    layout = record["extra"]["layout"]
+    assert layout["scale"] == 2 and [b["phrase"] for b in layout["boxes"]] == ["a red circle"]
+    x0, y0, x1, y1 = layout["boxes"][0]["box"]
+    assert 0 <= x0 < x1 <= 0.5 + 1e-6 and 0 <= y0 < y1 <= 0.5 + 1e-6
+    browser.find_element(By.ID, "layout-clear").click()
+    browser.find_element(By.ID, "layout-generate").click()
+    assert "boxes: draw at least one box on the canvas" in wait_for_error(browser, "layout")
+
+
+def test_upload_a_segmentation_map_and_generate(browser, server, tmp_path):
+    open_page(browser, server, "segmap")
+    seg = np.zeros((32, 32), np.uint8)
+    seg[4:20, 8:24] = 2
+    Image.fromarray(seg, mode="L").save(tmp_path / "seg.png")
+    Image.fromarray(seg * 3, mode="L").save(tmp_path / "bad.png")  # class 6 is not a shapes class
+    browser.find_element(By.ID, "segmap-file").send_keys(str(tmp_path / "bad.png"))
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.ID, "segmap-preview").is_displayed())
+    browser.find_element(By.ID, "segmap-generate").click()
+    assert "segmap: unknown class ids [6]; expected 0..4" in wait_for_error(browser, "segmap")
+    browser.find_element(By.ID, "segmap-file").send_keys(str(tmp_path / "seg.png"))
+    fill(browser, "segmap-prompt", "a blue square")
+    fill(browser, "segmap-steps", 3)
+    browser.find_element(By.ID, "segmap-generate").click()
+    fig = wait_for_image(browser, "segmap")
+    record = json.loads(fig.find_element(By.CLASS_NAME, "provenance").text)
+    assert record["prompt"] == "a blue square" and record["extra"]["segmap"]["classes"] == [0, 2]
+    # the preview paints class 2 (square) in the shapes palette, not near-black
+    rgb = browser.execute_script("const c = document.getElementById('segmap-preview');"
+                                 "return Array.from(c.getContext('2d').getImageData(12, 10, 1, 1).data)")
+    assert rgb[:3] == [60, 110, 220]
+
+
+def test_panels_without_checkpoints_say_how_to_get_them(browser, tiny_model_dir):
+    plain = _serve(tiny_model_dir)
+    try:
+        open_page(browser, plain, "layout")
+        note = browser.find_element(By.ID, "layout-unavailable")
+        assert note.is_displayed() and "latentdiff train-spatial configs/layout.yaml --install" in note.text
+        assert not browser.find_element(By.ID, "layout-generate").is_enabled()
+        browser.find_element(By.ID, "tab-segmap").click()
+        assert "segmentation ControlNet" in browser.find_element(By.ID, "segmap-unavailable").text
+        assert not browser.find_element(By.ID, "segmap-generate").is_enabled()
+    finally:
+        plain.shutdown()
+        plain.server_close()

@@ -18,12 +18,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                       "interface, reachable from the network)")
     p.add_argument("--port", default="7860", metavar="N", help="port (default: 7860; 0 = any free port)")
     p.add_argument("--device", default=None, metavar="DEV", help="cpu | cuda | cuda:N | auto (default: auto)")
+    p.add_argument("--layout-model", default=None, metavar="DIR",
+                   help="layout (GLIGEN) checkpoint for the Layout panel (default: MODEL/gligen when it exists)")
+    p.add_argument("--segmap-model", default=None, metavar="DIR",
+                   help="segmentation ControlNet for the Segmentation-map panel (default: MODEL/controlnet "
+                        "when it exists)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="apply a LoRA file")
     p.add_argument("--max-steps", default="150", metavar="N", help="most sampler steps a request may ask (150)")
     p.add_argument("--max-images", default="8", metavar="N", help="most images per request (8)")
     p.add_argument("--max-side", default="1024", metavar="PX",
                    help="largest width/height of a generated or uploaded image in pixels (1024)")
     p.set_defaults(handler=run_serve)
+
+
+def attach_spatial(pipe, layout_model: str | None, segmap_model: str | None) -> None:
+    """Attach the layout and segmentation checkpoints the panels need: the folders given, else the model
+    folder's gligen/ and controlnet/ when they exist (a panel without one says so in the page)."""
+    from pathlib import Path
+
+    for flag, given, name, attach in (("--layout-model", layout_model, "gligen", pipe.attach_layout),
+                                      ("--segmap-model", segmap_model, "controlnet", pipe.attach_segmap)):
+        if given is not None:
+            if not Path(given).is_dir():
+                raise UserError(f"{flag} {given}: folder not found")
+            attach(Path(given))
+        elif pipe.path is not None and (Path(pipe.path) / name).is_dir():
+            attach(Path(pipe.path) / name)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -38,6 +58,7 @@ def run_serve(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     loras = [parse_lora_spec(text) for text in args.lora]
     pipe = _load(args, args.model, device)
+    attach_spatial(pipe, args.layout_model, args.segmap_model)
     if loras:
         pipe.load_loras(loras)
     try:

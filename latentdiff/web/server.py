@@ -22,7 +22,7 @@ from pathlib import Path
 
 from latentdiff.errors import UserError
 from latentdiff.web.jobs import JobQueue
-from latentdiff.web.tasks import Limits, layout_support, plan
+from latentdiff.web.tasks import UNAVAILABLE, Limits, layout_support, plan
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 48 * 2**20  # bytes of one request (uploads are base64 inside JSON)
@@ -39,10 +39,12 @@ class App:
         from latentdiff.diffusion.sampling import SAMPLERS
 
         size = self.pipe.resolve()
+        features = layout_support(self.pipe)
         return {"model": self.pipe.name, "defaults": {**self.pipe.defaults, "height": size["height"],
                                                       "width": size["width"]},
-                "samplers": list(SAMPLERS), "limits": self.limits.describe(), "features": layout_support(self.pipe),
-                "vae_factor": self.pipe.vae_scale_factor}
+                "samplers": list(SAMPLERS), "limits": self.limits.describe(), "features": features,
+                "unavailable": {k: UNAVAILABLE[k] for k, ok in features.items() if not ok},
+                "max_boxes": getattr(self.pipe, "gligen_slots", 0), "vae_factor": self.pipe.vae_scale_factor}
 
     def submit(self, request) -> dict:
         p = plan(self.pipe, request, self.limits)

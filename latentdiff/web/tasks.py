@@ -7,14 +7,16 @@ the model's own checks (:meth:`Pipeline.resolve`), uploads (a base64 ``data:`` U
 an image no larger than the size limit — read from the header, before any pixel is decoded) and the
 inpainting mask (the image's size; :func:`latentdiff.inpaint.load_inputs`).
 
-Layout and segmentation maps go through :func:`layout_support`: they are offered when the pipeline's
-``generate`` takes ``layout=`` / ``segmap=`` (issue #7), and refused with a clear message otherwise.
+Layout boxes and segmentation maps become a :class:`latentdiff.layout.Spatial` for ``Pipeline.generate``;
+they are offered when the pipeline has the checkpoint they need attached (a layout/GLIGEN one:
+:meth:`Pipeline.attach_layout`; a segmentation ControlNet: :meth:`Pipeline.attach_segmap`; ``latentdiff
+serve`` attaches MODEL/gligen and MODEL/controlnet when the model folder has them), and refused with a
+message that says how to get one otherwise (:func:`layout_support`).
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import inspect
 import io
 import math
 import re
@@ -52,9 +54,18 @@ class Plan:
 
 
 def layout_support(pipe) -> dict[str, bool]:
-    """Which of layout / segmap conditioning this build's ``Pipeline.generate`` accepts."""
-    params = inspect.signature(pipe.generate).parameters
-    return {"layout": "layout" in params, "segmap": "segmap" in params}
+    """Which of layout / segmap conditioning the pipeline can do: the checkpoints attached to it."""
+    return {"layout": getattr(pipe, "gligen_slots", 0) > 0, "segmap": getattr(pipe, "controlnet", None) is not None}
+
+
+UNAVAILABLE = {
+    "layout": "layout conditioning needs a layout (GLIGEN) checkpoint and this model has none: train one with "
+              "'latentdiff train-spatial configs/layout.yaml --install' (it lands in MODEL/gligen) or start "
+              "'latentdiff serve --layout-model DIR'",
+    "segmap": "segmentation-map conditioning needs a segmentation ControlNet and this model has none: train one "
+              "with 'latentdiff train-spatial configs/segmap.yaml --install' (it lands in MODEL/controlnet) or "
+              "start 'latentdiff serve --segmap-model DIR'",
+}
 
 
 # --- fields ---------------------------------------------------------------------------------------
@@ -172,13 +183,15 @@ def plan_inpaint(pipe, req: dict, limits: Limits) -> Plan:
     return Plan("inpaint", lambda p: p.inpaint(image=image, mask=mask, **opts), _total(opts))
 
 
-def _boxes(req: dict) -> list[tuple[str, tuple[float, float, float, float]]]:
-    """``[{"phrase", "x0", "y0", "x1", "y1"}]`` in [0, 1] image coordinates → [(phrase, box)]."""
+def _boxes(req: dict, max_boxes: int) -> list:
+    """``[{"phrase", "x0", "y0", "x1", "y1"}]`` in [0, 1] image coordinates → [LayoutEntry]."""
+    from latentdiff.layout import LayoutEntry
+
     boxes = req.get("boxes")
     if not isinstance(boxes, list) or not boxes:
         raise UserError("boxes: draw at least one box on the canvas")
-    if len(boxes) > MAX_BOXES:
-        raise UserError(f"boxes: {len(boxes)} boxes; at most {MAX_BOXES}")
+    if len(boxes) > max_boxes:
+        raise UserError(f"boxes: {len(boxes)} boxes; this model supports at most {max_boxes}")
     out = []
     for i, b in enumerate(boxes, 1):
         phrase = b.get("phrase", "").strip() if isinstance(b, dict) and isinstance(b.get("phrase", ""), str) else ""
@@ -190,31 +203,44 @@ def _boxes(req: dict) -> list[tuple[str, tuple[float, float, float, float]]]:
             raise UserError(f"box {i}: expected x0, y0, x1, y1 in 0..1") from None
         if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
             raise UserError(f"box {i}: ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not a box inside the image")
-        out.append((phrase[:200], (x0, y0, x1, y1)))
+        out.append(LayoutEntry(phrase[:200], (x0, y0, x1, y1)))
     return out
 
 
-def _unavailable(what: str) -> UserError:
-    return UserError(f"{what} conditioning is not available in this build: this model/pipeline has no "
-                     f"generate({what}=...) (layout and segmentation conditioning, issue #7)")
+def _scale(req: dict, name: str) -> float:
+    value = _float(req, name)
+    if value is None:
+        return 1.0
+    if not 0 <= value <= 50:
+        raise UserError(f"{name} {value:g}: expected 0..50 (1 = no extra guidance)")
+    return value
 
 
 def plan_layout(pipe, req: dict, limits: Limits) -> Plan:
-    """Adapter to ``Pipeline.generate(prompt, layout=[(phrase, (x0, y0, x1, y1)), …])`` (issue #7)."""
+    """Boxes + phrases → ``Pipeline.generate(prompt, spatial=Spatial(layout=…))`` (issue #7)."""
+    from latentdiff.layout import Spatial
+
     if not layout_support(pipe)["layout"]:
-        raise _unavailable("layout")
-    boxes = _boxes(req)
+        raise UserError(UNAVAILABLE["layout"])
+    spatial = Spatial(layout=_boxes(req, min(MAX_BOXES, pipe.gligen_slots)), layout_scale=_scale(req, "layout_scale"))
     opts = _common(pipe, req, limits)
-    return Plan("layout", lambda p: p.generate(layout=boxes, **opts), _total(opts))
+    return Plan("layout", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
 
 
 def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
-    """Adapter to ``Pipeline.generate(prompt, segmap=<PIL image>)`` (issue #7)."""
+    """A class-index PNG (its size is the image's) → ``Pipeline.generate(prompt, spatial=Spatial(segmap=…))``."""
+    from latentdiff.layout import Spatial, segmap_array
+
     if not layout_support(pipe)["segmap"]:
-        raise _unavailable("segmap")
-    segmap = decode_image(req.get("segmap"), "segmap", limits.max_side)
-    opts = _common(pipe, req, limits, size=(segmap.height, segmap.width))
-    return Plan("segmap", lambda p: p.generate(segmap=segmap, **opts), _total(opts))
+        raise UserError(UNAVAILABLE["segmap"])
+    image = decode_image(req.get("segmap"), "segmap", limits.max_side)
+    segmap = segmap_array(image, "segmap", None, None)
+    try:
+        opts = _common(pipe, req, limits, size=image.size[::-1])
+    except UserError as exc:  # the size comes from the upload: say so
+        raise UserError(f"segmap: the image is generated at the map's size, {image.width}x{image.height}: {exc}") from None
+    spatial = Spatial(segmap=segmap, segmap_scale=_scale(req, "segmap_scale"))
+    return Plan("segmap", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
 
 
 PLANNERS = {"txt2img": plan_txt2img, "inpaint": plan_inpaint, "layout": plan_layout, "segmap": plan_segmap}

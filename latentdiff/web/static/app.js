@@ -249,12 +249,32 @@ function setupLayout() {
 // --- segmentation map -----------------------------------------------------------------------------
 const segmap = { data: null };
 
+// Class indices 0..4 are near-black as grey levels: the preview paints them in the shapes palette.
+const CLASS_COLOURS = [[245, 245, 245], [220, 60, 60], [60, 110, 220], [60, 170, 80], [230, 190, 40]];
+
+function previewSegmap(url) {
+  const img = new Image();
+  img.onload = () => {
+    const c = $("#segmap-preview"), ctx = c.getContext("2d");
+    c.width = img.naturalWidth; c.height = img.naturalHeight;
+    ctx.drawImage(img, 0, 0);
+    const px = ctx.getImageData(0, 0, c.width, c.height), d = px.data;
+    for (let i = 0; i < d.length; i += 4) {
+      if (d[i] === d[i + 1] && d[i] === d[i + 2] && d[i] < CLASS_COLOURS.length) {
+        [d[i], d[i + 1], d[i + 2]] = CLASS_COLOURS[d[i]];
+      }
+    }
+    ctx.putImageData(px, 0, 0);
+    c.hidden = false;
+  };
+  img.src = url;
+}
+
 function setupSegmap() {
   $("#segmap-file").onchange = async e => {
     if (!e.target.files[0]) return;
     segmap.data = await readFile(e.target.files[0]);
-    const prev = $("#segmap-preview");
-    prev.src = segmap.data; prev.hidden = false;
+    previewSegmap(segmap.data);
   };
 }
 
@@ -270,8 +290,8 @@ const EXTRA = {
     }
     return { image: inpaint.imageData, mask };
   },
-  layout: () => ({ boxes: layout.boxes.map(b => ({ ...b })) }),
-  segmap: () => ({ segmap: segmap.data }),
+  layout: () => ({ boxes: layout.boxes.map(b => ({ ...b })), layout_scale: $("#layout-scale").value }),
+  segmap: () => ({ segmap: segmap.data, segmap_scale: $("#segmap-scale").value }),
 };
 
 function markUnavailable() {
@@ -279,7 +299,7 @@ function markUnavailable() {
     if (INFO.features[what]) continue;
     const note = $(`#${what}-unavailable`);
     note.hidden = false;
-    note.textContent = `Not available in this build: this pipeline cannot condition on a ${what === "layout" ? "layout" : "segmentation map"} yet (issue #7).`;
+    note.textContent = `Not available with this model: ${INFO.unavailable[what]}.`;
     $(`#${what}-generate`).disabled = true;
   }
 }
