@@ -51,8 +51,15 @@ def _check_choice(obj: Any, field: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{field}: expected one of {', '.join(choices)}, got {value!r}")
 
 
-def load_config(path: str | Path, cls: type[T]) -> T:
-    """Read the YAML file ``path`` into the frozen dataclass ``cls`` (unknown keys are errors)."""
+def load_config(path: str | Path, cls: type[T], **overrides: Any) -> T:
+    """Read the YAML file ``path`` into the frozen dataclass ``cls`` (unknown keys are errors); then the
+    top-level fields in ``overrides`` that are not None replace the file's (command-line flags)."""
+    cfg = _load_config(path, cls)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(cfg, **given) if given else cfg
+
+
+def _load_config(path: str | Path, cls: type[T]) -> T:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")

@@ -34,16 +34,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build(args) -> int:
-    from diffusers import AutoencoderKL
     from safetensors.torch import load_file
-    from transformers import CLIPTextModel
 
     from latentdiff.errors import UserError
     from latentdiff.models.factory import build_unet
     from latentdiff.models.tokenizer import load_clip_tokenizer
     from latentdiff.config import load_config
     from latentdiff.train.config import TrainConfig
-    from latentdiff.train.run import assemble_model
+    from latentdiff.train.run import assemble_model, finished_stages
     from latentdiff.train.state import latest_checkpoint
 
     cfg = load_config(args.config, TrainConfig)
@@ -60,11 +58,10 @@ def build(args) -> int:
     params = {n for n, _ in unet.named_parameters()}
     if [k for k in missing if k in params] or unexpected:
         raise UserError(f"{ckpt}/ema.safetensors: does not match the U-Net of {args.config}")
-    vae = AutoencoderKL.from_pretrained(str(run / "vae" / "final"))
-    text_encoder = CLIPTextModel.from_pretrained(str(run / "clip" / "final" / "text_encoder"))
+    vae, text_encoder = finished_stages(run)
     tokenizer = load_clip_tokenizer(None)
     tokenizer.model_max_length = cfg.clip.text.max_length
-    assemble_model(dest, unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, cfg, run)
+    assemble_model(dest, unet.eval(), vae, text_encoder, tokenizer, cfg, run)
     info_path = dest / "latentdiff.json"
     info = json.loads(info_path.read_text())
     step = json.loads((ckpt / "state.json").read_text())["step"]

@@ -1,6 +1,5 @@
 """The evaluation suite: each section's numbers on an oracle pipe whose behaviour is known exactly, the
 bits/dim plumbing on a tiny model, and `latentdiff eval` end to end on a tiny model (report, skips, errors)."""
-import dataclasses
 import json
 import shutil
 

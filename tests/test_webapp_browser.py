@@ -6,7 +6,6 @@ import io
 import json
 import os
 import shutil
-import time
 import urllib.request
 
 import numpy as np

@@ -112,15 +112,9 @@ def run_inpaint(args: argparse.Namespace) -> int:
 
 
 def run_train_inpaint(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from latentdiff.config import load_config
     from latentdiff.train.inpaint import InpaintTrainConfig, train_inpaint
 
-    cfg = load_config(args.config, InpaintTrainConfig)
-    if args.out:
-        cfg = dataclasses.replace(cfg, out=args.out)
-    if args.base_model:
-        cfg = dataclasses.replace(cfg, base_model=args.base_model)
+    cfg = load_config(args.config, InpaintTrainConfig, out=args.out, base_model=args.base_model)
     print(f"model: {train_inpaint(cfg, resume=args.resume)}")
     return 0

@@ -42,47 +42,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from latentdiff.config import load_config
     from latentdiff.train.config import TrainConfig
     from latentdiff.train.run import train
 
-    cfg = load_config(args.config, TrainConfig)
-    if args.out:
-        cfg = dataclasses.replace(cfg, out=args.out)
+    cfg = load_config(args.config, TrainConfig, out=args.out)
     model = train(cfg, resume=args.resume, only=tuple(args.stage) if args.stage else None)
     print(f"model: {model}")
     return 0
 
 
 def run_classifier(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from latentdiff.config import load_config
     from latentdiff.train.classifier import ClassifierTrainConfig, train_classifier
 
-    cfg = load_config(args.config, ClassifierTrainConfig)
-    if args.out:
-        cfg = dataclasses.replace(cfg, out=args.out)
-    if args.model:
-        cfg = dataclasses.replace(cfg, model=args.model)
+    cfg = load_config(args.config, ClassifierTrainConfig, out=args.out, model=args.model)
     print(f"classifier: {train_classifier(cfg, resume=args.resume)}")
     return 0
 
 
 def run_spatial(args: argparse.Namespace) -> int:
-    import dataclasses
     from pathlib import Path
 
     from latentdiff.config import load_config
     from latentdiff.train.spatial import SpatialTrainConfig, install, train_spatial
 
-    cfg = load_config(args.config, SpatialTrainConfig)
-    if args.out:
-        cfg = dataclasses.replace(cfg, out=args.out)
-    if args.model:
-        cfg = dataclasses.replace(cfg, base_model=args.model)
+    cfg = load_config(args.config, SpatialTrainConfig, out=args.out, base_model=args.model)
     result = train_spatial(cfg, resume=args.resume)
     print(f"{cfg.condition}: {result}")
     if args.install:

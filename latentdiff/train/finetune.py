@@ -276,13 +276,11 @@ def _latents(accelerator, out: Path, base, intake, size: int, background: str):
     from latentdiff.train.stages import vae_latent_stats
 
     encode = lambda x: vae_latent_stats(base.vae, x, accelerator.device, batch=32)  # noqa: E731
-    load = lambda: cached_latents(out / "latents", base.vae, intake.records, size, encode,  # noqa: E731
-                                  lambda: intake.images, variant=f"background={background}")
-    if accelerator.is_main_process:  # builds the cache (or reads it); the other ranks read it once it exists
-        mean, std, _ = load()
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        mean, std, _ = load()
+    from latentdiff.train.run import main_first
+
+    mean, std, _ = main_first(accelerator, lambda: cached_latents(out / "latents", base.vae, intake.records, size,
+                                                                 encode, lambda: intake.images,
+                                                                 variant=f"background={background}"))
     return mean, std
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 from latentdiff.config import to_dict
 from latentdiff.diffusion.loss import diffusion_loss
-from latentdiff.errors import ConfigError, UserError
+from latentdiff.errors import ConfigError
 from latentdiff.train.config import DataConfig, LoopConfig
 
 MASK_KINDS = ("box", "stroke", "rect", "whole")
@@ -275,32 +275,19 @@ def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
     """Run the recipe (module docstring); return the model folder ``out/model``."""
     from latentdiff.data.latents import cached_latents, load_images
     from latentdiff.models.inpaint import inpainting_unet
-    from latentdiff.pipeline import Pipeline
     from latentdiff.train.loop import run_stage
-    from latentdiff.train.run import _prepare_data, _Timer, _timed, make_accelerator, seed_init
+    from latentdiff.train.run import _Timer, _timed, derived_run, main_first, seed_init
     from latentdiff.train.stages import vae_latent_stats
 
     out = Path(cfg.out)
-    accelerator = make_accelerator(cfg.device, cfg.loop.mixed_precision)
+    accelerator, base, train_recs, hold_recs = derived_run(cfg, cfg.loop.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
-    base = Pipeline.load(cfg.base_model or None, device="cuda" if device.type == "cuda" else "cpu")
-    if base.is_inpainting or base._concat_channels():
-        raise UserError(f"base_model {cfg.base_model or 'default'}: already has extra U-Net inputs; start from a "
-                        f"text-to-image model")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    train_recs, hold_recs = _prepare_data(cfg, accelerator)
     size = int(base.vae.config.sample_size)
-    images = load_images(train_recs, size, main)
+    images = load_images(train_recs, size, main)  # the stage composes masked inputs from the pixels
     encode = lambda x: vae_latent_stats(base.vae, x, device)  # noqa: E731
     cache = Path(cfg.latent_cache) if cfg.latent_cache else out / "latents"
-    latents = lambda: cached_latents(cache, base.vae, train_recs, size, encode, lambda: images)  # noqa: E731
-    if main:  # builds the cache (or reads it); the other ranks read it once it exists
-        mean, std, _ = latents()
-    accelerator.wait_for_everyone()
-    if not main:
-        mean, std, _ = latents()
+    mean, std, _ = main_first(accelerator, lambda: cached_latents(cache, base.vae, train_recs, size, encode,
+                                                                 lambda: images))
     seed_init(cfg.seed, "inpaint")
     unet = inpainting_unet(base.unet).train().requires_grad_(True)
     stage = InpaintTrainStage(cfg, unet, base, images, mean, std, examples_of(train_recs, size), device, hold_recs)

@@ -55,6 +55,37 @@ def _prepare_data(cfg: TrainConfig, accelerator):
     return records[: len(records) - holdout], records[len(records) - holdout:]
 
 
+def main_first(accelerator, fn):
+    """``fn()`` on the main process, then on the others once it has finished: the main process builds a
+    cache (latents, say) that the other ranks then only read."""
+    if accelerator.is_main_process:
+        result = fn()
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        result = fn()
+    return result
+
+
+def derived_run(cfg, mixed_precision: str):
+    """Set-up shared by the recipes that extend a trained text-to-image model (inpainting, layout,
+    segmentation): the accelerator, the base pipeline (refused when its U-Net already has extra inputs),
+    ``OUT/config.json`` and the shapes data split. Returns (accelerator, base, train records, held-out)."""
+    from latentdiff.pipeline import Pipeline
+
+    out = Path(cfg.out)
+    accelerator = make_accelerator(cfg.device, mixed_precision)
+    device = accelerator.device
+    base = Pipeline.load(cfg.base_model or None, device="cuda" if device.type == "cuda" else "cpu")
+    if base.is_inpainting or base._concat_channels():
+        raise UserError(f"base_model {cfg.base_model or 'default'}: has extra U-Net inputs (an inpainting "
+                        f"model?); start from a text-to-image model")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    train_recs, hold_recs = _prepare_data(cfg, accelerator)
+    return accelerator, base, train_recs, hold_recs
+
+
 def _tokens(tokenizer, texts: list[str]) -> torch.Tensor:
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
@@ -169,28 +200,29 @@ def _run_clip(cfg, out, resume, accelerator, imgs, train_recs, hold_recs, tokeni
     _timed("clip", folder, resume, timer, go)
 
 
-def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer):
+def finished_stages(out: Path):
+    """The VAE and the text encoder of run folder ``out``, from its finished stages (eval mode, CPU)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    from latentdiff.data.latents import cached_latents
-    from latentdiff.train.stages import UNetTrainStage, vae_latent_stats
-
-    folder, device = out / "unet", accelerator.device
     vae_dir, text_dir = out / "vae" / "final", out / "clip" / "final" / "text_encoder"
     for need in (vae_dir, text_dir):
         if not (need / "config.json").is_file():
             raise UserError(f"{need}: missing; train the earlier stages first (stages: [vae, clip, unet])")
-    vae = AutoencoderKL.from_pretrained(str(vae_dir)).to(device).eval()
-    text_encoder = CLIPTextModel.from_pretrained(str(text_dir))
+    return AutoencoderKL.from_pretrained(str(vae_dir)).eval(), CLIPTextModel.from_pretrained(str(text_dir)).eval()
+
+
+def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer):
+    from latentdiff.data.latents import cached_latents
+    from latentdiff.train.stages import UNetTrainStage, vae_latent_stats
+
+    folder, device = out / "unet", accelerator.device
+    vae, text_encoder = finished_stages(out)
+    vae = vae.to(device)
     size = cfg.vae.model.sample_size
     encode = lambda x: vae_latent_stats(vae, x, device)  # noqa: E731
-    latents = lambda: cached_latents(out / "latents", vae, train_recs, size, encode, lambda: imgs()[0])  # noqa: E731
-    if accelerator.is_main_process:  # builds the cache (or reads it); the other ranks read it once it exists
-        mean, std, _ = latents()
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        mean, std, _ = latents()
+    mean, std, _ = main_first(accelerator, lambda: cached_latents(out / "latents", vae, train_recs, size, encode,
+                                                                 lambda: imgs()[0]))
     tokens = _tokens(tokenizer, [r.text for r in train_recs])
     null = _tokens(tokenizer, [""])[0]
     assemble = lambda unet, dest: assemble_model(dest, unet, vae, text_encoder, tokenizer, cfg, out)  # noqa: E731

@@ -21,7 +21,6 @@ probability ``spatial_dropout``, so one model serves every branch of the nested 
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from PIL import Image
 
 from latentdiff.config import to_dict
 from latentdiff.conditioning import ConditionedUNet, Conditioning, Grounding
-from latentdiff.errors import ConfigError, UserError
+from latentdiff.errors import ConfigError
 from latentdiff.train.config import DataConfig, LoopConfig
 from latentdiff.train.stages import LatentDenoisingStage, save_grid
 
@@ -184,33 +183,19 @@ def build_model(condition: str, base) -> ConditionedUNet:
 def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
     """Run the recipe (module docstring); returns ``OUT/final/gligen`` or ``OUT/final/controlnet``."""
     from latentdiff.data.latents import cached_latents, load_images
-    from latentdiff.pipeline import Pipeline
     from latentdiff.train.finetune import _tokens
     from latentdiff.train.loop import run_stage
-    from latentdiff.train.run import _prepare_data, make_accelerator, seed_init
+    from latentdiff.train.run import derived_run, main_first, seed_init
     from latentdiff.train.stages import vae_latent_stats
 
     out = Path(cfg.out)
-    accelerator = make_accelerator(cfg.device, cfg.loop.mixed_precision)
+    accelerator, base, train_recs, hold_recs = derived_run(cfg, cfg.loop.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
-    base = Pipeline.load(cfg.base_model or None, device="cuda" if device.type == "cuda" else "cpu")
-    if base._concat_channels():
-        raise UserError(f"base_model {cfg.base_model or 'default'}: has extra U-Net inputs; start from a "
-                        f"text-to-image model")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    train_recs, hold_recs = _prepare_data(cfg, accelerator)
     size = int(base.vae.config.sample_size)
     cache = Path(cfg.latent_cache) if cfg.latent_cache else out / "latents"
     encode = lambda x: vae_latent_stats(base.vae, x, device)  # noqa: E731
-    latents = lambda: cached_latents(cache, base.vae, train_recs, size, encode,  # noqa: E731
-                                     lambda: load_images(train_recs, size, main))
-    if main:
-        mean, std, _ = latents()
-    accelerator.wait_for_everyone()
-    if not main:
-        mean, std, _ = latents()
+    mean, std, _ = main_first(accelerator, lambda: cached_latents(cache, base.vae, train_recs, size, encode,
+                                                                 lambda: load_images(train_recs, size, main)))
     tokens, null = _tokens(base, [r.text for r in train_recs], print if main else (lambda _: None))
     seed_init(cfg.seed, cfg.condition)
     model = build_model(cfg.condition, base)
