@@ -19,7 +19,7 @@ from latentdiff.diffusion.guidance import classifier_free_guidance
 @torch.inference_mode()
 def bound_bits_per_dim(pipe, x0: torch.Tensor, texts: list[str], *, num_t: int | None = 20, seed: int = 0,
                        batch: int = 16, on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
-    """The bound per latent, (N,) bits/dim. ``num_t``: K timesteps of the unbiased estimate (None: all T
+    """The bound per latent, (N,) bits/dim. ``num_t``: K strata of the unbiased estimate (None: all T
     terms). Batch b draws its t and noise from a generator seeded with ``seed + b``, so two calls with the
     same seed (for example with and without captions) use the same t and noise."""
     from latentdiff.conditioning import unet_model

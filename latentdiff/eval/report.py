@@ -175,7 +175,8 @@ def _bpd_md(r: dict) -> list[str]:
         return f"{x['mean']:.4f} [{x['ci95'][0]:.4f}, {x['ci95'][1]:.4f}]"
 
     k = r["timesteps"]
-    how = "all T terms" if k == "all" else f"an unbiased estimate over K = {k} uniformly drawn timesteps per latent"
+    how = "all T terms" if k == "all" else (f"L_T and L_0 exact and an unbiased stratified estimate of the rest "
+                                        f"from K = {k} geometrically spaced strata of t, one draw each, per latent")
     return [f"The bound L = L_T + Σ L_{{t−1}} + L_0 of [DDPM] eq. 5 on −log p(x_0) for {r['latents']} held-out "
             f"latents (VAE posterior means of fresh shapes-world scenes, {r['dims']} dimensions each), {how}; "
             f"L_0 is a Gaussian density on latents, so these are bits per *latent* dimension (comparable between "

@@ -57,7 +57,7 @@ class Suite:
     cg_images: int = 24
     cg_classes: tuple[str, ...] = ()  # () = the classifier's shapes
     bpd_latents: int = 64
-    bpd_timesteps: int = 20  # K of the unbiased estimate over t; 0 = every one of the T terms
+    bpd_timesteps: int = 20  # K strata of the unbiased estimate over t; 0 = every one of the T terms
     fd_images: int = 128
     seed: int = 0
     batch_size: int = 16
@@ -319,8 +319,14 @@ class BpdSection:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        k = ctx.suite.bpd_timesteps or ctx.pipe.schedule.num_timesteps
-        self.units = 2 * ctx.suite.bpd_latents * k  # conditional + unconditional, one U-Net pass per (latent, t)
+        self.units = 2 * ctx.suite.bpd_latents * self.passes()  # conditional + unconditional
+
+    def passes(self) -> int:
+        """U-Net passes per latent: every term, or the stratified estimate's (≤ K + 1)."""
+        from latentdiff.diffusion.elbo import stratum_edges
+
+        T, k = self.ctx.pipe.schedule.num_timesteps, self.ctx.suite.bpd_timesteps
+        return len(stratum_edges(k, T)) if k else T
 
     def jobs(self) -> list[Job]:
         return []
@@ -345,7 +351,7 @@ class BpdSection:
                "dims": int(x0[0].numel())}
         for name, texts in (("conditional", captions), ("unconditional", [""] * len(captions))):
             bpd = bound_bits_per_dim(ctx.pipe, x0, texts, num_t=k, seed=ctx.suite.seed, batch=ctx.suite.batch_size,
-                                     on_batch=lambda b: ctx.bar.update(b * (k or ctx.pipe.schedule.num_timesteps)))
+                                     on_batch=lambda b: ctx.bar.update(b * self.passes()))
             out[name] = summary_stats(bpd)
         return out
 
