@@ -239,9 +239,9 @@ class Pipeline:
         """Attach the segmentation ControlNet saved in ``folder`` (see :mod:`latentdiff.models.control`)."""
         from latentdiff.models.control import check_fits, load_controlnet
 
-        net = load_controlnet(folder)
+        net = load_controlnet(folder, dtype=self.dtype)
         check_fits(net, self.unet, Path(folder))
-        self.controlnet = net.to(device=self.device, dtype=self.dtype)
+        self.controlnet = net.to(self.device)  # already in self.dtype (loaded so: .to(dtype) warns)
         self.spatial_paths["segmap"] = str(Path(folder).resolve())
         return self
 

@@ -45,8 +45,9 @@ def one_hot(segmap: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
     return torch.nn.functional.one_hot(segmap.long(), num_classes).permute(0, 3, 1, 2).float()
 
 
-def load_controlnet(folder: str | Path):
-    """A saved ControlNet folder (diffusers ``save_pretrained``), checked; returns the model in eval mode."""
+def load_controlnet(folder: str | Path, dtype=None):
+    """A saved ControlNet folder (diffusers ``save_pretrained``), checked; returns the model in eval mode,
+    in ``dtype`` when given (else the stored one)."""
     from diffusers import ControlNetModel
 
     folder = Path(folder)
@@ -56,7 +57,7 @@ def load_controlnet(folder: str | Path):
     if cfg.get("_class_name") != "ControlNetModel":
         raise UserError(f"{folder}/config.json: _class_name is {cfg.get('_class_name')!r}, expected ControlNetModel")
     try:
-        net = ControlNetModel.from_pretrained(str(folder))
+        net = ControlNetModel.from_pretrained(str(folder), **({} if dtype is None else {"torch_dtype": dtype}))
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{folder}: cannot load the ControlNet ({str(exc).splitlines()[0]})") from None
     return net.eval().requires_grad_(False)
