@@ -270,3 +270,26 @@ def test_training_moves_only_the_new_layers_and_saves_them(shapes_records, condi
 
     pipe = Pipeline.from_components(base.unet, base.vae, base.text_encoder, base.tokenizer, base.schedule)
     (pipe.attach_layout if condition == "layout" else pipe.attach_segmap)(result)
+
+
+def test_the_default_model_ships_both_checkpoints_and_picks_them_up(tmp_path, capsys):
+    """`--layout` / `--segmap` alone use the default model's own gligen/ and controlnet/."""
+    from latentdiff.cli import main
+    from latentdiff.pipeline import DEFAULT_MODEL_DIR
+
+    assert (DEFAULT_MODEL_DIR / "gligen" / "config.json").is_file()
+    assert (DEFAULT_MODEL_DIR / "controlnet" / "config.json").is_file()
+    (tmp_path / "layout.json").write_text('[{"phrase": "a red circle", "box": [4, 4, 28, 28]}]')
+    seg = np.zeros((64, 64), np.uint8)
+    seg[4:28, 4:28] = 1
+    Image.fromarray(seg).save(tmp_path / "seg.png")
+    assert main(["generate", "a red circle", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "out"),
+                 "--layout", str(tmp_path / "layout.json"), "--segmap", str(tmp_path / "seg.png")]) == 0
+    png = capsys.readouterr().out.strip().splitlines()[-1]
+    with Image.open(png) as im:
+        record = json.loads(im.text["latentdiff"])
+    assert record["extra"]["layout"]["boxes"][0]["phrase"] == "a red circle"
+    assert record["extra"]["segmap"]["classes"] == [0, 1]
+    paths = record["extra"]["spatial_checkpoints"]
+    assert paths == {"layout": str((DEFAULT_MODEL_DIR / "gligen").resolve()),
+                     "segmap": str((DEFAULT_MODEL_DIR / "controlnet").resolve())}
