@@ -1,10 +1,11 @@
 """Run ``latentdiff eval`` on a model in a fresh process, time it, and check issue #9's criteria.
 
-On the default model, once it and its classifier are trained (2 CPU cores, nothing else running):
+On the default model, which ships with its classifier/ and clip/ (2 CPU cores, nothing else running):
 
-    latentdiff train-classifier configs/classifier.yaml          # ~10 min; writes runs/classifier/final
-    .venv/bin/python bench/eval_suite.py --model latentdiff/assets/default_model \\
-        --classifier runs/classifier/final --clip runs/default/model/clip --out docs/eval/quick
+    .venv/bin/python bench/eval_suite.py --model latentdiff/assets/default_model --out docs/eval/quick
+
+(A new classifier: `latentdiff train-classifier configs/classifier.yaml`, ~14 min, then --classifier
+runs/classifier/final.)
 
 The report (report.md, PNGs, results.json) goes to ``--out``; this script adds ``bench.json`` there and
 prints: the wall time of the whole command (start-up and model load included; criterion: ≤ 900 s for the
