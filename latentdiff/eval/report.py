@@ -47,6 +47,12 @@ def _errorbar(ax, xs, summaries, **kw) -> None:
     ax.errorbar(xs, acc, yerr=[lo, hi], marker="o", capsize=3, **kw)
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_guidance(results: list[dict], path: Path) -> None:
     plt = _plt()
     ws = [r["guidance"] for r in results]
@@ -60,9 +66,7 @@ def plot_guidance(results: list[dict], path: Path) -> None:
     ax2.plot(ws, [r["diversity"] for r in results], marker="o", color="k")
     ax2.set(xlabel="guidance scale w", ylabel="mean pairwise RMS distance (pixels in [0, 1])",
             title="diversity among the images of a prompt")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_samplers(results: list[dict], path: Path) -> None:
@@ -78,9 +82,7 @@ def plot_samplers(results: list[dict], path: Path) -> None:
         ax.set_xticks(steps, [str(n) for n in steps])
         ax.minorticks_off()
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_classifier(results: list[dict], path: Path) -> None:
@@ -97,9 +99,7 @@ def plot_classifier(results: list[dict], path: Path) -> None:
         ax.set(xlabel="classifier scale s (0 = none; linear below 1, log above)", ylabel="share of images (95% CI)",
                ylim=(0, 1.02), xlim=(-0.05, 1.3 * max(r["scale"] for r in results) + 0.1), title=title)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # --- Markdown -------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.train.spatial import layout_of, segmap_of
 
-    box_ok, ious, pix, colours, tiles = [], [], [], [], []
+    box_ok, ious, pix, blank, colours, tiles = [], [], [], [], [], []
     for k, rec in enumerate(tqdm(records, desc=f"{condition} cases", disable=not progress)):
         layout, seg = layout_of(rec, size), segmap_of(rec, size)
         use_layout, use_seg = condition == "layout" or both, condition == "segmap" or both
@@ -57,11 +57,13 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
         if use_seg:
             s = score_segmap(img, seg, caption=rec.text)
             pix.append(s.pixel_accuracy)
+            blank.append(float((seg == 0).mean()))  # what an image with no object at all would score
             colours.append(bool(s.colour))
         tiles += [draw_layout(layout, size) if condition == "layout" else draw_segmap(seg), img]
     metrics = {"cases": len(records)}
     if box_ok:
         metrics.update(boxes=len(box_ok), box_accuracy=float(np.mean(box_ok)), mean_iou=float(np.mean(ious)))
     if pix:
-        metrics.update(pixel_accuracy=float(np.mean(pix)), colour_accuracy=float(np.mean(colours)))
+        metrics.update(pixel_accuracy=float(np.mean(pix)), pixel_accuracy_of_an_empty_image=float(np.mean(blank)),
+                       colour_accuracy=float(np.mean(colours)))
     return metrics, tiles
