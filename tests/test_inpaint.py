@@ -293,3 +293,31 @@ def test_exports_of_an_inpainting_model_load_back(ipipe, inpaint_dir, tmp_path, 
         assert pipe.is_inpainting
         got = np.asarray(pipe.inpaint("a circle", image, mask, steps=STEPS)[0]).astype(int)
         assert np.abs(got - want).max() <= (2 if path.name == "fp16" else 0)  # fp16 weights round (measured 1)
+
+
+def test_the_shipped_inpainting_model_loads_in_diffusers_and_is_the_default(tmp_path, capsys):
+    """Done-when 4 on the shipped model: diffusers' StableDiffusionInpaintPipeline loads it (9-channel
+    U-Net), and `latentdiff inpaint` without --model uses it in mode auto."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from latentdiff.cli import main
+    from latentdiff.inpaint import INPAINT_MODEL_DIR
+
+    sd = StableDiffusionInpaintPipeline.from_pretrained(str(INPAINT_MODEL_DIR), safety_checker=None,
+                                                        local_files_only=True)
+    assert sd.unet.config.in_channels == 9
+    scene = np.zeros((64, 64, 3), np.uint8)
+    scene[8:24, 8:24] = (220, 40, 40)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[6:26, 6:26] = 255
+    Image.fromarray(scene).save(tmp_path / "scene.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert main(["inpaint", "a small blue square in the top left", "--image", str(tmp_path / "scene.png"),
+                 "--mask", str(tmp_path / "mask.png"), "--steps", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "out")]) == 0
+    png = capsys.readouterr().out.strip().splitlines()[-1]
+    with Image.open(png) as im:
+        record = json.loads(im.text["latentdiff"])
+        out = np.asarray(im.convert("RGB"))
+    assert record["extra"]["inpaint"]["mode"] == "model"
+    assert np.array_equal(out[40:, 40:], scene[40:, 40:])  # far from the mask: the input, exactly
