@@ -247,3 +247,32 @@ def test_latent_cache_is_keyed_by_vae_weights(tmp_path, tiny_data):
         next(vae.parameters()).add_(0.1)  # a changed VAE: a new cache, rebuilt
     m3, _, f3 = cached_latents(tmp_path, vae, recs, 64, encode, lambda: load_images(recs, 64, False))
     assert f3 != f1 and calls == [8, 8] and not torch.equal(m1, m3)
+
+
+def test_model_from_checkpoint_builds_a_model_folder_from_a_mid_run_ema(tmp_path, tiny_data, pretrained_stages):
+    """scripts/model_from_checkpoint.py: the checkpoint's EMA U-Net with the run's VAE and text encoder, a
+    folder the pipeline loads; an existing --out or a missing step is a one-line error."""
+    from safetensors.torch import load_file
+
+    from latentdiff.pipeline import Pipeline
+
+    cfg = tiny_config(tmp_path, tiny_data, steps=4, checkpoint_every=2, validate_every=0)
+    _copy_pre(pretrained_stages, tmp_path / "run")
+    _cli("train", str(cfg), "--stage", "unet")
+    script = str(ROOT / "scripts" / "model_from_checkpoint.py")
+    out = tmp_path / "model-step2"
+    proc = subprocess.run([sys.executable, script, str(cfg), "--out", str(out), "--step", "2"], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "latentdiff.json").read_text())
+    assert info["unet_checkpoint"] == {"step": 2, "of_steps": 4, "weights": "ema"}
+    pipe = Pipeline.load(out, device="cpu")
+    ema = load_file(str(tmp_path / "run" / "unet" / "checkpoints" / "ckpt-0000002" / "ema.safetensors"))
+    weights = dict(pipe.unet.named_parameters())
+    assert set(weights) <= set(ema)  # every U-Net parameter comes from the checkpoint's EMA
+    assert all(torch.equal(weights[k].float(), ema[k].float()) for k in weights)
+    assert len(pipe.generate("a red circle", steps=2, seed=0)) == 1
+    for args, message in (([str(cfg), "--out", str(out), "--step", "2"], "already exists"),
+                          ([str(cfg), "--out", str(tmp_path / "x"), "--step", "3"], "no checkpoint at step 3")):
+        proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
