@@ -97,13 +97,13 @@ def vlb_term(denoiser: Denoiser, schedule: Schedule, x0: Tensor, t: Tensor, *, v
     return torch.where(is_first, nll, kl).flatten(1).sum(1)
 
 
-@torch.no_grad()
 def stratum_edges(num_t: int, T: int) -> list[int]:
     """Edges 1 = e_0 < e_1 < … = T of the (at most ``num_t``) geometric strata [e_k, e_{k+1}) of the
     term indices 1 … T−1; the estimate costs ``len(edges)`` network evaluations (the strata and L_0)."""
     return sorted(set(torch.logspace(0, math.log10(T), num_t + 1, dtype=torch.float64).round().long().tolist()))
 
 
+@torch.no_grad()
 def bits_per_dim(denoiser: Denoiser, schedule: Schedule, x0: Tensor, *, num_t: int | None = None,
                  variance: str = "beta_tilde", decoder: str = "gaussian",
                  generator: torch.Generator | None = None) -> Tensor:
