@@ -232,14 +232,17 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
     return {k: 1.0 if v is None else v for k, v in scales.items()}
 
 
-def _checkpoint(pipe, flag: str, explicit: str | None, name: str) -> Path:
-    """An explicit checkpoint folder, else MODEL/<name>."""
+def _checkpoint(pipe, flag: str, explicit: str | None, name: str, required: bool = True) -> Path | None:
+    """An explicit checkpoint folder, else MODEL/<name>; when neither exists, an error (or None when not
+    ``required``)."""
     if explicit is not None:
         if not Path(explicit).is_dir():
             raise UserError(f"{flag} {explicit}: folder not found")
         return Path(explicit)
     folder = pipe.path / name if pipe.path is not None and pipe.path.is_dir() else None
     if folder is None or not folder.is_dir():
+        if not required:
+            return None
         raise UserError(f"{pipe.name}: the model has no {name}/ checkpoint; pass {flag} DIR "
                         f"(written by 'latentdiff train-spatial')")
     return folder

@@ -34,16 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def attach_spatial(pipe, layout_model: str | None, segmap_model: str | None) -> None:
     """Attach the layout and segmentation checkpoints the panels need: the folders given, else the model
     folder's gligen/ and controlnet/ when they exist (a panel without one says so in the page)."""
-    from pathlib import Path
+    from latentdiff.commands.generate import _checkpoint
 
     for flag, given, name, attach in (("--layout-model", layout_model, "gligen", pipe.attach_layout),
                                       ("--segmap-model", segmap_model, "controlnet", pipe.attach_segmap)):
-        if given is not None:
-            if not Path(given).is_dir():
-                raise UserError(f"{flag} {given}: folder not found")
-            attach(Path(given))
-        elif pipe.path is not None and (Path(pipe.path) / name).is_dir():
-            attach(Path(pipe.path) / name)
+        folder = _checkpoint(pipe, flag, given, name, required=False)
+        if folder is not None:
+            attach(folder)
 
 
 def run_serve(args: argparse.Namespace) -> int:
