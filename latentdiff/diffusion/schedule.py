@@ -10,7 +10,7 @@ maths is done in float64 and stored as float32; call sites move values to the da
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -56,6 +56,13 @@ class Schedule:
     @property
     def num_timesteps(self) -> int:
         return self.betas.shape[0]
+
+    def to(self, device: torch.device | str) -> "Schedule":
+        """The same schedule with its tensors on ``device`` (a training loop on the GPU gathers ᾱ_t there,
+        with no host copy at each step)."""
+        moved = {f: getattr(self, f).to(device) for f in ("betas", "alphas", "alphas_bar", "alphas_bar_prev",
+                                                         "posterior_variance")}
+        return replace(self, **moved)
 
     @classmethod
     def from_betas(cls, betas: Tensor, kind: str = "custom", prediction: str = "epsilon") -> "Schedule":

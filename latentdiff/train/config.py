@@ -8,6 +8,9 @@ from latentdiff.errors import ConfigError
 from latentdiff.models.factory import ImageTowerConfig, TextConfig, UNetConfig, VAEConfig
 
 
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     """What every stage's optimisation loop needs."""
@@ -25,9 +28,17 @@ class LoopConfig:
     log_every: int = 10
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     max_nonfinite: int = 20  # consecutive non-finite losses before training stops
+    # Speed (see docs/performance.md). compile: torch.compile mode for the trained module, or none.
+    compile: str = "none"  # none | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    data_on_device: str = "auto"  # auto (yes on a GPU, when the stage can and the data fits) | yes | no
+    sync_every: int = 0  # read loss and health on the host every N steps; 0: every step on CPU, log_every on GPU
 
     def __post_init__(self):
         _check_choice(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
+        _check_choice(self, "compile", COMPILE_MODES)
+        _check_choice(self, "data_on_device", ("auto", "yes", "no"))
+        if self.sync_every < 0:
+            raise ConfigError(f"sync_every: expected 0 (auto) or a positive integer, got {self.sync_every}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "max_nonfinite", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")

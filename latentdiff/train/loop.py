@@ -4,6 +4,12 @@ The same code serves ``python train.py CONFIG`` and ``accelerate launch --multi_
 train.py CONFIG``. Randomness is derived from (seed, stage, step, rank) at every step and the data
 order from (seed, epoch), so a run resumed from a checkpoint continues exactly as an uninterrupted one:
 the checkpoint holds weights, EMA, optimizer and step, and everything else follows from them.
+
+On a GPU a step never waits for the host: the batch is gathered and the noise drawn on the device
+(``data_on_device``), a non-finite loss is caught on the device too (the fused optimizer's ``found_inf``
+skips the update: weights and optimizer state stay as they were, the EMA takes its usual step towards
+the unchanged weights), and loss and health are read back every ``sync_every`` steps, where the streak
+of non-finite losses is checked against ``max_nonfinite``. On the CPU that read happens every step.
 """
 from __future__ import annotations
 
@@ -87,7 +93,55 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def make_ema(model: torch.nn.Module, decay: float):
     from diffusers.training_utils import EMAModel
 
-    return EMAModel(trainable(model), decay=decay, use_ema_warmup=True, power=3 / 4)
+    return EMAModel(trainable(model), decay=decay, use_ema_warmup=True, power=3 / 4, foreach=True)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel for all parameters, CPU or CUDA), which can also skip a step on the device
+    when told through ``found_inf`` (see :func:`_one_step`)."""
+    return torch.optim.AdamW(trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def data_device(stage: Stage, cfg: LoopConfig, device: torch.device) -> torch.device:
+    """Where a stage's data and per-step draws live: ``device`` when ``cfg.data_on_device`` says so (auto:
+    on a GPU, when the stage can place its data and it takes under a quarter of the free memory)."""
+    can = getattr(stage, "can_place_data", False)
+    if cfg.data_on_device == "no" or device.type == "cpu":
+        return torch.device("cpu")
+    if not can:
+        if cfg.data_on_device == "yes":
+            raise UserError(f"data_on_device: yes, but the {stage.name} stage keeps its data on the CPU; "
+                            f"use auto or no")
+        return torch.device("cpu")
+    if cfg.data_on_device == "auto" and device.type == "cuda":
+        need = sum(t.numel() * t.element_size() for t in vars(stage).values() if isinstance(t, torch.Tensor))
+        free = torch.cuda.mem_get_info(device)[0]
+        if need > free / 4:
+            print(f"{stage.name}: keeping {need / 2**30:.1f} GiB of training data in host memory "
+                  f"(more than a quarter of the GPU's free {free / 2**30:.1f} GiB)", flush=True)
+            return torch.device("cpu")
+    return device
+
+
+class _Health:
+    """Counts non-finite losses on the device, so that a step need not wait to learn whether its loss was
+    finite; :meth:`read` brings the counts to the host (a sync)."""
+
+    def __init__(self, device: torch.device, total: int, run: int):
+        self.total = torch.tensor(total, device=device)
+        self.run = torch.tensor(run, device=device)  # the current streak of non-finite losses
+        self.worst = self.run.clone()  # the longest streak since the last read
+
+    def update(self, finite: torch.Tensor) -> None:
+        bad = (~finite).long().reshape(())
+        self.total += bad
+        self.run = (self.run + 1) * bad
+        self.worst = torch.maximum(self.worst, self.run)
+
+    def read(self) -> dict:
+        total, run, worst = torch.stack([self.total, self.run, self.worst]).tolist()
+        self.worst = self.run.clone()
+        return {"nonfinite_total": total, "nonfinite_run": run, "worst_run": worst}
 
 
 def _restore(stage: Stage, opt, ema, ckpt: Path | None) -> tuple[int, dict]:
@@ -128,38 +182,51 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     if existing is not None and not resume:
         raise UserError(f"{out}: has checkpoints from an earlier run; pass --resume to continue it "
                         f"or choose another output folder")
-    opt = torch.optim.AdamW(trainable(stage.model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    where = data_device(stage, cfg, accelerator.device)
+    if where.type != "cpu":
+        stage.place_data(where)
+    if cfg.compile != "none":
+        stage.model.compile(mode=None if cfg.compile == "default" else cfg.compile)  # in place: same weights' names
+    opt = make_optimizer(stage.model, cfg)
     ema = make_ema(stage.model, cfg.ema_decay)
     start, state = _restore(stage, opt, ema, existing if resume else None)
     ema.to(accelerator.device)
     model, opt = accelerator.prepare(stage.model, opt)
     stream = IndexStream(stage.num_examples, cfg.batch_size * accelerator.num_processes, seed_for(seed, STAGE_IDS[stage.name]))
-    counters = {"nonfinite_total": state.get("nonfinite_total", 0), "nonfinite_run": state.get("nonfinite_run", 0)}
+    health = _Health(accelerator.device, state.get("nonfinite_total", 0), state.get("nonfinite_run", 0))
+    counters = health.read()
+    sync_every = cfg.sync_every or (1 if accelerator.device.type == "cpu" else cfg.log_every)
     log = _Log(out / "log.jsonl", start, main)
     bar = tqdm(total=cfg.steps, initial=start, desc=stage.name, disable=not main, dynamic_ncols=True)
     rank, t0, done_at_start = accelerator.process_index, time.time(), start
     for step in range(start, cfg.steps):
-        loss = _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, counters)
-        if counters["nonfinite_run"] >= cfg.max_nonfinite:
-            raise TrainingStopped(_stopped_message(out, ckpt_dir, step, counters))
-        rate = (step + 1 - done_at_start) / max(time.time() - t0, 1e-9)
-        if loss is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.2f}", refresh=False)
+        loss = _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, health, where)
         bar.update(1)
-        if main and (step + 1) % cfg.log_every == 0:
-            log.write(step=step + 1, loss=loss, lr=lr_at(cfg, step), steps_per_s=rate, time=time.time(),
+        n = step + 1
+        checkpoint = n % cfg.checkpoint_every == 0 or n == cfg.steps
+        validate = main and cfg.validate_every and n % cfg.validate_every == 0 and n < cfg.steps
+        if not (n % sync_every == 0 or n % cfg.log_every == 0 or checkpoint or validate or n == cfg.steps):
+            continue
+        counters = health.read()  # waits for the device
+        if counters["worst_run"] >= cfg.max_nonfinite:
+            raise TrainingStopped(_stopped_message(out, ckpt_dir, step, counters))
+        value = float(loss) if counters["nonfinite_run"] == 0 else None
+        rate = (n - done_at_start) / max(time.time() - t0, 1e-9)
+        if value is not None:
+            bar.set_postfix(loss=f"{value:.4f}", steps_per_s=f"{rate:.2f}")
+        if main and n % cfg.log_every == 0:
+            log.write(step=n, loss=value, lr=lr_at(cfg, step), steps_per_s=rate, time=time.time(),
                       nonfinite_total=counters["nonfinite_total"])
-        in_trouble = counters["nonfinite_run"] > 0  # keep the last checkpoint from before a non-finite streak
-        if ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps) and not in_trouble:
+        if checkpoint and counters["nonfinite_run"] == 0:  # keep the last checkpoint from before a streak
             accelerator.wait_for_everyone()
             if main:
-                save_checkpoint(ckpt_dir, step + 1, accelerator.unwrap_model(model), ema.shadow_params, opt,
-                                {**counters, "ema_step": ema.optimization_step, "config": config_dict},
+                save_checkpoint(ckpt_dir, n, accelerator.unwrap_model(model), ema.shadow_params, opt,
+                                {**_saved(counters), "ema_step": ema.optimization_step, "config": config_dict},
                                 keep=cfg.keep_checkpoints)
-        if main and cfg.validate_every and (step + 1) % cfg.validate_every == 0 and step + 1 < cfg.steps:
-            _with_ema(stage, accelerator.unwrap_model(model), ema, lambda m: stage.validate(m, step + 1, out))
+        if validate:
+            _with_ema(stage, accelerator.unwrap_model(model), ema, lambda m: stage.validate(m, n, out))
         if on_step is not None:
-            on_step(step + 1)
+            on_step(n)
     bar.close()
     accelerator.wait_for_everyone()
     result = final or out / "final"
@@ -167,43 +234,52 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
         unwrapped = accelerator.unwrap_model(model)
         metrics = _with_ema(stage, unwrapped, ema, lambda m: stage.validate(m, cfg.steps, out))
         result = _with_ema(stage, unwrapped, ema, lambda m: stage.finish(m, result))
-        (out / "metrics.json").write_text(json.dumps({**metrics, **counters, "steps": cfg.steps}, indent=1))
+        (out / "metrics.json").write_text(json.dumps({**metrics, **_saved(counters), "steps": cfg.steps}, indent=1))
     accelerator.wait_for_everyone()
     return result
 
 
-def _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, counters) -> float | None:
+def _saved(counters: dict) -> dict:
+    return {"nonfinite_total": counters["nonfinite_total"], "nonfinite_run": counters["nonfinite_run"]}
+
+
+def _batch_index(stream: IndexStream, step: int, rank: int, b: int, where: torch.device) -> torch.Tensor:
+    index = torch.from_numpy(stream.batch(step)[rank * b:(rank + 1) * b])  # (b,) int64
+    if where.type == "cuda":  # pinned, so the copy does not make the host wait for the device
+        return index.pin_memory().to(where, non_blocking=True)
+    return index.to(where)
+
+
+def _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, health, where) -> torch.Tensor:
+    """One optimisation step; returns the (detached) loss without reading it on the host."""
     for group in opt.param_groups:
         group["lr"] = lr_at(cfg, step)
     step_seed = seed_for(seed, STAGE_IDS[stage.name], step, rank)
     torch.manual_seed(step_seed)  # any randomness inside the modules (dropout) is per-step too
-    gen = torch.Generator().manual_seed(step_seed)
-    b = cfg.batch_size
-    index = torch.from_numpy(stream.batch(step)[rank * b:(rank + 1) * b])
+    gen = torch.Generator(device=where).manual_seed(step_seed)
+    index = _batch_index(stream, step, rank, cfg.batch_size, where)
     with accelerator.autocast():
         loss = stage.loss(model, index, gen)
     finite = torch.isfinite(loss.detach()).float().reshape(1)
-    if accelerator.num_processes > 1:
+    if accelerator.num_processes > 1:  # every rank skips together
         finite = accelerator.reduce(finite, reduction="sum") / accelerator.num_processes
-    if finite.item() < 1.0:  # every rank skips together, so no rank waits in an all-reduce
-        opt.zero_grad(set_to_none=True)
-        counters["nonfinite_total"] += 1
-        counters["nonfinite_run"] += 1
-        return None
-    counters["nonfinite_run"] = 0
+    finite = finite.to(accelerator.device) >= 1.0  # (1,) bool
     accelerator.backward(loss)
     if cfg.grad_clip > 0:
         accelerator.clip_grad_norm_(trainable(model), cfg.grad_clip)
+    inner = getattr(opt, "optimizer", opt)  # accelerate's wrapper holds the torch optimizer
+    inner.found_inf = (~finite).float().reshape(())  # the fused update is skipped where this is 1
     opt.step()
     opt.zero_grad(set_to_none=True)
     ema.step(trainable(accelerator.unwrap_model(model)))
-    return float(loss.detach())
+    health.update(finite)
+    return loss.detach()
 
 
 def _stopped_message(out: Path, ckpt_dir: Path, step: int, counters: dict) -> str:
     last = latest_checkpoint(ckpt_dir)
     where = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
-    return (f"stopped at step {step + 1}: {counters['nonfinite_run']} non-finite losses in a row "
+    return (f"stopped at step {step + 1}: {counters['worst_run']} non-finite losses in a row "
             f"({counters['nonfinite_total']} in all); {where}. Lower the learning rate and resume.")
 
 

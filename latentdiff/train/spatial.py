@@ -101,6 +101,8 @@ def segmap_of(record, size: int) -> np.ndarray:
 class SpatialStage(LatentDenoisingStage):
     """The U-Net stage's loss with a layout or segmentation route added; only the new layers train."""
 
+    can_place_data = False  # boxes, phrase embeddings and maps are gathered on the CPU
+
     def __init__(self, cfg: SpatialTrainConfig, base, model: ConditionedUNet, mean, std, tokens, null_tokens,
                  records, size: int, device, holdout=()):
         from latentdiff.models.gligen import MAX_BOXES, grounding_tensors, phrase_embeddings

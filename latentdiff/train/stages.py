@@ -167,6 +167,8 @@ class LatentDenoisingStage:
 
     cond_dropout: float
     min_snr_gamma: float | None
+    can_place_data = True  # False in subclasses whose condition() gathers more tensors on the CPU
+    data_device = torch.device("cpu")  # where the per-step draws happen (see place_data)
 
     def _setup(self, latent_mean, latent_std, scaling_factor: float, schedule: Schedule, tokens, null_tokens,
                text_encoder, device, encode_captions: bool = True) -> None:
@@ -176,10 +178,24 @@ class LatentDenoisingStage:
         self.unique_tokens, self.caption_index = torch.unique(tokens, dim=0, return_inverse=True)  # (U, L), (N,)
         self.null_tokens = null_tokens  # (L,): the empty prompt
         self.text_encoder = text_encoder
+        self.contexts = self.null_context = None
         if encode_captions:  # a frozen text encoder: each distinct caption is encoded once, up front
             self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
             self.contexts = self.encode(self.unique_tokens)  # (U, L, D) on the CPU
             self.null_context = self.encode(null_tokens[None])[0]  # (L, D): the null condition
+
+    def place_data(self, device: torch.device) -> None:
+        """Keep the latent posteriors, caption contexts and schedule on ``device`` (the GPU's memory), so a
+        step gathers its batch and draws its noise there, with no host copy or wait; the loop then seeds
+        a generator on that device. Draws differ from the CPU's, but a step's draws are still a function
+        of (seed, step), so resuming stays exact."""
+        names = ("mean", "std", "unique_tokens", "caption_index", "null_tokens", "contexts", "null_context")
+        for name in names:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        self.schedule = self.schedule.to(device)
+        self.data_device = torch.device(device)
 
     @torch.no_grad()
     def encode(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -188,21 +204,19 @@ class LatentDenoisingStage:
                           for c in tokens.split(batch)])
 
     def drop_mask(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """Which captions of the batch become the empty prompt: Bernoulli(cond_dropout) per sample."""
-        return torch.rand(batch, generator=generator) < self.cond_dropout
+        """Which captions of the batch become the empty prompt: Bernoulli(cond_dropout) per sample, (B,)."""
+        return torch.rand(batch, generator=generator, device=self.data_device) < self.cond_dropout
 
     def context(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Cross-attention context of a batch, (B, L, D), with conditioning dropout applied."""
-        ctx = self.contexts[self.caption_index[index]].clone()
-        ctx[self.drop_mask(index.shape[0], generator)] = self.null_context
-        return ctx
+        drop = self.drop_mask(index.shape[0], generator)[:, None, None]  # (B, 1, 1)
+        return torch.where(drop, self.null_context, self.contexts[self.caption_index[index]])
 
     def caption_tokens(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Token ids of a batch's captions, (B, L), with conditioning dropout applied (for a text encoder
         that is being trained, so its contexts cannot be cached)."""
-        tokens = self.unique_tokens[self.caption_index[index]].clone()
-        tokens[self.drop_mask(index.shape[0], generator)] = self.null_tokens
-        return tokens
+        drop = self.drop_mask(index.shape[0], generator)[:, None]  # (B, 1)
+        return torch.where(drop, self.null_tokens, self.unique_tokens[self.caption_index[index]])
 
     def condition(self, index: torch.Tensor, generator: torch.Generator):
         return self.context(index, generator).to(self.device)  # (B, L, D)
@@ -213,10 +227,11 @@ class LatentDenoisingStage:
     def loss(self, model, index, generator):
         b = index.shape[0]
         cond = self.condition(index, generator)  # drawn first: the dropout mask leads each step's random stream
-        eps0 = torch.randn(self.mean[index].shape, generator=generator)
+        where = self.data_device
+        eps0 = torch.randn(self.mean[index].shape, generator=generator, device=where)
         x0 = ((self.mean[index] + self.std[index] * eps0) * self.scaling_factor).to(self.device)  # (B, C, h, w)
-        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator).to(self.device)
-        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator, device=where).to(self.device)
+        noise = torch.randn(x0.shape, generator=generator, device=where).to(self.device)
         fn = lambda x_t, tt: self.predict(model, x_t, tt, cond)  # noqa: E731
         return diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma)
 

@@ -1,0 +1,162 @@
+"""The training loop's speed options keep its promises: a non-finite loss caught on the device leaves the
+weights and the optimizer untouched, a loop that reads its health only every N steps still stops with the
+last good checkpoint intact, ``torch.compile`` trains the same model as eager, and data placed on the
+device (GPU only) resumes exactly. Tiny models; the compile test is marked slow."""
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from latentdiff.errors import ConfigError, UserError
+from latentdiff.train.config import LoopConfig
+from latentdiff.train.loop import TrainingStopped, data_device, run_stage
+
+
+class _Stage:
+    """A tiny regression whose loss is non-finite at the 1-based calls in ``bad`` (or from ``bad_from`` on)."""
+
+    name = "unet"
+
+    def __init__(self, bad=(), bad_from=None):
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        self.x, self.y = torch.randn(32, 3), torch.randn(32, 1)
+        self.num_examples, self.bad, self.bad_from, self.calls = 32, set(bad), bad_from, 0
+
+    def loss(self, model, index, generator):
+        self.calls += 1
+        out = (model(self.x[index]) - self.y[index]).pow(2).mean()
+        broken = self.calls in self.bad or (self.bad_from is not None and self.calls >= self.bad_from)
+        return out * float("nan") if broken else out
+
+    def validate(self, model, step, out):
+        return {}
+
+    def finish(self, model, out):
+        return out
+
+
+def _weights(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_a_nonfinite_step_leaves_weights_and_optimizer_untouched(tmp_path):
+    cfg = LoopConfig(steps=8, batch_size=4, checkpoint_every=8, warmup_steps=1, lr=1e-2)
+    stage, snaps = _Stage(bad={5}), {}
+    run_stage(stage, cfg, tmp_path / "s", 0, Accelerator(cpu=True), False, {},
+              on_step=lambda n: snaps.__setitem__(n, _weights(stage.model)))
+    assert all(torch.equal(a, b) for a, b in zip(snaps[4], snaps[5]))  # step 5 was skipped
+    assert not all(torch.equal(a, b) for a, b in zip(snaps[5], snaps[6]))  # and training went on
+    state = json.loads((tmp_path / "s" / "checkpoints" / "ckpt-0000008" / "state.json").read_text())
+    assert state["nonfinite_total"] == 1 and state["nonfinite_run"] == 0
+    opt = load_file(str(tmp_path / "s" / "checkpoints" / "ckpt-0000008" / "optimizer.safetensors"))
+    steps = {float(v) for k, v in opt.items() if k.endswith(".step")}
+    assert steps == {7.0}, steps  # Adam counted 7 updates in 8 steps
+
+
+def test_reading_health_every_few_steps_still_stops_with_a_good_checkpoint(tmp_path):
+    cfg = LoopConfig(steps=50, batch_size=4, checkpoint_every=3, max_nonfinite=5, warmup_steps=1,
+                     sync_every=4, log_every=4)
+    with pytest.raises(TrainingStopped) as e:
+        run_stage(_Stage(bad_from=8), cfg, tmp_path / "s", 0, Accelerator(cpu=True), False, {})
+    msg = str(e.value)
+    # losses 8..12 are non-finite; the host learns it at step 12 (a sync point); step 9's checkpoint
+    # was held back because the streak had begun, so step 6's is the last good one
+    assert "stopped at step 12: 5 non-finite losses in a row" in msg and "ckpt-0000006" in msg, msg
+    assert not (tmp_path / "s" / "checkpoints" / "ckpt-0000009").exists()
+    w = load_file(str(tmp_path / "s" / "checkpoints" / "ckpt-0000006" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values())
+    logged = [json.loads(x) for x in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [4, 8] and logged[0]["loss"] is not None and logged[1]["loss"] is None
+
+
+def test_sync_every_does_not_change_what_is_trained(tmp_path):
+    """Reading the loss less often is only a matter of when the host looks: the same weights result."""
+    results = []
+    for sync in (1, 5):
+        cfg = LoopConfig(steps=10, batch_size=4, checkpoint_every=10, warmup_steps=2, lr=1e-2, sync_every=sync,
+                         log_every=5)
+        stage = _Stage(bad={3})
+        run_stage(stage, cfg, tmp_path / f"s{sync}", 0, Accelerator(cpu=True), False, {})
+        results.append(_weights(stage.model))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_speed_options_are_checked():
+    with pytest.raises(ConfigError, match="compile: expected one of none, default"):
+        LoopConfig(compile="fast")
+    with pytest.raises(ConfigError, match="data_on_device"):
+        LoopConfig(data_on_device="maybe")
+    with pytest.raises(ConfigError, match="sync_every"):
+        LoopConfig(sync_every=-1)
+
+
+def test_data_device_decision():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    stage = _Stage()  # cannot place its data
+    assert data_device(stage, LoopConfig(), cpu) == cpu
+    assert data_device(stage, LoopConfig(data_on_device="no"), gpu) == cpu
+    assert data_device(stage, LoopConfig(data_on_device="auto"), gpu) == cpu
+    with pytest.raises(UserError, match="keeps its data on the CPU"):
+        data_device(stage, LoopConfig(data_on_device="yes"), gpu)
+    stage.can_place_data = True
+    assert data_device(stage, LoopConfig(data_on_device="yes"), gpu) == gpu
+
+
+def _unet_stage(device="cpu"):
+    """A real U-Net stage on random latents and contexts (a tiny diffusers U-Net)."""
+    from latentdiff.config import ScheduleConfig
+    from latentdiff.models.factory import UNetConfig
+    from latentdiff.train.config import UNetStage
+    from latentdiff.train.stages import UNetTrainStage
+
+    class _Text(torch.nn.Module):  # stands in for the frozen text encoder: a fixed embedding
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(64, 16)
+
+        def forward(self, ids):
+            return type("O", (), {"last_hidden_state": self.emb(ids)})()
+
+    torch.manual_seed(0)
+    cfg = UNetStage(model=UNetConfig(block_out_channels=(16, 16), attention=(False, True), norm_num_groups=8,
+                                     attention_head_dim=8, cross_attention_dim=16, sample_size=8),
+                    schedule=ScheduleConfig(), cond_dropout=0.25)
+    mean, std = torch.randn(24, 4, 8, 8), torch.rand(24, 4, 8, 8) * 0.1
+    tokens = torch.randint(1, 64, (24, 6))
+    tokens[::3] = tokens[0]  # repeated captions, as in real data
+    return UNetTrainStage(cfg, mean, std, tokens, torch.zeros(6, dtype=torch.long), _Text(), 1.0,
+                          torch.device(device))
+
+
+@pytest.mark.slow
+def test_compiled_unet_trains_like_eager(tmp_path):
+    cfg = dict(steps=4, batch_size=8, checkpoint_every=4, warmup_steps=1, lr=1e-3)
+    losses = {}
+    for mode in ("none", "default"):
+        stage = _unet_stage()
+        run_stage(stage, LoopConfig(compile=mode, log_every=1, **cfg), tmp_path / mode, 0, Accelerator(cpu=True),
+                  False, {})
+        losses[mode] = [json.loads(x)["loss"] for x in (tmp_path / mode / "log.jsonl").read_text().splitlines()]
+        w = load_file(str(tmp_path / mode / "checkpoints" / "ckpt-0000004" / "model.safetensors"))
+        assert not any(k.startswith("_orig_mod") for k in w)  # compiled in place: the same weight names
+        losses[mode + "_w"] = w
+    assert losses["none"] == pytest.approx(losses["default"], rel=1e-3, abs=1e-5)
+    eager, compiled = losses["none_w"], losses["default_w"]
+    assert max((eager[k] - compiled[k]).abs().max().item() for k in eager) < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_data_on_the_gpu_resumes_exactly(tmp_path):
+    cfg = dict(batch_size=8, checkpoint_every=2, warmup_steps=1, lr=1e-3, data_on_device="yes", sync_every=3)
+    ref = _unet_stage("cuda")
+    run_stage(ref, LoopConfig(steps=6, **cfg), tmp_path / "ref", 0, Accelerator(), False, {})
+    first = _unet_stage("cuda")
+    run_stage(first, LoopConfig(steps=4, **cfg), tmp_path / "cut", 0, Accelerator(), False, {})
+    assert first.data_device.type == "cuda" and first.mean.is_cuda
+    run_stage(_unet_stage("cuda"), LoopConfig(steps=6, **cfg), tmp_path / "cut", 0, Accelerator(), True, {})
+    a = load_file(str(tmp_path / "ref" / "checkpoints" / "ckpt-0000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "checkpoints" / "ckpt-0000006" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
