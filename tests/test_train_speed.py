@@ -160,3 +160,25 @@ def test_data_on_the_gpu_resumes_exactly(tmp_path):
     a = load_file(str(tmp_path / "ref" / "checkpoints" / "ckpt-0000006" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "checkpoints" / "ckpt-0000006" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resume_goes_on(tmp_path, monkeypatch):
+    """A run past its time limit checkpoints, finishes with the weights so far, and a resume without the
+    limit ends where an uninterrupted run ends."""
+    import latentdiff.train.loop as loop
+
+    clock = iter(range(0, 10_000, 10))  # each reading of the clock is 10 s later
+    monkeypatch.setattr(loop.time, "time", lambda: float(next(clock)))
+    cfg = dict(batch_size=4, checkpoint_every=100, warmup_steps=1, lr=1e-2, log_every=1)
+    limited = _Stage()
+    run_stage(limited, LoopConfig(steps=40, time_limit_s=45, **cfg), tmp_path / "cut", 0, Accelerator(cpu=True),
+              False, {})
+    metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert 1 <= metrics["steps"] < 40
+    assert (tmp_path / "cut" / "checkpoints" / f"ckpt-{metrics['steps']:07d}").is_dir()
+    monkeypatch.undo()
+    resumed = _Stage()
+    run_stage(resumed, LoopConfig(steps=40, **cfg), tmp_path / "cut", 0, Accelerator(cpu=True), True, {})
+    ref = _Stage()
+    run_stage(ref, LoopConfig(steps=40, **cfg), tmp_path / "ref", 0, Accelerator(cpu=True), False, {})
+    assert all(torch.equal(a, b) for a, b in zip(_weights(resumed.model), _weights(ref.model)))

@@ -32,6 +32,7 @@ class LoopConfig:
     compile: str = "none"  # none | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     data_on_device: str = "auto"  # auto (yes on a GPU, when the stage can and the data fits) | yes | no
     sync_every: int = 0  # read loss and health on the host every N steps; 0: every step on CPU, log_every on GPU
+    time_limit_s: float = 0.0  # stop (checkpoint, finish, resumable) once a run has trained this long; 0: no limit
 
     def __post_init__(self):
         _check_choice(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
@@ -39,6 +40,8 @@ class LoopConfig:
         _check_choice(self, "data_on_device", ("auto", "yes", "no"))
         if self.sync_every < 0:
             raise ConfigError(f"sync_every: expected 0 (auto) or a positive integer, got {self.sync_every}")
+        if self.time_limit_s < 0:
+            raise ConfigError(f"time_limit_s: expected 0 (none) or a positive number of seconds, got {self.time_limit_s}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "max_nonfinite", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")

@@ -294,7 +294,7 @@ def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
     folder = out / "inpaint"
     timer = _Timer(out / "times.json", f"{device.type} x{accelerator.num_processes}", main)
     _timed("inpaint", folder, resume, timer,
-           lambda: run_stage(stage, cfg.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg)))
+           lambda: run_stage(stage, cfg.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg)), cfg.loop.steps)
     if not main:
         return out / "model"
     from diffusers import UNet2DConditionModel

@@ -199,6 +199,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     log = _Log(out / "log.jsonl", start, main)
     bar = tqdm(total=cfg.steps, initial=start, desc=stage.name, disable=not main, dynamic_ncols=True)
     rank, t0, done_at_start = accelerator.process_index, time.time(), start
+    last = cfg.steps
     for step in range(start, cfg.steps):
         loss = _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, health, where)
         bar.update(1)
@@ -210,6 +211,9 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
         counters = health.read()  # waits for the device
         if counters["worst_run"] >= cfg.max_nonfinite:
             raise TrainingStopped(_stopped_message(out, ckpt_dir, step, counters))
+        out_of_time = _out_of_time(cfg, t0, accelerator) and n < cfg.steps
+        if out_of_time:
+            last, checkpoint, validate = n, True, False
         value = float(loss) if counters["nonfinite_run"] == 0 else None
         rate = (n - done_at_start) / max(time.time() - t0, 1e-9)
         if value is not None:
@@ -227,16 +231,32 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
             _with_ema(stage, accelerator.unwrap_model(model), ema, lambda m: stage.validate(m, n, out))
         if on_step is not None:
             on_step(n)
+        if out_of_time:
+            tqdm.write(f"{stage.name}: time limit of {cfg.time_limit_s:g} s reached at step {n} of {cfg.steps}; "
+                       f"finishing with the weights so far (--resume goes on from step {n})")
+            break
     bar.close()
     accelerator.wait_for_everyone()
     result = final or out / "final"
     if main:
         unwrapped = accelerator.unwrap_model(model)
-        metrics = _with_ema(stage, unwrapped, ema, lambda m: stage.validate(m, cfg.steps, out))
+        metrics = _with_ema(stage, unwrapped, ema, lambda m: stage.validate(m, last, out))
         result = _with_ema(stage, unwrapped, ema, lambda m: stage.finish(m, result))
-        (out / "metrics.json").write_text(json.dumps({**metrics, **_saved(counters), "steps": cfg.steps}, indent=1))
+        (out / "metrics.json").write_text(json.dumps({**metrics, **_saved(counters), "steps": last}, indent=1))
     accelerator.wait_for_everyone()
     return result
+
+
+def _out_of_time(cfg: LoopConfig, t0: float, accelerator) -> bool:
+    """Whether the time limit has passed, decided by the main process so that every rank stops together."""
+    if not cfg.time_limit_s:
+        return False
+    flag = torch.tensor([float(time.time() - t0 > cfg.time_limit_s)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        flag = broadcast(flag, from_process=0)
+    return bool(flag.item())
 
 
 def _saved(counters: dict) -> dict:

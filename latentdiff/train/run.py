@@ -150,8 +150,9 @@ def _stage_done(folder: Path) -> bool:
     return (folder / DONE).is_file()
 
 
-def _timed(stage_name, folder: Path, resume: bool, timer: _Timer, fn):
-    """Run ``fn()`` unless the stage finished earlier (then a resume skips it); record its time."""
+def _timed(stage_name, folder: Path, resume: bool, timer: _Timer, fn, steps: int):
+    """Run ``fn()`` unless the stage finished earlier (then a resume skips it); record its time. A stage
+    stopped by its time limit before ``steps`` is not marked finished: a resume goes on with it."""
     if _stage_done(folder):
         if resume:
             print(f"{stage_name}: finished earlier, skipped", flush=True)
@@ -162,7 +163,7 @@ def _timed(stage_name, folder: Path, resume: bool, timer: _Timer, fn):
     steps_before = _steps_done(folder)
     fn()
     timer.record(stage_name, time.time() - t0, _steps_done(folder) - steps_before)
-    if timer.active:
+    if timer.active and _steps_done(folder) >= steps:
         (folder / DONE).write_text("")
 
 
@@ -182,7 +183,7 @@ def _run_vae(cfg, out, resume, accelerator, imgs, timer):
         stage = VAETrainStage(cfg.vae, images, holdout, accelerator.device)
         run_stage(stage, cfg.vae.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.vae))
 
-    _timed("vae", folder, resume, timer, go)
+    _timed("vae", folder, resume, timer, go, cfg.vae.loop.steps)
 
 
 def _run_clip(cfg, out, resume, accelerator, imgs, train_recs, hold_recs, tokenizer, timer):
@@ -197,7 +198,7 @@ def _run_clip(cfg, out, resume, accelerator, imgs, train_recs, hold_recs, tokeni
                                _tokens(tokenizer, [r.text for r in hold_recs]), accelerator.device)
         run_stage(stage, cfg.clip.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.clip))
 
-    _timed("clip", folder, resume, timer, go)
+    _timed("clip", folder, resume, timer, go, cfg.clip.loop.steps)
 
 
 def finished_stages(out: Path):
@@ -229,7 +230,8 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
     seed_init(cfg.seed, "unet")
     stage = UNetTrainStage(cfg.unet, mean, std, tokens, null, text_encoder, vae.config.scaling_factor, device, assemble)
     _timed("unet", folder, resume, timer,
-           lambda: run_stage(stage, cfg.unet.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.unet)))
+           lambda: run_stage(stage, cfg.unet.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.unet)),
+           cfg.unet.loop.steps)
     if not accelerator.is_main_process:
         return out / "model"
     from diffusers import UNet2DConditionModel
