@@ -217,7 +217,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
         value = float(loss) if counters["nonfinite_run"] == 0 else None
         rate = (n - done_at_start) / max(time.time() - t0, 1e-9)
         if value is not None:
-            bar.set_postfix(loss=f"{value:.4f}", steps_per_s=f"{rate:.2f}")
+            bar.set_postfix(loss=f"{value:.4f}", steps_per_s=f"{rate:.2f}", refresh=False)
         if main and n % cfg.log_every == 0:
             log.write(step=n, loss=value, lr=lr_at(cfg, step), steps_per_s=rate, time=time.time(),
                       nonfinite_total=counters["nonfinite_total"])

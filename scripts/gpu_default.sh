@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Train the default model from scratch on one leased GPU, in one call of under 10 minutes, and bring it
+# back through $OUT: configs/default_gpu.yaml (every stage has a time limit), fp16 export, then the #4
+# evaluation (held-out accuracy at the default guidance and the w sweep), packed as <= 15 MiB parts.
+#
+# On the device machine (repo root; the wheels of diffusers and open_clip in .whl, see docs/gpu.md):
+#     bash scripts/gpu_default.sh                     # device tool: carry [".whl"], timeout_s 600
+# Here, a CPU dry run of the same steps on the tiny recipe (a minute or two):
+#     OUT=/tmp/gpu_out EVAL_LIMIT=2 PY=.venv/bin/python bash scripts/gpu_default.sh configs/tiny.yaml
+# Back here: scripts/gpu_unpack.sh DIR (DIR: where the device tool put the files) rebuilds the run folder.
+set -uo pipefail
+CONFIG=${1:-configs/default_gpu.yaml}
+: "${OUT:?set OUT to the folder whose files come back}"
+EVAL_LIMIT=${EVAL_LIMIT:-0}        # 0: all 50 held-out prompts
+EVAL_DEADLINE_S=${EVAL_DEADLINE_S:-500}  # skip the evaluation when training ends later than this
+mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+T0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+
+PY=${PY:-python3}
+if ! $PY -c "import diffusers, open_clip" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "could not install the carried wheels in .whl"; exit 1; }
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import torch, diffusers, transformers, accelerate; print('torch', torch.__version__, '| diffusers', \
+diffusers.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, \
+'| cuda', torch.cuda.is_available())" || exit 1
+RUN=$($PY -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['out'])" "$CONFIG") || exit 1
+
+stamp "train $CONFIG -> $RUN"
+$PY -m latentdiff.cli train "$CONFIG" --resume || { stamp "training failed"; TRAIN_FAILED=1; }
+stamp "training ended"
+cat "$RUN/times.json" 2>/dev/null
+for s in vae clip unet; do echo "$s metrics: $(cat "$RUN/$s/metrics.json" 2>/dev/null | tr -d '\n ')"; done
+
+# pack the run first, so the model comes back even if the evaluation runs out of time
+pack() {  # pack NAME PATH...: a tar of the paths that exist, split into <= 15 MiB parts under $OUT
+    local name=$1; shift
+    local have=(); for p in "$@"; do [ -e "$p" ] && have+=("$p"); done
+    [ ${#have[@]} -gt 0 ] || return 0
+    tar -cf - "${have[@]}" | split -b 15M -d - "$OUT/$name.tar.part"
+    stamp "packed $name: $(ls "$OUT" | grep -c "^$name.tar.part") part(s), $(du -shc "$OUT/$name".tar.part* | tail -1 | cut -f1)"
+}
+if [ -f "$RUN/model/model_index.json" ]; then
+    $PY -m latentdiff.cli export --model "$RUN/model" --format diffusers --dtype fp16 --out "$RUN/ship" \
+        || stamp "export failed"
+fi
+pack run "$RUN/ship" "$RUN/times.json" "$RUN/config.json" "$RUN"/*/metrics.json "$RUN"/*/log.jsonl "$RUN"/unet/val
+[ -n "${TRAIN_FAILED:-}" ] && exit 1
+
+if [ $(( $(date +%s) - T0 )) -gt "$EVAL_DEADLINE_S" ]; then
+    stamp "no time left for the evaluation (deadline ${EVAL_DEADLINE_S} s)"; exit 0
+fi
+stamp "evaluate $RUN/ship"
+$PY -m latentdiff.cli eval --model "$RUN/ship" --sections accuracy,guidance --limit "$EVAL_LIMIT" --out "$RUN/eval" \
+    --device auto || stamp "evaluation failed"
+pack eval "$RUN/eval"
+stamp "done"
