@@ -182,3 +182,16 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_goes_on(tmp_path, monkeyp
     ref = _Stage()
     run_stage(ref, LoopConfig(steps=40, **cfg), tmp_path / "ref", 0, Accelerator(cpu=True), False, {})
     assert all(torch.equal(a, b) for a, b in zip(_weights(resumed.model), _weights(ref.model)))
+
+
+def test_channels_last_trains_like_contiguous(tmp_path):
+    losses = {}
+    for cl in (False, True):
+        stage = _unet_stage()
+        run_stage(stage, LoopConfig(steps=4, batch_size=8, checkpoint_every=4, warmup_steps=1, log_every=1,
+                                    channels_last=cl), tmp_path / str(cl), 0, Accelerator(cpu=True), False, {})
+        losses[cl] = [json.loads(x)["loss"] for x in (tmp_path / str(cl) / "log.jsonl").read_text().splitlines()]
+        if cl:
+            conv = next(m for m in stage.model.modules() if isinstance(m, torch.nn.Conv2d))
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert losses[False] == pytest.approx(losses[True], rel=1e-4, abs=1e-6)

@@ -30,6 +30,7 @@ class LoopConfig:
     max_nonfinite: int = 20  # consecutive non-finite losses before training stops
     # Speed (see docs/performance.md). compile: torch.compile mode for the trained module, or none.
     compile: str = "none"  # none | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    channels_last: bool = False  # NHWC weights for the trained module's convolutions (often faster on GPUs)
     data_on_device: str = "auto"  # auto (yes on a GPU, when the stage can and the data fits) | yes | no
     sync_every: int = 0  # read loss and health on the host every N steps; 0: every step on CPU, log_every on GPU
     time_limit_s: float = 0.0  # stop (checkpoint, finish, resumable) once a run has trained this long; 0: no limit

@@ -173,7 +173,8 @@ class _Log:
 def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, resume: bool,
               config_dict: dict, on_step: Callable[[int], None] | None = None, final: Path | None = None) -> Path:
     """Train ``stage`` for ``cfg.steps`` steps under ``out`` (checkpoints, log, validation); return what
-    ``stage.finish`` wrote to ``final`` (default ``out/final``)."""
+    ``stage.finish`` wrote to ``final`` (default ``out/final``). ``on_step(n)`` runs after each step at
+    which the host reads the loop's health: every step on the CPU, every ``sync_every`` on a GPU."""
     main = accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +186,8 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     where = data_device(stage, cfg, accelerator.device)
     if where.type != "cpu":
         stage.place_data(where)
+    if cfg.channels_last:
+        stage.model.to(memory_format=torch.channels_last)
     if cfg.compile != "none":
         stage.model.compile(mode=None if cfg.compile == "default" else cfg.compile)  # in place: same weights' names
     opt = make_optimizer(stage.model, cfg)
