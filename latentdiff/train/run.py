@@ -12,6 +12,7 @@ Output folder layout (``cfg.out``)::
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _prepare_data(cfg: TrainConfig, accelerator):
 
             print(f"writing {cfg.data.shapes_num} shapes-world images to {folder}", flush=True)
             write_dataset(folder, cfg.data.shapes_num, seed=cfg.data.shapes_seed,
-                          exclude_held_out=cfg.data.exclude_held_out)
+                          exclude_held_out=cfg.data.exclude_held_out, workers=min(16, os.cpu_count() or 1))
         accelerator.wait_for_everyone()
     records = load_folder(folder)
     holdout = min(cfg.data.holdout, len(records) // 10)
