@@ -56,7 +56,7 @@ if [ $(( $(date +%s) - T0 )) -gt "$EVAL_DEADLINE_S" ]; then
     stamp "no time left for the evaluation (deadline ${EVAL_DEADLINE_S} s)"; exit 0
 fi
 stamp "evaluate $RUN/ship"
-$PY -m latentdiff.cli eval --model "$RUN/ship" --sections accuracy,guidance --limit "$EVAL_LIMIT" --out "$RUN/eval" \
+$PY -m latentdiff.cli eval --model "$RUN/ship" --sections accuracy,guidance --limit "$EVAL_LIMIT" --batch-size 64 --out "$RUN/eval" \
     --device auto || stamp "evaluation failed"
 pack eval "$RUN/eval"
 stamp "done"

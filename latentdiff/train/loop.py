@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,8 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     ema.to(accelerator.device)
     model, opt = accelerator.prepare(stage.model, opt)
     stream = IndexStream(stage.num_examples, cfg.batch_size * accelerator.num_processes, seed_for(seed, STAGE_IDS[stage.name]))
+    if cfg.compile != "none":
+        _compile_or_eager(stage, model, opt, accelerator, stream, cfg.batch_size, where)
     health = _Health(accelerator.device, state.get("nonfinite_total", 0), state.get("nonfinite_run", 0))
     counters = health.read()
     sync_every = cfg.sync_every or (1 if accelerator.device.type == "cpu" else cfg.log_every)
@@ -236,7 +239,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
             on_step(n)
         if out_of_time:
             tqdm.write(f"{stage.name}: time limit of {cfg.time_limit_s:g} s reached at step {n} of {cfg.steps}; "
-                       f"finishing with the weights so far (--resume goes on from step {n})")
+                       f"finishing with the weights so far (--resume goes on from step {n})", file=sys.stderr)
             break
     bar.close()
     accelerator.wait_for_everyone()
@@ -248,6 +251,24 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
         (out / "metrics.json").write_text(json.dumps({**metrics, **_saved(counters), "steps": last}, indent=1))
     accelerator.wait_for_everyone()
     return result
+
+
+def _compile_or_eager(stage, model, opt, accelerator, stream, b: int, where: torch.device) -> None:
+    """Compile now, with one forward and backward on the first batch (no update; each step reseeds its
+    randomness, so this changes nothing that follows); if compiling fails, say so and train eagerly
+    rather than lose the run (a leased GPU's minutes, say)."""
+    try:
+        gen = torch.Generator(device=where).manual_seed(0)
+        with accelerator.autocast():
+            loss = stage.loss(model, _batch_index(stream, 0, accelerator.process_index, b, where), gen)
+        accelerator.backward(loss)
+    except Exception as e:  # noqa: BLE001 - any compiler failure; the eager model is still sound
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        tqdm.write(f"{stage.name}: torch.compile failed ({type(e).__name__}: {first}); training without it",
+                   file=sys.stderr)
+        stage.model._compiled_call_impl = None  # what nn.Module.compile() set: back to the eager forward
+    finally:
+        opt.zero_grad(set_to_none=True)
 
 
 def _out_of_time(cfg: LoopConfig, t0: float, accelerator) -> bool:
