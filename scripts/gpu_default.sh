@@ -12,7 +12,8 @@ set -uo pipefail
 CONFIG=${1:-configs/default_gpu.yaml}
 : "${OUT:?set OUT to the folder whose files come back}"
 EVAL_LIMIT=${EVAL_LIMIT:-0}        # 0: all 50 held-out prompts
-EVAL_DEADLINE_S=${EVAL_DEADLINE_S:-500}  # skip the evaluation when training ends later than this
+EVAL_DEADLINE_S=${EVAL_DEADLINE_S:-540}  # skip the evaluation when training ends later than this
+CALL_LIMIT_S=${CALL_LIMIT_S:-590}        # the evaluation is cut off here (the device call ends at 600 s)
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 T0=$(date +%s)
@@ -29,6 +30,9 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 $PY -c "import torch, diffusers, transformers, accelerate; print('torch', torch.__version__, '| diffusers', \
 diffusers.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, \
 '| cuda', torch.cuda.is_available())" || exit 1
+if $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then  # the GPU-only training tests
+    timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_train_speed.py -k gpu 2>&1 | tail -3
+fi
 RUN=$($PY -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['out'])" "$CONFIG") || exit 1
 
 stamp "train $CONFIG -> $RUN"
@@ -56,7 +60,7 @@ if [ $(( $(date +%s) - T0 )) -gt "$EVAL_DEADLINE_S" ]; then
     stamp "no time left for the evaluation (deadline ${EVAL_DEADLINE_S} s)"; exit 0
 fi
 stamp "evaluate $RUN/ship"
-$PY -m latentdiff.cli eval --model "$RUN/ship" --sections accuracy,guidance --limit "$EVAL_LIMIT" --batch-size 64 --out "$RUN/eval" \
+timeout $(( CALL_LIMIT_S - ($(date +%s) - T0) )) $PY -m latentdiff.cli eval --model "$RUN/ship" --sections accuracy,guidance --limit "$EVAL_LIMIT" --batch-size 64 --out "$RUN/eval" \
     --device auto || stamp "evaluation failed"
 pack eval "$RUN/eval"
 stamp "done"

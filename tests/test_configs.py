@@ -1,0 +1,29 @@
+"""Every shipped recipe in configs/ loads into its typed config (a typo in a recipe is caught here, not
+after a GPU lease has started)."""
+from pathlib import Path
+
+import pytest
+
+from latentdiff.config import load_config
+from latentdiff.train.classifier import ClassifierTrainConfig
+from latentdiff.train.config import TrainConfig
+from latentdiff.train.inpaint import InpaintTrainConfig
+from latentdiff.train.spatial import SpatialTrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+KIND = {"classifier": ClassifierTrainConfig, "inpaint": InpaintTrainConfig, "layout": SpatialTrainConfig,
+        "segmap": SpatialTrainConfig}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_recipe_loads(path):
+    cls = KIND.get(path.stem, TrainConfig)
+    cfg = load_config(path, cls)
+    assert isinstance(cfg, cls)
+
+
+def test_gpu_recipe_keeps_the_default_architecture_and_fits_its_slot():
+    cpu, gpu = (load_config(CONFIGS / f"{n}.yaml", TrainConfig) for n in ("default", "default_gpu"))
+    assert gpu.vae.model == cpu.vae.model and gpu.clip.text == cpu.clip.text and gpu.unet.model == cpu.unet.model
+    limits = [s.loop.time_limit_s for s in (gpu.vae, gpu.clip, gpu.unet)]
+    assert all(t > 0 for t in limits) and sum(limits) <= 480  # one 10-minute call, with data, eval and packing
