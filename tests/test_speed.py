@@ -176,7 +176,7 @@ def test_cuda_graph_follows_a_move_of_the_weights():
 
 
 @needs_cuda
-def test_sampling_loop_makes_no_host_sync_per_step():
+def test_cuda_sampling_loop_makes_no_host_sync_per_step():
     """With the sync debug mode set to error, the sampler over a graphed U-Net runs all its steps: no
     .item()/.cpu()/nonzero on device tensors inside the loop."""
     from latentdiff.conditioning import unet_model
