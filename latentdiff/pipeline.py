@@ -433,7 +433,8 @@ class Pipeline:
         extra = {}
         if inpaint is not None:
             x_T, extra = inpaint.sampling(x_T, self.schedule, sampler, steps, self.sampler_overrides(sampler))
-        model = unet_model(self._unet_call or self.unet, self.schedule, dtype=dtype, controlnet=self.controlnet)
+        unet = self.unet if self._unet_call is None else self._unet_call
+        model = unet_model(unet, self.schedule, dtype=dtype, controlnet=self.controlnet)
         if spatial is not None and (spatial.layout is not None or spatial.segmap is not None):
             from latentdiff.diffusion.guidance import nested_guidance
             from latentdiff.layout import guidance_chain

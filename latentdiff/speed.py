@@ -133,13 +133,15 @@ def _set_attention(nets, kind: str) -> None:
 
 
 def _compile(module: torch.nn.Module, mode: str) -> None:
-    """``module.compile(mode=...)`` in place (the module keeps its identity, attributes and state dict)."""
+    """``module.compile(mode=..., dynamic=False)`` in place (the module keeps its identity, attributes and state
+    dict). Static shapes: sampling calls the U-Net with one shape per batch, and a new batch size gets its own
+    specialised kernels instead of turning the first compiled graph into a slower dynamic-shape one."""
     done = getattr(module, "_latentdiff_compile_mode", None)
     if done == mode:
         return
     if done is not None:
         raise UserError(f"speed compile: the {type(module).__name__} is already compiled with mode '{done}'")
-    module.compile(mode=mode)
+    module.compile(mode=mode, dynamic=False)
     module._latentdiff_compile_mode = mode
 
 

@@ -31,7 +31,8 @@ def result(bench, tmp_path_factory):
 
 
 def test_every_section_ran_without_errors(result, bench):
-    assert list(result["sections"]) == list(bench.SECTIONS) == ["peak", "generate", "unet"]
+    assert list(result["sections"]) == list(bench.SECTIONS) == ["peak", "generate", "unet", "cache"]
+    assert result["sections"]["cache"][0]["skipped"] == "latentdiff was not compiled"  # --tiny leaves compile out
     for name, rows in result["sections"].items():
         assert rows and not [r for r in rows if "error" in r], name
     assert "tiny" in result["meta"]["mode"] and result["meta"]["device"] == "cpu"
@@ -100,3 +101,20 @@ def test_flop_count_of_the_sd15_unet_is_the_published_one(bench):
         x, ctx = torch.randn(2, 4, 64, 64, dtype=torch.half), torch.randn(2, 77, 768, dtype=torch.half)
         t = torch.full((2,), 500)
     assert bench.count_flops(unet, x, t, ctx) / 2 == pytest.approx(803.27e9, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_compiled_level_and_warm_cache_on_the_cpu(bench, tmp_path):
+    """The compile level and the cache section, run on the CPU (minutes here with a cold inductor cache):
+    compilation shows in the first call and the compiled pipeline draws stock's images. (Whether the
+    warm-cache call is cheaper depends on what earlier runs left in the on-disk cache, so it is not asserted.)"""
+    result = bench.main(["--tiny", "--out", str(tmp_path / "c.json"), "--sections", "generate,cache",
+                         "--levels", "plain,+compile"])
+    rows = result["sections"]["generate"] + result["sections"]["cache"]
+    assert not [r for r in rows if "error" in r]
+    compiled = [r for r in rows if r.get("level") == "+compile"]
+    assert {r["batch"] for r in compiled} == {1, 4}
+    for r in compiled:
+        assert r["options"]["compile"] == "default" and r["max_px_diff"] <= 2 and r["first_s"] > r["s_per_call"]
+    (warm,) = result["sections"]["cache"]
+    assert warm["first_s"] > 0 and warm["max_px_diff"] <= 2

@@ -126,6 +126,21 @@ def test_guidance_runs_one_batched_forward_per_step():
     assert batches == [6] * 5
 
 
+def test_graphed_unet_passes_calls_it_cannot_capture_to_the_unet():
+    """Calls with extra routes (ControlNet, GLIGEN), return_dict or autograd on run the U-Net as it is
+    (on any device: nothing is captured)."""
+    pipe = tiny()
+    graphed = GraphedUNet(pipe.unet)
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        ref = pipe.unet(x, t, encoder_hidden_states=ctx).sample
+        assert torch.equal(graphed(x, t, ctx, return_dict=True).sample, ref)
+        assert torch.equal(graphed(x, t, ctx, cross_attention_kwargs={"scale": 1.0})[0], ref)
+    with torch.enable_grad():
+        assert torch.allclose(graphed(x, t, ctx)[0], ref)
+    assert graphed.graphs == {} and graphed.dtype == torch.float32
+
+
 @pytest.mark.slow
 def test_compiled_unet_and_vae_draw_the_plain_images(plain, tmp_path):
     """torch.compile (inductor, CPU here: ~10 s with a warm cache, ~100 s cold) compiles in place: the same
