@@ -17,7 +17,8 @@ Sections (``SECTIONS``, run in order; each is a function ``Bench -> list of row 
   latentdiff per level. ``first_s`` is the first call (compilation, capture, cuDNN choices included),
   ``s_per_image`` the median of the later calls; ``compile_s`` = first call − steady call.
 * ``unet`` — one U-Net forward at batch 2, 16 and 32 (32 = 16 images with CFG): milliseconds, FLOPs counted by
-  ``torch.utils.flop_counter.FlopCounterMode``, TFLOP/s and % of the ``peak`` row.
+  ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device copy (the architecture's FLOPs, whichever
+  attention kernel the GPU picks; 803.3 GFLOP per sample at 512²), TFLOP/s and % of the ``peak`` row.
 * ``cache`` — the compiled level's first call again after ``torch._dynamo.reset()``: what a second process
   pays for compilation once inductor's on-disk caches are warm.
 
@@ -65,7 +66,8 @@ TINY_VAE = dict(block_out_channels=[8, 16, 16], down_block_types=["DownEncoderBl
                 up_block_types=["UpDecoderBlock2D"] * 3, layers_per_block=1, norm_num_groups=4, sample_size=64)
 TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, projection_dim=32)
 # latentdiff's optimisation levels, each adding options to the one before (see latentdiff.speed.Speed).
-# "cuda" levels need a CUDA device; compile is left out of --tiny (it takes minutes on a 2-core CPU).
+# "cuda" levels need a CUDA device; compile is left out of --tiny (it takes minutes on a 2-core CPU); "optional"
+# levels run only when --levels names them.
 LEVELS = [
     ("plain", {}, ()),
     ("eager attention (reference)", dict(attention="eager"), ()),  # what SDPA saves; the next level undoes it
@@ -73,6 +75,7 @@ LEVELS = [
     ("+fuse_qkv", dict(fuse_qkv=True), ()),
     ("+cuda_graph", dict(cuda_graph=True), ("cuda",)),
     ("+compile", dict(compile="default"), ("compile",)),
+    ("+compile_vae", dict(compile_vae=True), ("compile", "optional")),  # only when --levels names it
 ]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -277,11 +280,12 @@ def section_generate(b: Bench) -> list[dict]:
             continue
         opts = b.ld.speed.describe()
         for n in ((small, large) if level == "plain" or last else (small,)):
-            compiles = b.ld.speed.compile is not None and n not in compiled
+            state = (n, b.ld.speed.compile, b.ld.speed.compile_vae)  # what this call may have to compile
+            compiles = b.ld.speed.compile is not None and state not in compiled
             rows.append(_safe(lambda: _case(b, "latentdiff", level, n, ours(n), opts, compiles),
                               {"pipeline": "latentdiff", "level": level, "batch": n}))
             if b.ld.speed.compile is not None:
-                compiled.add(n)
+                compiled.add(state)
                 b.ld_compiled.add(2 * n)  # the U-Net batch: CFG doubles it
         b.results["sections"]["generate"] = rows  # partial results survive a cut-short run
         b.save()
@@ -327,16 +331,22 @@ def count_flops(unet, x, t, ctx) -> int:
 
 def section_unet(b: Bench) -> list[dict]:
     """One U-Net forward per batch size: stock modules eager vs latentdiff's U-Net call at its last level."""
+    from diffusers import UNet2DConditionModel
+
     s = b.settings
     latent = s["size"] // b.ld.vae_scale_factor
     ctx_dim = b.stock.unet.config.cross_attention_dim
+    with torch.device("meta"):  # FLOPs of the architecture, whichever attention kernel the device picks
+        meta_unet = UNet2DConditionModel.from_config(b.stock.unet.config).to(b.dtype)
     rows = []
     ld_call = b.ld._unet_call or b.ld.unet
     for n in s["unet_batches"]:
         x = torch.randn(n, 4, latent, latent, device=b.device, dtype=b.dtype)
         t = torch.full((n,), 500, device=b.device, dtype=torch.long)
         ctx = torch.randn(n, 77, ctx_dim, device=b.device, dtype=b.dtype)
-        flops = count_flops(b.stock.unet, x, t, ctx)
+        with torch.device("meta"):
+            flops = count_flops(meta_unet, torch.empty_like(x, device="meta"), torch.empty_like(t, device="meta"),
+                                torch.empty_like(ctx, device="meta"))
         for name, unet, options in (("stock eager", b.stock.unet, {"dtype": b.args.dtype}),
                                     ("latentdiff", ld_call, b.ld.speed.describe() if b.ld.speed else {})):
             row = {"runner": name, "batch": n, "options": options, "gflop_per_sample": flops / n / 1e9}
@@ -445,7 +455,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda, or cpu with --tiny")
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("fp32" if args.tiny else "fp16")
-    default_levels = [lv[0] for lv in LEVELS if not (args.tiny and "compile" in lv[2])]
+    default_levels = [lv[0] for lv in LEVELS if "optional" not in lv[2] and not (args.tiny and "compile" in lv[2])]
     args.levels = args.levels.split(",") if args.levels else default_levels
     args.sections = args.sections.split(",") if args.sections else list(SECTIONS)
     for name in args.sections:
