@@ -268,7 +268,7 @@ def section_generate(b: Bench) -> list[dict]:
                           {"pipeline": "stock", "batch": n}))
     levels = [lv for lv in LEVELS if lv[0] in b.args.levels]
     b.ld.optimize(dtype=b.args.dtype)
-    compiled = set()
+    good, compiled = b.ld.speed, set()  # the last options that worked; (batch, compile state) seen
     for i, (level, options, needs) in enumerate(levels):
         last = i == len(levels) - 1
         if "cuda" in needs and b.device.type != "cuda":
@@ -277,8 +277,11 @@ def section_generate(b: Bench) -> list[dict]:
         error = _safe(lambda: (b.ld.optimize(**options), {})[1], {"pipeline": "latentdiff", "level": level})
         if error:
             rows.append(error)
+            rebuild_latentdiff(b, good)
+            compiled.clear()
             continue
         opts = b.ld.speed.describe()
+        start = len(rows)
         for n in ((small, large) if level == "plain" or last else (small,)):
             state = (n, b.ld.speed.compile, b.ld.speed.compile_vae)  # what this call may have to compile
             compiles = b.ld.speed.compile is not None and state not in compiled
@@ -287,12 +290,32 @@ def section_generate(b: Bench) -> list[dict]:
             if b.ld.speed.compile is not None:
                 compiled.add(state)
                 b.ld_compiled.add(2 * n)  # the U-Net batch: CFG doubles it
+        if any("error" in r for r in rows[start:]):  # go on from the last options that worked
+            rebuild_latentdiff(b, good)
+            compiled.clear()
+        else:
+            good = b.ld.speed
         b.results["sections"]["generate"] = rows  # partial results survive a cut-short run
         b.save()
     rows.append(_safe(lambda: _sync_count(b, ours(small)), {"pipeline": "latentdiff", "level": "host syncs"}))
     rows.append(_safe(lambda: _case(b, "stock", "diffusers (again: drift check)", small, stock(small),
                                     {"dtype": b.args.dtype}, False), {"pipeline": "stock", "batch": small}))
     return rows
+
+
+def rebuild_latentdiff(b: Bench, speed) -> None:
+    """A fresh latentdiff pipeline over new copies of stock's modules (which no option has touched) with
+    ``speed`` applied: after a level fails (say, a compile error), the next levels go on from the last one
+    that worked."""
+    from latentdiff.pipeline import Pipeline
+
+    copies = [copy.deepcopy(m) for m in (b.stock.unet, b.stock.vae, b.stock.text_encoder)]
+    old, b.ld = b.ld, None
+    b.ld = Pipeline.from_components(*copies, old.tokenizer, old.schedule, old.scheduler_config).optimize(speed)
+    b.ld_compiled.clear()
+    del old
+    if b.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def latentdiff_call(b: Bench, n: int) -> Callable[[], list]:

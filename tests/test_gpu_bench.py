@@ -118,3 +118,16 @@ def test_compiled_level_and_warm_cache_on_the_cpu(bench, tmp_path):
         assert r["options"]["compile"] == "default" and r["max_px_diff"] <= 2 and r["first_s"] > r["s_per_call"]
     (warm,) = result["sections"]["cache"]
     assert warm["first_s"] > 0 and warm["max_px_diff"] <= 2
+
+
+def test_a_failing_level_is_reported_and_the_next_goes_on_from_the_last_good_one(bench, tmp_path, monkeypatch):
+    levels = [("plain", {}, ()), ("+fuse_qkv", dict(fuse_qkv=True), ()),
+              ("broken", dict(attention="eager"), ()),  # fused q/k/v need SDPA: optimize refuses
+              ("+channels_last", dict(channels_last=True), ())]
+    monkeypatch.setattr(bench, "LEVELS", levels)
+    result = bench.main(["--tiny", "--out", str(tmp_path / "r.json"), "--sections", "generate"])
+    rows = {r["level"]: r for r in result["sections"]["generate"] if r["pipeline"] == "latentdiff"}
+    assert "fuse_qkv needs SDPA" in rows["broken"]["error"]
+    after = rows["+channels_last"]
+    assert after["options"] == {"dtype": "fp32", "fuse_qkv": True, "channels_last": True}
+    assert after["max_px_diff"] <= 2 and after["batch"] == 4  # the last level also draws the large batch
