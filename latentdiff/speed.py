@@ -8,7 +8,8 @@ U-Net and VAE in place — dtype, memory format, attention processors, fused q/k
 :class:`GraphedUNet` that replays a CUDA graph of its whole forward. The sampler still sees one denoiser
 ``(x_t, t) -> ε̂``; classifier-free guidance already runs the conditional and unconditional passes as one
 batched forward, and the sampling loop keeps the latents on the device with no host synchronisation
-per step (timesteps and σ's live on the CPU as Python numbers), so a captured forward replays back to back.
+per step (the timesteps and the scheduler's σ's stay on the CPU and enter device maths as scalars), so
+captured forwards replay back to back.
 
 Every option is off by default (the plain path). Applying options twice changes nothing; applying more
 options later adds them. The first call after ``compile`` / ``cuda_graph`` pays for compilation and
