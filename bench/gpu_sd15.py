@@ -364,9 +364,10 @@ def section_unet(b: Bench) -> list[dict]:
     rows = []
     ld_call = b.ld._unet_call or b.ld.unet
     for n in s["unet_batches"]:
-        x = torch.randn(n, 4, latent, latent, device=b.device, dtype=b.dtype)
-        t = torch.full((n,), 500, device=b.device, dtype=torch.long)
-        ctx = torch.randn(n, 77, ctx_dim, device=b.device, dtype=b.dtype)
+        with torch.inference_mode():  # inference tensors, as in sampling: other inputs would make dynamo recompile
+            x = torch.randn(n, 4, latent, latent, device=b.device, dtype=b.dtype)
+            t = torch.full((n,), 500, device=b.device, dtype=torch.long)
+            ctx = torch.randn(n, 77, ctx_dim, device=b.device, dtype=b.dtype)
         with torch.device("meta"):
             flops = count_flops(meta_unet, torch.empty_like(x, device="meta"), torch.empty_like(t, device="meta"),
                                 torch.empty_like(ctx, device="meta"))

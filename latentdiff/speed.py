@@ -125,12 +125,18 @@ def apply(pipe, speed: Speed):
 
 
 def _set_attention(nets, kind: str) -> None:
+    """Set every attention processor to SDPA or eager; modules already so (or fused, which is SDPA) are
+    left alone, so a compiled module is not invalidated by applying the same options again."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+    target = AttnProcessor2_0 if kind == "sdpa" else AttnProcessor
     for m in nets:
-        if getattr(m, "original_attn_processors", None) is not None:
-            raise UserError("speed attention: the q/k/v projections are already fused (they need SDPA)")
-        m.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+        if getattr(m, "original_attn_processors", None) is not None:  # fused q/k/v: SDPA already
+            if kind != "sdpa":
+                raise UserError(f"speed attention '{kind}': the q/k/v projections are fused (they need SDPA)")
+            continue
+        if any(type(p) is not target for p in m.attn_processors.values()):
+            m.set_attn_processor(target())
 
 
 def _compile(module: torch.nn.Module, mode: str) -> None:

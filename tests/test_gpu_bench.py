@@ -108,7 +108,7 @@ def test_compiled_level_and_warm_cache_on_the_cpu(bench, tmp_path):
     """The compile level and the cache section, run on the CPU (minutes here with a cold inductor cache):
     compilation shows in the first call and the compiled pipeline draws stock's images. (Whether the
     warm-cache call is cheaper depends on what earlier runs left in the on-disk cache, so it is not asserted.)"""
-    result = bench.main(["--tiny", "--out", str(tmp_path / "c.json"), "--sections", "generate,cache",
+    result = bench.main(["--tiny", "--out", str(tmp_path / "c.json"), "--sections", "generate,unet,cache",
                          "--levels", "plain,+compile"])
     rows = result["sections"]["generate"] + result["sections"]["cache"]
     assert not [r for r in rows if "error" in r]
@@ -116,12 +116,14 @@ def test_compiled_level_and_warm_cache_on_the_cpu(bench, tmp_path):
     assert {r["batch"] for r in compiled} == {1, 4}
     for r in compiled:
         assert r["options"]["compile"] == "default" and r["max_px_diff"] <= 2 and r["first_s"] > r["s_per_call"]
+    for r in result["sections"]["unet"]:  # the shapes generation compiled for: no recompilation (seconds)
+        assert r["first_ms"] < 5 * r["ms"] + 100, r
     (warm,) = result["sections"]["cache"]
     assert warm["first_s"] > 0 and warm["max_px_diff"] <= 2
 
 
 def test_a_failing_level_is_reported_and_the_next_goes_on_from_the_last_good_one(bench, tmp_path, monkeypatch):
-    levels = [("plain", {}, ()), ("+fuse_qkv", dict(fuse_qkv=True), ()),
+    levels = [("plain", {}, ()), ("+fuse_qkv", dict(attention="sdpa", fuse_qkv=True), ()),
               ("broken", dict(attention="eager"), ()),  # fused q/k/v need SDPA: optimize refuses
               ("+channels_last", dict(channels_last=True), ())]
     monkeypatch.setattr(bench, "LEVELS", levels)
@@ -129,5 +131,6 @@ def test_a_failing_level_is_reported_and_the_next_goes_on_from_the_last_good_one
     rows = {r["level"]: r for r in result["sections"]["generate"] if r["pipeline"] == "latentdiff"}
     assert "fuse_qkv needs SDPA" in rows["broken"]["error"]
     after = rows["+channels_last"]
-    assert after["options"] == {"dtype": "fp32", "fuse_qkv": True, "channels_last": True}
+    assert after["options"] == {"dtype": "fp32", "attention": "sdpa", "fuse_qkv": True, "channels_last": True}
+    assert "error" not in after
     assert after["max_px_diff"] <= 2 and after["batch"] == 4  # the last level also draws the large batch

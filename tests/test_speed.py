@@ -75,10 +75,14 @@ def test_half_precision_stays_close_to_float32(plain, dtype, torch_dtype, tol):
 
 def test_optimize_adds_options_and_is_idempotent(plain):
     latents, _ = plain
-    pipe = tiny().optimize(channels_last=True)
-    pipe.optimize(Speed(fuse_qkv=True)).optimize(fuse_qkv=True, channels_last=True)
-    assert pipe.speed == Speed(channels_last=True, fuse_qkv=True)
+    pipe = tiny().optimize(channels_last=True, attention="sdpa")
+    pipe.optimize(Speed(fuse_qkv=True)).optimize(fuse_qkv=True, channels_last=True).optimize(dtype="fp32")
+    assert pipe.speed == Speed(dtype="fp32", channels_last=True, attention="sdpa", fuse_qkv=True)
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
     assert rel(pipe.generate_latents("a red circle", **GEN), latents) < 1e-5
+    processors = dict(pipe.unet.attn_processors)
+    pipe.optimize(attention="sdpa")  # already in place: the modules are left as they are
+    assert all(pipe.unet.attn_processors[k] is v for k, v in processors.items())
     assert Speed.fast().describe() == dict(dtype="fp16", channels_last=True, attention="sdpa", fuse_qkv=True,
                                            compile="default", cuda_graph=True)
 
