@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# On the GPU machine (device tool, from the repository root, carrying .whl made by bench/gpu_wheels.sh):
+# On the GPU machine (device tool, from the repository root, carrying .whl made by bench/gpu_wheels.sh;
+# see BENCHMARKS.md for the 64 MiB limit on what a call carries):
 #     bash bench/gpu_sd15.sh
 # 1. installs the carried wheels into /tmp/site (the image has torch but no diffusers),
 # 2. runs bench/gpu_sd15.py (starts no work after 440 s; killed at 480 s), writing $OUT/sd15.json and sd15.log,
