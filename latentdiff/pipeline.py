@@ -115,7 +115,8 @@ class Pipeline:
     Attributes: ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``schedule`` (:class:`Schedule`),
     ``scheduler_config`` (dict, the model's ``scheduler_config.json``), ``vae_scale_factor`` (int),
     ``scaling_factor`` (float, latents = scaling_factor · VAE mean), ``device``, ``dtype``, ``name``,
-    ``path`` (None for an in-memory model) and ``defaults`` (sampler, steps, guidance).
+    ``path`` (None for an in-memory model), ``defaults`` (sampler, steps, guidance) and ``speed`` (the
+    :class:`~latentdiff.speed.Speed` options applied by :meth:`optimize`, None for the plain path).
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, schedule: Schedule,
@@ -136,6 +137,8 @@ class Pipeline:
         self.controlnet = None  # a segmentation ControlNet (attach_segmap), or None
         self.gligen_slots = 0  # grounding slots of a gated U-Net (attach_layout); 0: no layout conditioning
         self.spatial_paths: dict[str, str] = {}  # "layout" / "segmap" -> checkpoint folder
+        self.speed = None  # Speed options applied by optimize()
+        self._unet_call = None  # what the denoiser calls in place of self.unet once optimized
 
     # --- construction -----------------------------------------------------------------------------
 
@@ -180,6 +183,24 @@ class Pipeline:
                     m.to(device=device, dtype=dtype)
         return self
 
+    def optimize(self, speed=None, **options) -> "Pipeline":
+        """Make inference faster in place: a :class:`~latentdiff.speed.Speed` value and/or its options as
+        keywords (``dtype``, ``channels_last``, ``attention``, ``fuse_qkv``, ``compile``, ``compile_vae``,
+        ``cuda_graph``; all off by default), added to any applied before. Apply LoRA files and layout or
+        segmentation checkpoints first. See :mod:`latentdiff.speed` and docs/performance.md."""
+        from latentdiff.speed import apply, speed_from
+
+        merged = speed_from(speed, **options)
+        if self.speed is not None:  # keep what was applied before; the new value adds to it
+            merged = speed_from(self.speed, **merged.describe())
+        self._unet_call = apply(self, merged)
+        self.speed = merged
+        return self
+
+    def _check_not_optimized(self, what: str) -> None:
+        if self.speed is not None:
+            raise UserError(f"{what} after Pipeline.optimize: apply it first, then optimize")
+
     @property
     def device(self) -> torch.device:
         return self.unet.device
@@ -219,6 +240,7 @@ class Pipeline:
         image's provenance, and ``replay`` applies them again."""
         from latentdiff.lora import activate, load_loras
 
+        self._check_not_optimized("LoRA files")
         self._loras += load_loras(self.unet, self.text_encoder, [(Path(p), float(s)) for p, s in specs])
         activate(self.unet, self.text_encoder, self._loras)
         return self
@@ -230,6 +252,7 @@ class Pipeline:
 
         if self._loras:
             raise UserError("attach the layout checkpoint before applying LoRA files")
+        self._check_not_optimized("a layout checkpoint")
         self.unet, cfg = load_gligen(self.unet, folder)
         self.gligen_slots = int(cfg.get("max_boxes", MAX_BOXES))
         self.spatial_paths["layout"] = str(Path(folder).resolve())
@@ -239,6 +262,7 @@ class Pipeline:
         """Attach the segmentation ControlNet saved in ``folder`` (see :mod:`latentdiff.models.control`)."""
         from latentdiff.models.control import check_fits, load_controlnet
 
+        self._check_not_optimized("a segmentation checkpoint")
         net = load_controlnet(folder, dtype=self.dtype)
         check_fits(net, self.unet, Path(folder))
         self.controlnet = net.to(self.device)  # already in self.dtype (loaded so: .to(dtype) warns)
@@ -409,7 +433,8 @@ class Pipeline:
         extra = {}
         if inpaint is not None:
             x_T, extra = inpaint.sampling(x_T, self.schedule, sampler, steps, self.sampler_overrides(sampler))
-        model = unet_model(self.unet, self.schedule, dtype=dtype, controlnet=self.controlnet)
+        unet = self.unet if self._unet_call is None else self._unet_call
+        model = unet_model(unet, self.schedule, dtype=dtype, controlnet=self.controlnet)
         if spatial is not None and (spatial.layout is not None or spatial.segmap is not None):
             from latentdiff.diffusion.guidance import nested_guidance
             from latentdiff.layout import guidance_chain
@@ -514,7 +539,8 @@ class Pipeline:
             latentdiff_version=__version__, batch_seed=batch[0].seed, batch_size=len(batch), batch_index=index,
             batch_prompts=None if len(set(prompts)) == 1 else prompts,
             batch_negative_prompts=None if len(set(negs)) == 1 else negs, loras=self.loras or None,
-            extra={"classifier_guidance": guide.describe()} if guide is not None else {},
+            extra={**({"classifier_guidance": guide.describe()} if guide is not None else {}),
+                   **({"speed": self.speed.describe()} if self.speed is not None else {})},
         )
 
     def replay(self, record, guide=None) -> Any:

@@ -24,8 +24,8 @@ TINY_UNET = dict(block_out_channels=(16, 32), attention=(False, True), layers_pe
                  norm_num_groups=8, sample_size=8, cross_attention_dim=32)
 
 
-def build_tiny_pipeline(seed: int = 0, prediction: str = "epsilon"):
-    """A latentdiff ``Pipeline`` of tiny random models (in memory, CPU, float32)."""
+def build_tiny_pipeline(seed: int = 0, prediction: str = "epsilon", tokenizer=None):
+    """A latentdiff ``Pipeline`` of tiny random models (in memory, CPU, float32); ``tokenizer`` replaces CLIP's."""
     import torch
 
     from latentdiff.config import ScheduleConfig
@@ -43,7 +43,7 @@ def build_tiny_pipeline(seed: int = 0, prediction: str = "epsilon"):
         m.eval().requires_grad_(False)
     schedule = Schedule.from_config(ScheduleConfig(kind="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                                    prediction=prediction))
-    return Pipeline.from_components(unet, vae, text, load_clip_tokenizer(None), schedule)
+    return Pipeline.from_components(unet, vae, text, tokenizer or load_clip_tokenizer(None), schedule)
 
 
 @pytest.fixture(scope="session")

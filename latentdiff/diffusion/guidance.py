@@ -37,14 +37,16 @@ def classifier_free_guidance(model: CondModel, cond: Any, uncond: Any, scale: fl
     and w = 0 is the unconditional model. Every channel of ε̂ is guided.
 
     The conditional and unconditional passes run as one batched forward of size 2B (``uncond`` and
-    ``cond`` are each batched like x_t). At w = 1 only the conditional pass is run.
+    ``cond`` are each batched like x_t; they are concatenated once, not at every step). At w = 1 only the
+    conditional pass is run.
     """
     scale = float(scale)
+    both_conds = cat_conditions([uncond, cond]) if scale != 1.0 else None
 
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
         if scale == 1.0:
             return model(x_t, t, cond)
-        both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), cat_conditions([uncond, cond]))  # (2B, C, H, W)
+        both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), both_conds)  # (2B, C, H, W)
         eps_uncond, eps_cond = both.chunk(2)
         return eps_uncond + scale * (eps_cond - eps_uncond)
 
@@ -111,10 +113,11 @@ def nested_guidance(model: CondModel, chain: list[Any], scales: list[float]) -> 
     scales = [float(s) for s in scales]
     k = len(scales)
     needed = sorted({k} | {j for i, s in enumerate(scales, 1) if s != 1.0 for j in (i - 1, i)})
+    conds = cat_conditions([chain[j] for j in needed])  # once, not at every step
 
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
         n = len(needed)
-        out = model(torch.cat([x_t] * n), torch.cat([t] * n), cat_conditions([chain[j] for j in needed]))
+        out = model(torch.cat([x_t] * n), torch.cat([t] * n), conds)
         eps = dict(zip(needed, out.chunk(n)))  # C_j -> (B, C, H, W)
         result = eps[k]
         for i, s in enumerate(scales, 1):

@@ -79,3 +79,20 @@ def load_clip_tokenizer(folder: str | Path | None = None):
         if not (folder / "tokenizer.json").is_file():
             write_tokenizer_files(folder)
     return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def byte_level_clip_tokenizer(folder: str | Path):
+    """A ``CLIPTokenizer`` with CLIP's 256 byte symbols (plain and with ``</w>``), no merges, and CLIP's
+    special tokens: every text tokenizes, one token per byte. For benchmarks and tests of random-weight
+    models on machines without open_clip_torch (the GPU image); not for trained models."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = list(_bytes_to_unicode().values())
+    tokens = base + [c + "</w>" for c in base] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False),
+                                       encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>",
+                         model_max_length=MAX_LENGTH)

@@ -1,0 +1,220 @@
+"""Inference speed options: they change how the networks run, never what the sampler does.
+
+>>> pipe = Pipeline.load(path, device="cuda").optimize(Speed.fast())      # or .optimize(dtype="fp16", ...)
+
+A :class:`Speed` value names the options; :func:`apply` (what :meth:`Pipeline.optimize` calls) changes the
+U-Net and VAE in place — dtype, memory format, attention processors, fused q/k/v projections,
+``torch.compile`` — and returns what the denoiser calls in place of the U-Net: the U-Net itself, or a
+:class:`GraphedUNet` that replays a CUDA graph of its whole forward. The sampler still sees one denoiser
+``(x_t, t) -> ε̂``; classifier-free guidance already runs the conditional and unconditional passes as one
+batched forward, and the sampling loop keeps the latents on the device with no host synchronisation
+per step (the timesteps and the scheduler's σ's stay on the CPU and enter device maths as scalars), so
+captured forwards replay back to back.
+
+Every option is off by default (the plain path). Applying options twice changes nothing; applying more
+options later adds them. The first call after ``compile`` / ``cuda_graph`` pays for compilation and
+capture (per input shape); see docs/performance.md for what each option buys on an H200.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from latentdiff.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ATTENTION = ("default", "sdpa", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How the networks run at inference. Defaults: the plain path.
+
+    * ``dtype`` — "fp32" | "fp16" | "bf16": every network's weights and compute (None keeps the pipeline's).
+      The sampler's state and scheduler maths stay float32; the U-Net's output is cast back at its boundary.
+    * ``channels_last`` — NHWC memory format for the U-Net's and VAE's convolutions (tensor-core friendly).
+    * ``attention`` — "default" keeps the model's processors (diffusers picks SDPA on torch 2), "sdpa" sets
+      torch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels) explicitly, "eager" the
+      plain matmul-softmax-matmul (for comparisons).
+    * ``fuse_qkv`` — one projection matmul for q, k and v (diffusers' ``fuse_qkv_projections``).
+    * ``compile`` — a ``torch.compile`` mode for the U-Net (None: not compiled); ``compile_vae`` compiles
+      the VAE decoder with the same mode.
+    * ``cuda_graph`` — capture the U-Net forward in a CUDA graph per input shape and replay it
+      (:class:`GraphedUNet`): no per-kernel launch cost. Needs a CUDA device and static shapes (which
+      sampling has: every step has the same batch and size).
+    """
+
+    dtype: str | None = None
+    channels_last: bool = False
+    attention: str = "default"
+    fuse_qkv: bool = False
+    compile: str | None = None
+    compile_vae: bool = False
+    cuda_graph: bool = False
+
+    def __post_init__(self):
+        if self.compile is True:
+            object.__setattr__(self, "compile", "default")
+        elif self.compile is False:
+            object.__setattr__(self, "compile", None)
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise UserError(f"speed dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if self.attention not in ATTENTION:
+            raise UserError(f"speed attention {self.attention!r}: expected one of {', '.join(ATTENTION)}")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise UserError(f"speed compile {self.compile!r}: expected a torch.compile mode "
+                            f"({', '.join(COMPILE_MODES)}), True or None")
+        for f in ("channels_last", "fuse_qkv", "compile_vae", "cuda_graph"):
+            if not isinstance(getattr(self, f), bool):
+                raise UserError(f"speed {f} {getattr(self, f)!r}: expected True or False")
+        if self.fuse_qkv and self.attention == "eager":
+            raise UserError("speed fuse_qkv needs SDPA attention (attention 'default' or 'sdpa'), not 'eager'")
+        if self.compile_vae and self.compile is None:
+            raise UserError("speed compile_vae needs a compile mode (compile=...)")
+        if self.cuda_graph and self.compile == "reduce-overhead":
+            raise UserError("speed cuda_graph with compile 'reduce-overhead': that mode captures CUDA graphs "
+                            "itself; use one or the other")
+
+    @classmethod
+    def fast(cls, dtype: str = "fp16", compile: str | None = "default") -> "Speed":
+        """Every option that pays on a GPU: half precision, channels-last, fused SDPA attention, a
+        compiled U-Net replayed as a CUDA graph."""
+        return cls(dtype=dtype, channels_last=True, attention="sdpa", fuse_qkv=True, compile=compile,
+                   cuda_graph=True)
+
+    def describe(self) -> dict[str, Any]:
+        """The options that differ from the plain path (for records and tables)."""
+        plain = Speed()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(plain, f.name)}
+
+
+def speed_from(speed: Speed | None = None, **options) -> Speed:
+    """A :class:`Speed` from a value and/or keyword options (unknown keywords are one-line errors)."""
+    names = {f.name for f in fields(Speed)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise UserError(f"unknown speed option {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
+    return replace(speed or Speed(), **options)
+
+
+def apply(pipe, speed: Speed):
+    """Apply ``speed`` to ``pipe``'s networks in place; return the U-Net callable the denoiser should use."""
+    if speed.cuda_graph and pipe.device.type != "cuda":
+        raise UserError(f"speed cuda_graph needs a CUDA device; the pipeline is on {pipe.device.type}")
+    if speed.dtype is not None:
+        pipe.to(dtype=DTYPES[speed.dtype])
+    nets = [m for m in (pipe.unet, pipe.vae, pipe.controlnet) if m is not None]
+    if speed.channels_last:
+        for m in nets:
+            m.to(memory_format=torch.channels_last)
+    if speed.attention != "default":
+        _set_attention(nets, speed.attention)
+    if speed.fuse_qkv:
+        for m in (pipe.unet, pipe.vae):
+            if getattr(m, "original_attn_processors", None) is None:  # not fused yet
+                m.fuse_qkv_projections()
+    if speed.compile is not None:
+        _compile(pipe.unet, speed.compile)
+        if speed.compile_vae:
+            _compile(pipe.vae.decoder, speed.compile)
+    return GraphedUNet(pipe.unet) if speed.cuda_graph else pipe.unet
+
+
+def _set_attention(nets, kind: str) -> None:
+    """Set every attention processor to SDPA or eager; modules already so (or fused, which is SDPA) are
+    left alone, so a compiled module is not invalidated by applying the same options again."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    target = AttnProcessor2_0 if kind == "sdpa" else AttnProcessor
+    for m in nets:
+        if getattr(m, "original_attn_processors", None) is not None:  # fused q/k/v: SDPA already
+            if kind != "sdpa":
+                raise UserError(f"speed attention '{kind}': the q/k/v projections are fused (they need SDPA)")
+            continue
+        if any(type(p) is not target for p in m.attn_processors.values()):
+            m.set_attn_processor(target())
+
+
+def _compile(module: torch.nn.Module, mode: str) -> None:
+    """``module.compile(mode=..., dynamic=False)`` in place (the module keeps its identity, attributes and state
+    dict). Static shapes: sampling calls the U-Net with one shape per batch, and a new batch size gets its own
+    specialised kernels instead of turning the first compiled graph into a slower dynamic-shape one."""
+    done = getattr(module, "_latentdiff_compile_mode", None)
+    if done == mode:
+        return
+    if done is not None:
+        raise UserError(f"speed compile: the {type(module).__name__} is already compiled with mode '{done}'")
+    module.compile(mode=mode, dynamic=False)
+    module._latentdiff_compile_mode = mode
+
+
+class _Captured:
+    """One CUDA graph with its static inputs and output."""
+
+    def __init__(self, graph, inputs: tuple[Tensor, ...], output: Tensor):
+        self.graph, self.inputs, self.output = graph, inputs, output
+
+
+class GraphedUNet:
+    """Calls a U-Net as ``unet(x, t, encoder_hidden_states=ctx, return_dict=False)`` does, by replaying a
+    CUDA graph of its forward captured for the inputs' shapes and dtypes (one graph per shape, all in one
+    memory pool). The inputs are copied into the graph's static buffers, the whole forward replays as one
+    launch, and the output is copied out (so it survives the next replay).
+
+    Calls with other keyword arguments (ControlNet residuals, GLIGEN grounding) or with autograd on run
+    the U-Net as it is. A graph reads the weights at the addresses it was captured with: when any weight
+    has moved (``Pipeline.to``), every graph is dropped and captured again. (Weights changed in place are
+    read as they are; LoRA files and checkpoints are refused after :meth:`Pipeline.optimize` anyway.)
+    """
+
+    def __init__(self, unet, warmup: int = 2):
+        self.unet, self.warmup = unet, warmup
+        self.graphs: dict[tuple, _Captured] = {}
+        self.pool = None
+        # Module.to() keeps the Parameter objects and swaps their storage, so the addresses can be read off
+        # this list at every call (~0.2 ms for SD 1.5's 686 tensors; walking the modules would take 4 ms).
+        self._params = list(unet.parameters())
+        self._weights: tuple[int, ...] = ()  # the addresses the graphs read
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, return_dict: bool = False,
+                 **kwargs):
+        if kwargs or return_dict or torch.is_grad_enabled() or not isinstance(timestep, Tensor):
+            return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=return_dict,
+                             **kwargs)
+        inputs = (sample, timestep, encoder_hidden_states)
+        weights = tuple(w.data_ptr() for w in self._params)
+        if weights != self._weights:  # moved (or first call): graphs of the old addresses would read freed memory
+            self.graphs, self.pool, self._weights = {}, None, weights
+        key = tuple((x.shape, x.dtype, x.device) for x in inputs)
+        captured = self.graphs.get(key)
+        if captured is None:
+            captured = self.graphs[key] = self._capture(inputs)
+        for static, x in zip(captured.inputs, inputs):
+            static.copy_(x)
+        captured.graph.replay()
+        return (captured.output.clone(),)
+
+    def _forward(self, x: Tensor, t: Tensor, ctx: Tensor) -> Tensor:
+        return self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+
+    def _capture(self, inputs: tuple[Tensor, ...]) -> _Captured:
+        static = tuple(x.clone() for x in inputs)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up off the capture (cuDNN/cuBLAS choices, compilation)
+            for _ in range(self.warmup):
+                self._forward(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = self._forward(*static)
+        self.pool = graph.pool()
+        return _Captured(graph, static, output)
