@@ -413,10 +413,20 @@ def section_cache(b: Bench) -> list[dict]:
                                 b.ld.speed.describe(), True), row)]
 
 
+def section_train(b: Bench) -> list[dict]:
+    """Training samples/s: latentdiff's trainer against a plain diffusers-style loop (bench/gpu_train.py)."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_train
+
+    return gpu_train.measure(b.args.tiny, budget_s=max(0.0, b.left()))
+
+
 SECTIONS: dict[str, Callable[[Bench], list[dict]]] = {
     "peak": section_peak,
     "generate": section_generate,
     "unet": section_unet,
+    "train": section_train,
     "cache": section_cache,
 }
 
@@ -437,6 +447,17 @@ def checks(b: Bench) -> dict:
         row = next((r for r in unet if r["batch"] == n), None)
         out[f"unet_batch{n}_pct_of_peak"] = row and row["pct_of_peak"]
     out["unet_target_pct"] = 45.0
+    train = [r for r in b.results["sections"].get("train", []) if "samples_per_s" in r]
+    small = [r for r in train if r["case"].startswith("default") and r["loop"] != "plain"]
+    out["train_default_unet_best_steps_per_s"] = max((r["steps_per_s"] for r in small), default=None)
+    out["train_default_unet_target_steps_per_s"] = 80.0  # 10x the issue's plain loop (~8 steps/s at batch 256)
+    sd = [r for r in train if r["case"].startswith("SD")]
+    plain = next((r for r in sd if r["loop"] == "plain"), None)
+    best = max((r for r in sd if r["loop"] != "plain"), key=lambda r: r["samples_per_s"], default=None)
+    out["train_sd15_speedup_vs_plain"] = best and best.get("speedup_vs_plain")
+    out["train_sd15_peak_gib_vs_plain"] = (best and plain and best.get("peak_gib") and plain.get("peak_gib")
+                                           and [best["peak_gib"], plain["peak_gib"]])
+    out["train_sd15_target_speedup"] = 1.6
     return out
 
 

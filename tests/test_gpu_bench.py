@@ -31,7 +31,7 @@ def result(bench, tmp_path_factory):
 
 
 def test_every_section_ran_without_errors(result, bench):
-    assert list(result["sections"]) == list(bench.SECTIONS) == ["peak", "generate", "unet", "cache"]
+    assert list(result["sections"]) == list(bench.SECTIONS) == ["peak", "generate", "unet", "train", "cache"]
     assert result["sections"]["cache"][0]["skipped"] == "latentdiff was not compiled"  # --tiny leaves compile out
     for name, rows in result["sections"].items():
         assert rows and not [r for r in rows if "error" in r], name
@@ -134,3 +134,12 @@ def test_a_failing_level_is_reported_and_the_next_goes_on_from_the_last_good_one
     assert after["options"] == {"dtype": "fp32", "attention": "sdpa", "fuse_qkv": True, "channels_last": True}
     assert "error" not in after
     assert after["max_px_diff"] <= 2 and after["batch"] == 4  # the last level also draws the large batch
+
+
+def test_train_section_times_both_loops(result):
+    rows = result["sections"]["train"]
+    assert {(r["case"].split()[0], r["loop"]) for r in rows} == {
+        (c, v) for c in ("default", "SD") for v in ("plain", "latentdiff")}
+    assert all(r["samples_per_s"] > 0 for r in rows)
+    assert result["checks"]["train_default_unet_best_steps_per_s"] > 0
+    assert result["checks"]["train_sd15_speedup_vs_plain"] > 0
