@@ -101,6 +101,32 @@ def speed_from(speed: Speed | None = None, **options) -> Speed:
     return replace(speed or Speed(), **options)
 
 
+SPEC_WORDS = ("fast", "fp32", "fp16", "bf16", "channels_last", "sdpa", "eager", "fuse_qkv", "compile[=MODE]",
+              "compile_vae", "cuda_graph")
+
+
+def parse_speed(text: str, flag: str = "--speed") -> Speed:
+    """A :class:`Speed` from a comma list such as ``fast``, ``fp16,channels_last,compile`` or
+    ``bf16,compile=max-autotune,cuda_graph`` (the command line's ``--speed``); later words add to earlier."""
+    options: dict[str, Any] = {}
+    for word in (w.strip() for w in text.split(",")):
+        name, _, value = word.partition("=")
+        if name == "fast":
+            options.update(Speed.fast().describe())
+        elif name in DTYPES:
+            options["dtype"] = name
+        elif name in ("sdpa", "eager"):
+            options["attention"] = name
+        elif name in ("channels_last", "fuse_qkv", "compile_vae", "cuda_graph") and not value:
+            options[name] = True
+        elif name == "compile":
+            options["compile"] = value or "default"
+        else:
+            raise UserError(f"{flag} {text!r}: unknown word {word!r}; expected a comma list of "
+                            f"{', '.join(SPEC_WORDS)}")
+    return speed_from(**options)
+
+
 def apply(pipe, speed: Speed):
     """Apply ``speed`` to ``pipe``'s networks in place; return the U-Net callable the denoiser should use."""
     if speed.cuda_graph and pipe.device.type != "cuda":

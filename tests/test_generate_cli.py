@@ -177,3 +177,42 @@ def test_export_keeps_companion_folders_in_half_precision(tiny_model_dir, tmp_pa
     assert (full - half).abs().max() <= 2e-2 * full.abs().max()  # fp16 rounding of the weights only
     code, _, _ = run(capsys, "export", "--model", str(src), "--format", "diffusers", "--out", str(tmp_path / "o32"))
     assert code == 0 and torch.equal(ClipImageFeatures(tmp_path / "o32" / "clip")(images), full)
+
+
+def test_speed_flag_is_recorded_and_replayed(tiny_model_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "generate", "a red circle", "--model", str(tiny_model_dir), "--steps", "2",
+                         "--speed", "fp32,channels_last,sdpa", "--out", str(tmp_path), "--device", "cpu")
+    assert code == 0, err
+    path = out.split()[0]
+    with Image.open(path) as img:
+        rec = json.loads(img.text["latentdiff"])
+    assert rec["extra"]["speed"] == {"dtype": "fp32", "channels_last": True, "attention": "sdpa"}
+    code, out, err = run(capsys, "replay", path, "--out", str(tmp_path / "r"))
+    assert code == 0 and "identical to" in out, err
+
+
+def test_bad_speed_flags_are_one_line_errors(tiny_model_dir, tmp_path, capsys):
+    code, _, err = run(capsys, "generate", "x", "--model", str(tiny_model_dir), "--speed", "fp16,turbo",
+                       "--out", str(tmp_path))
+    assert code == 2 and "--speed 'fp16,turbo': unknown word 'turbo'" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "generate", "x", "--model", str(tiny_model_dir), "--speed", "cuda_graph",
+                       "--out", str(tmp_path), "--device", "cpu")
+    assert code == 2 and "cuda_graph needs a CUDA device" in err and err.count("\n") == 1
+
+
+def test_parse_speed_words():
+    from latentdiff.speed import Speed, parse_speed
+
+    assert parse_speed("fast") == Speed.fast()
+    assert parse_speed("bf16, compile=max-autotune, cuda_graph") == Speed(dtype="bf16", compile="max-autotune",
+                                                                          cuda_graph=True)
+    assert parse_speed("fast,bf16").dtype == "bf16"  # later words add to (and override) earlier ones
+
+
+def test_replay_on_a_cpu_drops_the_gpu_only_speed_options(tmp_path, capsys):
+    from latentdiff.commands.generate import _replay_speed
+
+    made = {"dtype": "fp16", "channels_last": True, "compile": "default", "cuda_graph": True}
+    assert _replay_speed(made, "cuda", tmp_path / "a.png") == made
+    assert _replay_speed(made, "cpu", tmp_path / "a.png") == {"dtype": "fp16", "channels_last": True}
+    assert "made with cuda_graph, compile; replaying without them on cpu" in capsys.readouterr().err

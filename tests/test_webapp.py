@@ -352,3 +352,11 @@ def test_serve_refuses_a_bad_port_in_one_line(capsys):
 
     assert main(["serve", "--port", "http"]) == 2
     assert capsys.readouterr().err.strip() == "latentdiff serve: error: --port 'http': expected an integer"
+
+
+def test_serve_refuses_a_bad_speed_in_one_line(tiny_model_dir, capsys):
+    from latentdiff.cli import main
+
+    assert main(["serve", "--model", str(tiny_model_dir), "--device", "cpu", "--port", "0", "--speed", "warp"]) == 2
+    err = capsys.readouterr().err
+    assert "--speed 'warp': unknown word 'warp'" in err and err.count("\n") == 1

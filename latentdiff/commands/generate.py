@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "weight SCALE (default 1); repeat to stack several")
     g.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     g.add_argument("--device", default="auto", metavar="DEV", help="cpu | cuda | auto (default: auto)")
+    g.add_argument("--speed", default=None, metavar="LIST",
+                   help="GPU speed options, a comma list: fast (all of them), fp16|bf16, channels_last, sdpa, "
+                        "fuse_qkv, compile[=MODE], compile_vae, cuda_graph (see docs/performance.md)")
     g.add_argument("--classifier-guidance", default=None, metavar="CLASS",
                    help="classifier guidance towards a shape or colour (circle, square, triangle, red, ...); "
                         "with an empty prompt the default guidance becomes 1 (classifier-free guidance is the "
@@ -278,6 +281,7 @@ def _load(args: argparse.Namespace, model: str | None, device: str | None):
 def run_generate(args: argparse.Namespace) -> int:
     from latentdiff.lora import parse_lora_spec
     from latentdiff.provenance import Record, save_png
+    from latentdiff.speed import parse_speed
 
     num = parse_int("--num-images", args.num_images, 1)
     steps = parse_int("--steps", args.steps, 1)
@@ -289,6 +293,7 @@ def run_generate(args: argparse.Namespace) -> int:
     batch = parse_int("--batch-size", args.batch_size, 1)
     device = parse_device(args.device)
     cg_scale = check_classifier_flags(args.classifier_guidance, args.classifier_scale, args.classifier)
+    speed = parse_speed(args.speed) if args.speed is not None else None
     loras = [parse_lora_spec(text) for text in args.lora]
     spatial_flags = check_spatial_flags(args)
     out = prepare_out_dir(args.out)
@@ -297,6 +302,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if loras:
         pipe.load_loras(loras)
     guide = classifier_guide(pipe, args.classifier_guidance, cg_scale, args.classifier)
+    if speed is not None:
+        pipe.optimize(speed)  # after LoRAs and spatial checkpoints, which must come first
     if guide is not None and guidance is None and args.prompt == args.negative_prompt:
         guidance = 1.0  # ε_∅ + w(ε_∅ − ε_∅) = ε_∅: skip the second pass
     with _UserWarnings("generate"):
@@ -322,6 +329,17 @@ def _replay_model(record, image: Path, override: str | None) -> str | None:
     return record.model_path
 
 
+def _replay_speed(options: dict, device: str, image: Path) -> dict:
+    """The recorded speed options that apply on ``device``: CUDA graphs and compilation need the GPU they
+    were made on (elsewhere the result differs in the last bits anyway, and compiling takes minutes)."""
+    gpu_only = ("cuda_graph", "compile", "compile_vae")
+    if device == "cuda" or not any(k in options for k in gpu_only):
+        return dict(options)
+    print(f"latentdiff replay: note: {image} was made with {', '.join(k for k in gpu_only if k in options)}; "
+          f"replaying without them on {device}", file=sys.stderr)
+    return {k: v for k, v in options.items() if k not in gpu_only}
+
+
 def run_replay(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
@@ -343,6 +361,8 @@ def run_replay(args: argparse.Namespace) -> int:
     if pipe.weights_sha256 != record.model_sha256:
         raise UserError(f"{image}: the model at {pipe.path} has weights sha256 {pipe.weights_sha256[:12]}…, "
                         f"the image was made with {record.model_sha256[:12]}…")
+    if "speed" in record.extra:
+        pipe.optimize(**_replay_speed(record.extra["speed"], pipe.device.type, image))
     guide = None
     if "classifier_guidance" in record.extra:
         cg = record.extra["classifier_guidance"]

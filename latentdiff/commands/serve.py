@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="segmentation ControlNet for the Segmentation-map panel (default: MODEL/controlnet "
                         "when it exists)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="apply a LoRA file")
+    p.add_argument("--speed", default=None, metavar="LIST",
+                   help="GPU speed options as for generate, e.g. fast (see docs/performance.md)")
     p.add_argument("--max-steps", default="150", metavar="N", help="most sampler steps a request may ask (150)")
     p.add_argument("--max-images", default="8", metavar="N", help="most images per request (8)")
     p.add_argument("--max-side", default="1024", metavar="PX",
@@ -45,6 +47,7 @@ def attach_spatial(pipe, layout_model: str | None, segmap_model: str | None) -> 
 
 def run_serve(args: argparse.Namespace) -> int:
     from latentdiff.lora import parse_lora_spec
+    from latentdiff.speed import parse_speed
     from latentdiff.web.server import make_server, url_of
     from latentdiff.web.tasks import Limits
 
@@ -54,10 +57,13 @@ def run_serve(args: argparse.Namespace) -> int:
                     max_side=parse_int("--max-side", args.max_side, 8))
     device = parse_device(args.device)
     loras = [parse_lora_spec(text) for text in args.lora]
+    speed = parse_speed(args.speed) if args.speed is not None else None
     pipe = _load(args, args.model, device)
     attach_spatial(pipe, args.layout_model, args.segmap_model)
     if loras:
         pipe.load_loras(loras)
+    if speed is not None:
+        pipe.optimize(speed)
     try:
         server = make_server(pipe, args.host, port, limits)
     except OSError as exc:
