@@ -33,7 +33,7 @@ class LoopConfig:
     channels_last: bool = False  # NHWC weights for the trained module's convolutions (often faster on GPUs)
     data_on_device: str = "auto"  # auto (yes on a GPU, when the stage can and the data fits) | yes | no
     sync_every: int = 0  # read loss and health on the host every N steps; 0: every step on CPU, log_every on GPU
-    time_limit_s: float = 0.0  # stop (checkpoint, finish, resumable) once a run has trained this long; 0: no limit
+    time_limit_s: float = 0.0  # stop (checkpoint, finish, resumable) this long after the loop started (compiling included); 0: none
 
     def __post_init__(self):
         _check_choice(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))

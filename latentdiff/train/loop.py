@@ -176,7 +176,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     """Train ``stage`` for ``cfg.steps`` steps under ``out`` (checkpoints, log, validation); return what
     ``stage.finish`` wrote to ``final`` (default ``out/final``). ``on_step(n)`` runs after each step at
     which the host reads the loop's health: every step on the CPU, every ``sync_every`` on a GPU."""
-    main = accelerator.is_main_process
+    main, t_begin = accelerator.is_main_process, time.time()  # the time limit counts compilation too
     if main:
         out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
@@ -217,7 +217,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
         counters = health.read()  # waits for the device
         if counters["worst_run"] >= cfg.max_nonfinite:
             raise TrainingStopped(_stopped_message(out, ckpt_dir, step, counters))
-        out_of_time = _out_of_time(cfg, t0, accelerator) and n < cfg.steps
+        out_of_time = _out_of_time(cfg, t_begin, accelerator) and n < cfg.steps
         if out_of_time:
             last, checkpoint, validate = n, True, False
         value = float(loss) if counters["nonfinite_run"] == 0 else None
