@@ -213,3 +213,38 @@ def test_a_failing_compile_falls_back_to_eager(tmp_path, monkeypatch, capsys):
     ref = _Stage()
     run_stage(ref, LoopConfig(**cfg), tmp_path / "e", 0, Accelerator(cpu=True), False, {})
     assert all(torch.equal(a, b) for a, b in zip(_weights(stage.model), _weights(ref.model)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_vae_and_clip_data_on_the_gpu_resume_exactly(tmp_path):
+    from latentdiff.models.factory import ImageTowerConfig, TextConfig, VAEConfig
+    from latentdiff.train.config import ClipStage, VAEStage
+    from latentdiff.train.stages import ClipTrainStage, VAETrainStage
+
+    torch.manual_seed(0)
+    images, tokens = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.randint(1, 400, (32, 8))
+    cuda = torch.device("cuda")
+
+    def vae():
+        torch.manual_seed(1)
+        return VAETrainStage(VAEStage(model=VAEConfig(block_out_channels=(8, 8), norm_num_groups=4), crop=16),
+                             images, images[:4], cuda)
+
+    def clip():
+        torch.manual_seed(1)
+        cfg = ClipStage(text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                        projection_dim=32, max_length=8),
+                        image=ImageTowerConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                               patch_size=16, image_size=32))
+        return ClipTrainStage(cfg, images, tokens, images[:4], tokens[:4], cuda)
+
+    loop = dict(batch_size=8, checkpoint_every=2, warmup_steps=1, lr=1e-3, data_on_device="yes", sync_every=2)
+    for make in (vae, clip):
+        ref, name = make(), make().name
+        run_stage(ref, LoopConfig(steps=4, **loop), tmp_path / name / "ref", 0, Accelerator(), False, {})
+        assert ref.data_device.type == "cuda" and ref.images.is_cuda
+        run_stage(make(), LoopConfig(steps=2, **loop), tmp_path / name / "cut", 0, Accelerator(), False, {})
+        run_stage(make(), LoopConfig(steps=4, **loop), tmp_path / name / "cut", 0, Accelerator(), True, {})
+        a = load_file(str(tmp_path / name / "ref" / "checkpoints" / "ckpt-0000004" / "model.safetensors"))
+        b = load_file(str(tmp_path / name / "cut" / "checkpoints" / "ckpt-0000004" / "model.safetensors"))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name

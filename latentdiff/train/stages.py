@@ -55,6 +55,22 @@ def save_grid(images: np.ndarray, rows: int, path: Path, scale: int = 2) -> None
 # --- stage 1: the autoencoder ----------------------------------------------------------------------
 
 
+class OnDevice:
+    """Stages whose per-step data can live on the GPU (``LoopConfig.data_on_device``): ``place_data``
+    moves the tensors named in ``data_names``; the loop then draws each step's randomness there too."""
+
+    can_place_data = True
+    data_device = torch.device("cpu")
+    data_names: tuple[str, ...] = ()
+
+    def place_data(self, device: torch.device) -> None:
+        for name in self.data_names:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        self.data_device = torch.device(device)
+
+
 class _VAELoss(torch.nn.Module):
     """Wraps the VAE so that DDP sees one forward: x → (reconstruction, KL per sample)."""
 
@@ -64,12 +80,14 @@ class _VAELoss(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
         posterior = self.vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x)
+        where = generator.device if generator is not None else x.device
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator, device=where).to(x)
         return self.vae.decode(z).sample, posterior.kl()
 
 
-class VAETrainStage:
+class VAETrainStage(OnDevice):
     name = "vae"
+    data_names = ("images",)  # uint8; the held-out images stay on the CPU
 
     def __init__(self, cfg: VAEStage, images: torch.Tensor, holdout: torch.Tensor, device: torch.device):
         self.cfg, self.images, self.holdout, self.device = cfg, images, holdout, device
@@ -80,7 +98,7 @@ class VAETrainStage:
         c = self.cfg.crop
         if not c or c >= x.shape[-1]:
             return x
-        top, left = torch.randint(0, x.shape[-1] - c + 1, (2,), generator=generator).tolist()
+        top, left = torch.randint(0, x.shape[-1] - c + 1, (2,), generator=generator, device=generator.device).tolist()
         return x[..., top:top + c, left:left + c]
 
     def loss(self, model, index, generator):
@@ -120,8 +138,9 @@ class VAETrainStage:
 # --- stage 2: the CLIP text encoder (and its image tower) --------------------------------------------
 
 
-class ClipTrainStage:
+class ClipTrainStage(OnDevice):
     name = "clip"
+    data_names = ("images", "tokens")
 
     def __init__(self, cfg: ClipStage, images, tokens, holdout, holdout_tokens, device):
         self.cfg, self.images, self.tokens, self.device = cfg, images, tokens, device
@@ -155,7 +174,7 @@ class ClipTrainStage:
 # --- stage 3: the latent U-Net ---------------------------------------------------------------------
 
 
-class LatentDenoisingStage:
+class LatentDenoisingStage(OnDevice):
     """[DDPM] Algorithm 1 on cached VAE latents, conditioned on captions with conditioning dropout: the
     loss the U-Net stage and fine-tuning (:mod:`latentdiff.train.finetune`) share.
 
@@ -168,7 +187,7 @@ class LatentDenoisingStage:
     cond_dropout: float
     min_snr_gamma: float | None
     can_place_data = True  # False in subclasses whose condition() gathers more tensors on the CPU
-    data_device = torch.device("cpu")  # where the per-step draws happen (see place_data)
+    data_names = ("mean", "std", "unique_tokens", "caption_index", "null_tokens", "contexts", "null_context")
 
     def _setup(self, latent_mean, latent_std, scaling_factor: float, schedule: Schedule, tokens, null_tokens,
                text_encoder, device, encode_captions: bool = True) -> None:
@@ -189,13 +208,8 @@ class LatentDenoisingStage:
         step gathers its batch and draws its noise there, with no host copy or wait; the loop then seeds
         a generator on that device. Draws differ from the CPU's, but a step's draws are still a function
         of (seed, step), so resuming stays exact."""
-        names = ("mean", "std", "unique_tokens", "caption_index", "null_tokens", "contexts", "null_context")
-        for name in names:
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
+        super().place_data(device)
         self.schedule = self.schedule.to(device)
-        self.data_device = torch.device(device)
 
     @torch.no_grad()
     def encode(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
