@@ -4,7 +4,7 @@
 #     bash scripts/gpu_unpack.sh DIR        (DIR: where the device tool put the returned files)
 set -euo pipefail
 DIR=${1:?usage: gpu_unpack.sh DIR}
-for name in run eval; do
+for name in run eval derived; do
     parts=("$DIR/$name".tar.part*)
     [ -e "${parts[0]}" ] || { echo "$DIR: no $name.tar.part* files"; continue; }
     cat "${parts[@]}" | tar -xf -

@@ -15,7 +15,8 @@ KIND = {"classifier": ClassifierTrainConfig, "inpaint": InpaintTrainConfig, "lay
         "segmap": SpatialTrainConfig}
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("gpu/*.yaml")),
+                         ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_recipe_loads(path):
     cls = KIND.get(path.stem, TrainConfig)
     cfg = load_config(path, cls)
@@ -27,3 +28,15 @@ def test_gpu_recipe_keeps_the_default_architecture_and_fits_its_slot():
     assert gpu.vae.model == cpu.vae.model and gpu.clip.text == cpu.clip.text and gpu.unet.model == cpu.unet.model
     limits = [s.loop.time_limit_s for s in (gpu.vae, gpu.clip, gpu.unet)]
     assert all(t > 0 for t in limits) and sum(limits) <= 480  # one 10-minute call, with data, eval and packing
+
+
+def test_gpu_derived_recipes_reuse_the_gpu_models_data_and_fit_a_short_call():
+    base = load_config(CONFIGS / "default_gpu.yaml", TrainConfig)
+    limits = []
+    for name, cls in KIND.items():
+        cfg = load_config(CONFIGS / "gpu" / f"{name}.yaml", cls)
+        assert cfg.data == base.data  # same records and holdout: the GPU run's latent cache is reused
+        assert cfg.latent_cache == f"{base.out}/latents"
+        loop = cfg.classifier.loop if name == "classifier" else cfg.loop
+        limits.append(loop.time_limit_s)
+    assert all(t > 0 for t in limits) and sum(limits) <= 180
