@@ -10,22 +10,10 @@
 # Back here: scripts/gpu_unpack.sh DIR (DIR: where the device tool put the files) rebuilds the run folder.
 set -uo pipefail
 CONFIG=${1:-configs/default_gpu.yaml}
-: "${OUT:?set OUT to the folder whose files come back}"
 EVAL_LIMIT=${EVAL_LIMIT:-0}        # 0: all 50 held-out prompts
 EVAL_DEADLINE_S=${EVAL_DEADLINE_S:-540}  # skip the evaluation when training ends later than this
 CALL_LIMIT_S=${CALL_LIMIT_S:-590}        # the evaluation is cut off here (the device call ends at 600 s)
-mkdir -p "$OUT"
-exec > >(tee "$OUT/log.txt") 2>&1
-T0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-
-PY=${PY:-python3}
-if ! $PY -c "import diffusers, open_clip" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || { echo "could not install the carried wheels in .whl"; exit 1; }
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
+LOG=log.txt; source scripts/device_env.sh
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, diffusers, transformers, accelerate; print('torch', torch.__version__, '| diffusers', \
 diffusers.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, \
@@ -33,7 +21,7 @@ diffusers.__version__, '| transformers', transformers.__version__, '| accelerate
 if $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then  # the GPU-only training tests
     timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_train_speed.py -k gpu 2>&1 | tail -3
 fi
-RUN=$($PY -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['out'])" "$CONFIG") || exit 1
+RUN=$(recipe_out "$CONFIG") || exit 1
 
 stamp "train $CONFIG -> $RUN"
 $PY -m latentdiff.cli train "$CONFIG" --resume || { stamp "training failed"; TRAIN_FAILED=1; }
@@ -42,13 +30,6 @@ cat "$RUN/times.json" 2>/dev/null
 for s in vae clip unet; do echo "$s metrics: $(cat "$RUN/$s/metrics.json" 2>/dev/null | tr -d '\n ')"; done
 
 # pack the run first, so the model comes back even if the evaluation runs out of time
-pack() {  # pack NAME PATH...: a tar of the paths that exist, split into <= 15 MiB parts under $OUT
-    local name=$1; shift
-    local have=(); for p in "$@"; do [ -e "$p" ] && have+=("$p"); done
-    [ ${#have[@]} -gt 0 ] || return 0
-    tar -cf - "${have[@]}" | split -b 15M -d - "$OUT/$name.tar.part"
-    stamp "packed $name: $(ls "$OUT" | grep -c "^$name.tar.part") part(s), $(du -shc "$OUT/$name".tar.part* | tail -1 | cut -f1)"
-}
 if [ -f "$RUN/model/model_index.json" ]; then
     $PY -m latentdiff.cli export --model "$RUN/model" --format diffusers --dtype fp16 --out "$RUN/ship" \
         || stamp "export failed"
