@@ -212,19 +212,26 @@ def latentdiff_loop(case: Case, device, warmup: int, steps: int, compile: str = 
 # --- the run --------------------------------------------------------------------------------------------
 
 
-def measure(tiny: bool, budget_s: float = 420.0, variants: tuple[str, ...] | None = None) -> list[dict]:
-    """Rows for the small default-model U-Net, then the SD 1.5 U-Net; stops starting cases past the budget."""
+def measure(tiny: bool, budget_s: float = 420.0, variants: tuple[str, ...] | None = None,
+            cases: tuple[str, ...] = ("default", "sd15"), batch: int | None = None,
+            warmup: int | None = None, steps: int | None = None) -> list[dict]:
+    """Rows for the small default-model U-Net, then the SD 1.5 U-Net (``cases``; ``batch`` overrides the
+    batch size); stops starting cases past the budget. On a machine without CUDA everything runs on the CPU."""
     device = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
-    warmup, steps = (2, 4) if tiny else (20, 100)
-    cases = [Case("default U-Net (6.7M)", lambda: default_unet(tiny), 8 if tiny else 256, length=32),
-             Case("SD 1.5 U-Net (860M)", lambda: sd15_unet(tiny), 2 if tiny else 32, n=256 if tiny else 1024)]
+    warmup = warmup or (2 if tiny else 20)
+    steps = steps or (4 if tiny else 100)
+    known = {"default": lambda: Case("default U-Net (6.7M)", lambda: default_unet(tiny), batch or (8 if tiny else 256),
+                                     length=32),
+             "sd15": lambda: Case("SD 1.5 U-Net (860M)", lambda: sd15_unet(tiny), batch or (2 if tiny else 32),
+                                  n=256 if tiny else 1024)}
+    cases = [known[c]() for c in cases]
     t0, rows = time.perf_counter(), []
     for case in cases:
         for v in variants or default_variants(case, tiny):
             if time.perf_counter() - t0 > budget_s:
                 rows.append({"case": case.name, "loop": v, "skipped": f"time budget {budget_s:g} s spent"})
                 continue
-            sd_steps = steps if "SD" not in case.name or tiny else 40  # the big model: fewer timed steps
+            sd_steps = steps if "SD" not in case.name or tiny else min(steps, 40)  # the big model: fewer timed steps
             if v == "plain":
                 row = plain_loop(case, device, warmup, sd_steps)
             else:
@@ -274,9 +281,16 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=420.0, help="start no case after this many seconds")
     p.add_argument("--variants", default=None, help="comma-separated: plain,latentdiff,latentdiff+channels_last,"
                                                      "latentdiff+compile")
+    p.add_argument("--cases", default="default,sd15", help="comma-separated: default,sd15")
+    p.add_argument("--batch", type=int, default=None, help="batch size for every case (default: 256 / 32)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20; tiny 2)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps, a multiple of --warmup (default 100)")
     args = p.parse_args(argv)
     variants = tuple(args.variants.split(",")) if args.variants else None
-    rows = measure(args.tiny, args.budget_s, variants)
+    cases = tuple(args.cases.split(","))
+    if not set(cases) <= {"default", "sd15"}:
+        p.error(f"--cases {args.cases!r}: expected a comma list of default, sd15")
+    rows = measure(args.tiny, args.budget_s, variants, cases, args.batch, args.warmup, args.steps)
     print(table(rows))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
