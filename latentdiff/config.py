@@ -45,6 +45,10 @@ class ScheduleConfig:
             )
 
 
+# torch.compile's modes, for the inference speed options and the training loop's ``compile``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def _check_choice(obj: Any, field: str, choices: tuple[str, ...]) -> None:
     value = getattr(obj, field)
     if value not in choices:

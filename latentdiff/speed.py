@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from latentdiff.config import COMPILE_MODES
 from latentdiff.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ATTENTION = ("default", "sdpa", "eager")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ maths is done in float64 and stored as float32; call sites move values to the da
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -60,9 +60,8 @@ class Schedule:
     def to(self, device: torch.device | str) -> "Schedule":
         """The same schedule with its tensors on ``device`` (a training loop on the GPU gathers ᾱ_t there,
         with no host copy at each step)."""
-        moved = {f: getattr(self, f).to(device) for f in ("betas", "alphas", "alphas_bar", "alphas_bar_prev",
-                                                         "posterior_variance")}
-        return replace(self, **moved)
+        tensors = {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, **{name: t.to(device) for name, t in tensors.items()})
 
     @classmethod
     def from_betas(cls, betas: Tensor, kind: str = "custom", prediction: str = "epsilon") -> "Schedule":

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from latentdiff.config import ScheduleConfig, _check_choice
+from latentdiff.config import COMPILE_MODES, ScheduleConfig, _check_choice
 from latentdiff.errors import ConfigError
 from latentdiff.models.factory import ImageTowerConfig, TextConfig, UNetConfig, VAEConfig
-
-
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,7 @@ class LoopConfig:
 
     def __post_init__(self):
         _check_choice(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
-        _check_choice(self, "compile", COMPILE_MODES)
+        _check_choice(self, "compile", ("none", *COMPILE_MODES))
         _check_choice(self, "data_on_device", ("auto", "yes", "no"))
         if self.sync_every < 0:
             raise ConfigError(f"sync_every: expected 0 (auto) or a positive integer, got {self.sync_every}")

@@ -115,7 +115,8 @@ def data_device(stage: Stage, cfg: LoopConfig, device: torch.device) -> torch.de
                             f"use auto or no")
         return torch.device("cpu")
     if cfg.data_on_device == "auto" and device.type == "cuda":
-        need = sum(t.numel() * t.element_size() for t in vars(stage).values() if isinstance(t, torch.Tensor))
+        moved = (getattr(stage, name) for name in stage.data_names)  # what place_data would move
+        need = sum(t.numel() * t.element_size() for t in moved if t is not None)
         free = torch.cuda.mem_get_info(device)[0]
         if need > free / 4:
             print(f"{stage.name}: keeping {need / 2**30:.1f} GiB of training data in host memory "

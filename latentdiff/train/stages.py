@@ -59,7 +59,7 @@ class OnDevice:
     """Stages whose per-step data can live on the GPU (``LoopConfig.data_on_device``): ``place_data``
     moves the tensors named in ``data_names``; the loop then draws each step's randomness there too."""
 
-    can_place_data = True
+    can_place_data = True  # False in subclasses that gather more tensors on the CPU (SpatialStage)
     data_device = torch.device("cpu")
     data_names: tuple[str, ...] = ()
 
@@ -186,7 +186,6 @@ class LatentDenoisingStage(OnDevice):
 
     cond_dropout: float
     min_snr_gamma: float | None
-    can_place_data = True  # False in subclasses whose condition() gathers more tensors on the CPU
     data_names = ("mean", "std", "unique_tokens", "caption_index", "null_tokens", "contexts", "null_context")
 
     def _setup(self, latent_mean, latent_std, scaling_factor: float, schedule: Schedule, tokens, null_tokens,
