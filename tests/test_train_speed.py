@@ -248,3 +248,40 @@ def test_vae_and_clip_data_on_the_gpu_resume_exactly(tmp_path):
         a = load_file(str(tmp_path / name / "ref" / "checkpoints" / "ckpt-0000004" / "model.safetensors"))
         b = load_file(str(tmp_path / name / "cut" / "checkpoints" / "ckpt-0000004" / "model.safetensors"))
         assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name
+
+
+def test_a_checkpoint_of_the_per_tensor_adamw_resumes_with_the_fused_one(tmp_path, monkeypatch):
+    """Checkpoints written before the loop used the fused AdamW (the shipped model's run) store
+    ``fused: None`` in their groups; resuming must keep the fused update (it alone takes ``found_inf``)."""
+    import latentdiff.train.loop as loop
+
+    cfg = LoopConfig(steps=8, batch_size=4, checkpoint_every=4, warmup_steps=1, lr=1e-2)
+    with pytest.raises(_Stop):
+        run_stage(_Stage(), cfg, tmp_path / "old", 0, Accelerator(cpu=True), False, {}, on_step=_stop_at(4))
+    state_file = tmp_path / "old" / "checkpoints" / "ckpt-0000004" / "state.json"
+    state = json.loads(state_file.read_text())
+    for group in state["optimizer"]["param_groups"]:  # what the old loop's AdamW wrote
+        group.update(fused=None, foreach=None)
+    state_file.write_text(json.dumps(state))
+    made, fused_maker = [], loop.make_optimizer
+    monkeypatch.setattr(loop, "make_optimizer", lambda model, c: made.append(fused_maker(model, c)) or made[-1])
+    resumed = _Stage()
+    run_stage(resumed, cfg, tmp_path / "old", 0, Accelerator(cpu=True), True, {})
+    assert made[0].param_groups[0]["fused"] is True
+    opt = load_file(str(tmp_path / "old" / "checkpoints" / "ckpt-0000008" / "optimizer.safetensors"))
+    assert {float(v) for k, v in opt.items() if k.endswith(".step")} == {8.0}  # Adam's count went on
+    ref = _Stage()
+    run_stage(ref, cfg, tmp_path / "ref", 0, Accelerator(cpu=True), False, {})
+    assert all(torch.equal(a, b) for a, b in zip(_weights(resumed.model), _weights(ref.model)))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(n: int):
+    """An ``on_step`` that kills the run after step ``n`` (its checkpoint written)."""
+    def hook(step: int) -> None:
+        if step == n:
+            raise _Stop
+    return hook

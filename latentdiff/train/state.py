@@ -37,6 +37,9 @@ def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -45,7 +48,13 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     for key, value in meta.get("scalars", {}).items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # A checkpoint's groups bring their hyperparameters (lr, betas, weight decay ...), but how the update
+    # is computed (fused, foreach, capturable) is the resuming optimizer's: a checkpoint written before the
+    # loop used the fused AdamW would otherwise switch it back to the per-tensor update, which refuses
+    # the found_inf the loop hands it.
+    groups = [{**saved, **{k: now[k] for k in IMPLEMENTATION_FLAGS if k in now}}
+              for saved, now in zip(meta["param_groups"], opt.param_groups, strict=True)]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def trained_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
