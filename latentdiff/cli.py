@@ -2,7 +2,8 @@
 
 Each subcommand lives in the module that implements it and exposes ``add_parser(subparsers)``;
 the handler it registers receives the parsed ``argparse.Namespace``. User mistakes raise
-:class:`latentdiff.errors.UserError` and end as one line on stderr with exit status 2.
+:class:`latentdiff.errors.UserError` and end as one line on stderr with exit status 2 (130 for a
+training run stopped by Ctrl-C or SIGTERM, after its checkpoint).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args.handler(args)
     except UserError as exc:
         print(f"latentdiff {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # 130 for a training run stopped by Ctrl-C / SIGTERM
     except KeyboardInterrupt:
         print(f"latentdiff {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -285,3 +285,40 @@ def _stop_at(n: int):
         if step == n:
             raise _Stop
     return hook
+
+
+def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tmp_path):
+    """The first SIGINT (or SIGTERM) stops at the next step with a checkpoint; --resume finishes the run
+    exactly as if it had not stopped, and the previous signal handlers are back afterwards."""
+    import os
+    import signal
+
+    from latentdiff.train.loop import TrainingInterrupted
+
+    cfg = LoopConfig(steps=12, batch_size=4, checkpoint_every=100, warmup_steps=1, lr=1e-2)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, at in ((signal.SIGINT, 3), (signal.SIGTERM, 7)):
+        with pytest.raises(TrainingInterrupted, match=f"interrupted at step {at + 1}; checkpoint .*ckpt-{at + 1:07d}"):
+            run_stage(_Stage(), cfg, tmp_path / "cut", 0, Accelerator(cpu=True), at > 3, {},
+                      on_step=lambda n, sig=sig, at=at: os.kill(os.getpid(), sig) if n == at else None)
+        assert {s: signal.getsignal(s) for s in before} == before
+    assert not (tmp_path / "cut" / "final").exists()  # stopped, not finished
+    resumed, ref = _Stage(), _Stage()
+    run_stage(resumed, cfg, tmp_path / "cut", 0, Accelerator(cpu=True), True, {})
+    run_stage(ref, cfg, tmp_path / "ref", 0, Accelerator(cpu=True), False, {})
+    assert all(torch.equal(a, b) for a, b in zip(_weights(resumed.model), _weights(ref.model)))
+
+
+def test_an_interrupted_training_command_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
+    import latentdiff.commands.train as command
+    from latentdiff.cli import main
+    from latentdiff.train.loop import TrainingInterrupted
+
+    def interrupted(args):
+        raise TrainingInterrupted("unet: interrupted at step 5; checkpoint X written, --resume goes on from there")
+
+    monkeypatch.setattr(command, "run", interrupted)
+    assert main(["train", "configs/tiny.yaml"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["latentdiff train: error: unet: interrupted at step 5; checkpoint X written, --resume goes on "
+                   "from there"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,44 @@ STAGE_IDS = {"vae": 1, "clip": 2, "unet": 3, "inpaint": 4, "classifier": 5, "fin
 
 class TrainingStopped(UserError):
     """Training stopped on purpose (non-finite losses); the last good checkpoint is intact."""
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C or SIGTERM: the step in flight finished and a checkpoint was written; ``--resume`` goes on."""
+
+    exit_code = 130
+
+
+class _StopRequest:
+    """While training, the first SIGINT (Ctrl-C) or SIGTERM only asks the loop to stop: at its next read
+    of the loop's health (every step on the CPU, every ``sync_every`` on a GPU) it writes a checkpoint and
+    raises :class:`TrainingInterrupted`. The previous handlers come back at once, so a second signal
+    stops the process immediately (the checkpoints already written stay intact)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+        self._restore()
+        tqdm.write(f"{signal.Signals(signum).name}: stopping at the next step with a checkpoint "
+                   f"(send it again to stop at once)", file=sys.stderr)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 class Stage(Protocol):
@@ -207,41 +247,46 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     bar = tqdm(total=cfg.steps, initial=start, desc=stage.name, disable=not main, dynamic_ncols=True)
     rank, t0, done_at_start = accelerator.process_index, time.time(), start
     last = cfg.steps
-    for step in range(start, cfg.steps):
-        loss = _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, health, where)
-        bar.update(1)
-        n = step + 1
-        checkpoint = n % cfg.checkpoint_every == 0 or n == cfg.steps
-        validate = main and cfg.validate_every and n % cfg.validate_every == 0 and n < cfg.steps
-        if not (n % sync_every == 0 or n % cfg.log_every == 0 or checkpoint or validate or n == cfg.steps):
-            continue
-        counters = health.read()  # waits for the device
-        if counters["worst_run"] >= cfg.max_nonfinite:
-            raise TrainingStopped(_stopped_message(out, ckpt_dir, step, counters))
-        out_of_time = _out_of_time(cfg, t_begin, accelerator) and n < cfg.steps
-        if out_of_time:
-            last, checkpoint, validate = n, True, False
-        value = float(loss) if counters["nonfinite_run"] == 0 else None
-        rate = (n - done_at_start) / max(time.time() - t0, 1e-9)
-        if value is not None:
-            bar.set_postfix(loss=f"{value:.4f}", steps_per_s=f"{rate:.2f}", refresh=False)
-        if main and n % cfg.log_every == 0:
-            log.write(step=n, loss=value, lr=lr_at(cfg, step), steps_per_s=rate, time=time.time(),
-                      nonfinite_total=counters["nonfinite_total"])
-        if checkpoint and counters["nonfinite_run"] == 0:  # keep the last checkpoint from before a streak
-            accelerator.wait_for_everyone()
-            if main:
-                save_checkpoint(ckpt_dir, n, accelerator.unwrap_model(model), ema.shadow_params, opt,
-                                {**_saved(counters), "ema_step": ema.optimization_step, "config": config_dict},
-                                keep=cfg.keep_checkpoints)
-        if validate:
-            _with_ema(stage, accelerator.unwrap_model(model), ema, lambda m: stage.validate(m, n, out))
-        if on_step is not None:
-            on_step(n)
-        if out_of_time:
-            tqdm.write(f"{stage.name}: time limit of {cfg.time_limit_s:g} s reached at step {n} of {cfg.steps}; "
-                       f"finishing with the weights so far (--resume goes on from step {n})", file=sys.stderr)
-            break
+    with _StopRequest() as request:
+        for step in range(start, cfg.steps):
+            loss = _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, health, where)
+            bar.update(1)
+            n = step + 1
+            checkpoint = n % cfg.checkpoint_every == 0 or n == cfg.steps
+            validate = main and cfg.validate_every and n % cfg.validate_every == 0 and n < cfg.steps
+            if not (n % sync_every == 0 or n % cfg.log_every == 0 or checkpoint or validate or n == cfg.steps):
+                continue
+            counters = health.read()  # waits for the device
+            if counters["worst_run"] >= cfg.max_nonfinite:
+                raise TrainingStopped(_stopped_message(out, ckpt_dir, step, counters))
+            out_of_time, interrupted = _stop_reasons(cfg, t_begin, accelerator, request)
+            out_of_time = out_of_time and n < cfg.steps
+            if out_of_time or interrupted:
+                last, checkpoint, validate = n, True, False
+            value = float(loss) if counters["nonfinite_run"] == 0 else None
+            rate = (n - done_at_start) / max(time.time() - t0, 1e-9)
+            if value is not None:
+                bar.set_postfix(loss=f"{value:.4f}", steps_per_s=f"{rate:.2f}", refresh=False)
+            if main and n % cfg.log_every == 0:
+                log.write(step=n, loss=value, lr=lr_at(cfg, step), steps_per_s=rate, time=time.time(),
+                          nonfinite_total=counters["nonfinite_total"])
+            if checkpoint and counters["nonfinite_run"] == 0:  # keep the last checkpoint from before a streak
+                accelerator.wait_for_everyone()
+                if main:
+                    save_checkpoint(ckpt_dir, n, accelerator.unwrap_model(model), ema.shadow_params, opt,
+                                    {**_saved(counters), "ema_step": ema.optimization_step, "config": config_dict},
+                                    keep=cfg.keep_checkpoints)
+            if validate:
+                _with_ema(stage, accelerator.unwrap_model(model), ema, lambda m: stage.validate(m, n, out))
+            if interrupted:
+                accelerator.wait_for_everyone()
+                raise TrainingInterrupted(_interrupted_message(stage.name, ckpt_dir, n, counters))
+            if on_step is not None:
+                on_step(n)
+            if out_of_time:
+                tqdm.write(f"{stage.name}: time limit of {cfg.time_limit_s:g} s reached at step {n} of {cfg.steps}; "
+                           f"finishing with the weights so far (--resume goes on from step {n})", file=sys.stderr)
+                break
     bar.close()
     accelerator.wait_for_everyone()
     result = final or out / "final"
@@ -272,16 +317,26 @@ def _compile_or_eager(stage, model, opt, accelerator, stream, b: int, where: tor
         opt.zero_grad(set_to_none=True)
 
 
-def _out_of_time(cfg: LoopConfig, t0: float, accelerator) -> bool:
-    """Whether the time limit has passed, decided by the main process so that every rank stops together."""
-    if not cfg.time_limit_s:
-        return False
-    flag = torch.tensor([float(time.time() - t0 > cfg.time_limit_s)], device=accelerator.device)
+def _stop_reasons(cfg: LoopConfig, t0: float, accelerator, request: _StopRequest) -> tuple[bool, bool]:
+    """(the time limit has passed, a stop was requested), decided by the main process so that every rank
+    stops at the same step."""
+    out_of_time = bool(cfg.time_limit_s) and time.time() - t0 > cfg.time_limit_s
+    interrupted = request.signal is not None
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast
 
-        flag = broadcast(flag, from_process=0)
-    return bool(flag.item())
+        flags = broadcast(torch.tensor([float(out_of_time), float(interrupted)], device=accelerator.device),
+                          from_process=0)
+        out_of_time, interrupted = (bool(v) for v in flags.tolist())
+    return out_of_time, interrupted
+
+
+def _interrupted_message(name: str, ckpt_dir: Path, n: int, counters: dict) -> str:
+    last = latest_checkpoint(ckpt_dir)
+    if counters["nonfinite_run"] == 0 and last is not None:
+        return f"{name}: interrupted at step {n}; checkpoint {last} written, --resume goes on from there"
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+    return f"{name}: interrupted at step {n} during a streak of non-finite losses; {where}"
 
 
 def _saved(counters: dict) -> dict:

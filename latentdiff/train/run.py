@@ -162,8 +162,10 @@ def _timed(stage_name, folder: Path, resume: bool, timer: _Timer, fn, steps: int
                         f"with the next stages, or choose another output folder")
     t0 = time.time()
     steps_before = _steps_done(folder)
-    fn()
-    timer.record(stage_name, time.time() - t0, _steps_done(folder) - steps_before)
+    try:
+        fn()
+    finally:  # an interrupted stage's time counts too
+        timer.record(stage_name, time.time() - t0, _steps_done(folder) - steps_before)
     if timer.active and _steps_done(folder) >= steps:
         (folder / DONE).write_text("")
 
