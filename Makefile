@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # torch/torchvision first and pinned: on the project machines they come from local disk.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow test-ui ui-screenshots lint clean default-model inpaint-model
+.PHONY: install demo test test-slow test-ui ui-screenshots lint clean default-model default-long inpaint-model
 
 install: $(STAMP)
 
@@ -50,6 +50,13 @@ default-model: $(STAMP)
 	$(VENV)/bin/latentdiff train configs/default.yaml --resume
 	rm -rf latentdiff/assets/default_model
 	$(VENV)/bin/latentdiff export --model runs/default/model --format diffusers --dtype fp16 --out latentdiff/assets/default_model
+
+# The default model's U-Net trained on past the shipped 2,000 steps (configs/default_long.yaml), a few hours
+# at a time: Ctrl-C stops it with a checkpoint, and the next `make default-long` goes on. Needs runs/default.
+# It does not ship anything: evaluate runs/default_long/model first (docs/training.md).
+default-long: $(STAMP)
+	[ -d runs/default_long ] || bash scripts/default_long.sh init
+	bash scripts/default_long.sh train
 
 # Fine-tune the inpainting model from the trained default model (runs/default/model, configs/inpaint.yaml;
 # 21 min on 2 cores, measured 2026-11-29, resumable), then ship it in fp16 inside the package.

@@ -40,3 +40,16 @@ def test_gpu_derived_recipes_reuse_the_gpu_models_data_and_fit_a_short_call():
         loop = cfg.classifier.loop if name == "classifier" else cfg.loop
         limits.append(loop.time_limit_s)
     assert all(t > 0 for t in limits) and sum(limits) <= 180
+
+
+def test_long_recipe_is_the_default_recipe_trained_on():
+    """configs/default_long.yaml goes on from the shipped run's step-2000 checkpoint
+    (scripts/default_long.sh), which is only sound if everything but the U-Net's step count (and where
+    it writes) is the default recipe's."""
+    import dataclasses
+
+    default, long = (load_config(CONFIGS / f"{n}.yaml", TrainConfig) for n in ("default", "default_long"))
+    assert long.unet.loop.steps > default.unet.loop.steps
+    same_loop = dataclasses.replace(long.unet.loop, steps=default.unet.loop.steps,
+                                    checkpoint_every=default.unet.loop.checkpoint_every)
+    assert dataclasses.replace(long, out=default.out, unet=dataclasses.replace(long.unet, loop=same_loop)) == default

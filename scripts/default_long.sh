@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The default model's long CPU recipe (configs/default_long.yaml): the shipped U-Net trained on, over as
+# many sessions as it takes.
+#   bash scripts/default_long.sh init    # once: runs/default_long from runs/default (the shipped run)
+#   bash scripts/default_long.sh train   # go on from the newest checkpoint; Ctrl-C / SIGTERM stop cleanly
+#   bash scripts/default_long.sh status  # steps done, last loss
+# init needs runs/default (`make default-model`): its finished VAE and CLIP stages and latent cache are
+# reused as they are, and its step-2000 U-Net checkpoint (the shipped model) becomes the first checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=${SRC:-runs/default}
+DST=${DST:-runs/default_long}
+PY=${PY:-.venv/bin/python}
+export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
+case "${1:-}" in
+  init)
+    [ -e "$DST" ] && { echo "$DST exists already; 'train' goes on with it" >&2; exit 2; }
+    for need in "$SRC/vae/DONE" "$SRC/clip/DONE" "$SRC/unet/checkpoints/ckpt-0002000"; do
+      [ -e "$need" ] || { echo "$need: missing; train the default model first (make default-model)" >&2; exit 2; }
+    done
+    mkdir -p "$DST/unet/checkpoints"
+    cp -r "$SRC/vae" "$SRC/clip" "$DST/"
+    ln -s "$(realpath "$SRC/latents")" "$DST/latents"
+    cp -r "$SRC/unet/checkpoints/ckpt-0002000" "$DST/unet/checkpoints/"
+    echo ckpt-0002000 > "$DST/unet/checkpoints/latest"
+    echo "$DST: ready at U-Net step 2000; now: bash $0 train"
+    ;;
+  train)
+    exec "$PY" train.py configs/default_long.yaml --out "$DST" --resume
+    ;;
+  status)
+    echo "checkpoint: $(cat "$DST/unet/checkpoints/latest" 2>/dev/null || echo none)"
+    tail -n 1 "$DST/unet/log.jsonl" 2>/dev/null || true
+    ;;
+  *) echo "usage: $0 init|train|status" >&2; exit 2 ;;
+esac
