@@ -26,6 +26,7 @@ case "${1:-}" in
     echo "$DST: ready at U-Net step 2000; now: bash $0 train"
     ;;
   train)
+    [ -e "$DST/unet/checkpoints/latest" ] || { echo "$DST: not set up; run: bash $0 init" >&2; exit 2; }
     exec "$PY" train.py configs/default_long.yaml --out "$DST" --resume
     ;;
   status)
