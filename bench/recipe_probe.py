@@ -19,7 +19,8 @@ A variant is a name, optionally with overrides: ``base``, ``text_embedding`` (di
 ``addition_embed_type="text"``: the caption's hidden states, attention-pooled, added to the timestep
 embedding, so every ResNet block sees the caption, not only the cross-attention levels),
 ``attn_all`` (cross-attention at every level), ``lr3e-4``; combine with ``+``: ``text_embedding+attn_all``.
-``reference`` measures the run's own trained U-Net (RUN/unet/final/unet) without training.
+``reference`` measures a trained U-Net without training (``--reference DIR``; default: the run's own,
+RUN/unet/final/unet).
 Results go to OUT/results.json and a table on stdout.
 """
 from __future__ import annotations
@@ -158,6 +159,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/recipe_probe")
+    ap.add_argument("--reference", default=None,
+                    help="the U-Net folder the 'reference' variant measures (default: RUN/unet/final/unet; "
+                         "e.g. MODEL/unet of scripts/model_from_checkpoint.py)")
     ap.add_argument("--text-probe", action="store_true",
                     help="also fit linear probes of colour/shape/position/size on the frozen text contexts")
     args = ap.parse_args()
@@ -177,6 +181,7 @@ def main() -> None:
 
     cfg = load_config(args.config, TrainConfig)
     run, out = Path(args.run), Path(args.out)
+    args.reference = args.reference or str(run / "unet" / "final" / "unet")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
     train_recs, hold_recs = _prepare_data(cfg, accelerator)
@@ -204,17 +209,18 @@ def main() -> None:
             base = {k: v for k, v in stage.model.config.items() if not k.startswith("_")}  # not _use_default_values
             stage.model = UNet2DConditionModel.from_config({**base, **extra}).to(device)
         hold_ctx = stage.encode(_tokens(tokenizer, [r.text for r in hold_recs]))
-        folder = run / "unet" if reference else out / name
+        folder = Path(args.reference) if reference else out / name
         t0 = time.time()
         if not reference:
             run_stage(stage, ucfg.loop, folder, args.seed, accelerator, resume=True, config_dict={"variant": name})
         seconds = time.time() - t0
-        unet = UNet2DConditionModel.from_pretrained(str(folder / "final" / "unet")).eval()  # the EMA weights
+        unet_dir = folder if reference else folder / "final" / "unet"  # the EMA weights
+        unet = UNet2DConditionModel.from_pretrained(str(unet_dir)).eval()
         spec = specificity(stage, unet, hold_mean, hold_ctx)
         pipe = Pipeline.from_components(unet, vae.cpu(), text_encoder, tokenizer, Schedule.from_config(ucfg.schedule))
         acc = scored(pipe, prompts)
         vae.to(device)
-        results[name] = {"steps": args.steps, "batch": args.batch, "train_s": seconds,
+        results[name] = {"steps": None if reference else args.steps, "batch": args.batch, "train_s": seconds,
                          "params": sum(p.numel() for p in unet.parameters()), "specificity": spec, "scored": acc}
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -225,7 +231,8 @@ def main() -> None:
           "colour+shape | position | size |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         s, a = r["specificity"], r["scored"]
-        print(f"| {name} | {r['steps']} × {r['batch']} | {r['train_s']:.0f} | {r['params'] / 1e6:.2f} M | "
+        trained = "–" if r["steps"] is None else f"{r['steps']} × {r['batch']}"
+        print(f"| {name} | {trained} | {r['train_s']:.0f} | {r['params'] / 1e6:.2f} M | "
               f"{s['mean_wrong']:.4f} | {s['mean_null']:.4f} | {a['colour']:.2f} | {a['shape']:.2f} | "
               f"{a['colour_shape']:.2f} | {a['position']:.2f} | {a['size']:.2f} |")
 
