@@ -335,8 +335,7 @@ def _interrupted_message(name: str, ckpt_dir: Path, n: int, counters: dict) -> s
     last = latest_checkpoint(ckpt_dir)
     if counters["nonfinite_run"] == 0 and last is not None:
         return f"{name}: interrupted at step {n}; checkpoint {last} written, --resume goes on from there"
-    where = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
-    return f"{name}: interrupted at step {n} during a streak of non-finite losses; {where}"
+    return f"{name}: interrupted at step {n} during a streak of non-finite losses; {_last_good(ckpt_dir)}"
 
 
 def _saved(counters: dict) -> dict:
@@ -376,11 +375,14 @@ def _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank
     return loss.detach()
 
 
-def _stopped_message(out: Path, ckpt_dir: Path, step: int, counters: dict) -> str:
+def _last_good(ckpt_dir: Path) -> str:
     last = latest_checkpoint(ckpt_dir)
-    where = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+    return f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+
+
+def _stopped_message(out: Path, ckpt_dir: Path, step: int, counters: dict) -> str:
     return (f"stopped at step {step + 1}: {counters['worst_run']} non-finite losses in a row "
-            f"({counters['nonfinite_total']} in all); {where}. Lower the learning rate and resume.")
+            f"({counters['nonfinite_total']} in all); {_last_good(ckpt_dir)}. Lower the learning rate and resume.")
 
 
 def _with_ema(stage: Stage, model: torch.nn.Module, ema, fn):
