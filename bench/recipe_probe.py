@@ -94,15 +94,15 @@ def text_probe(text_encoder, tokenizer, seed: int = 0) -> dict:
     softmax regression, 30 % to test; features: the flattened contexts, and the EOS token's state alone."""
     import itertools
 
-    from latentdiff.data.shapes import COLOURS, POSITIONS
+    from latentdiff.data.shapes import BASE_SHAPES, COLOURS, POSITIONS, SIZES
+    from latentdiff.train.run import _tokens
 
-    shapes, sizes = ("circle", "square", "triangle"), ("small", "large")
-    combos = list(itertools.product(sizes, COLOURS, shapes, POSITIONS))
+    sizes = tuple(SIZES)
+    combos = list(itertools.product(sizes, COLOURS, BASE_SHAPES, POSITIONS))
     captions = [f"a {z} {c} {s} in the {p}" for z, c, s, p in combos]
-    labels = torch.tensor([(COLOURS.index(c), shapes.index(s), POSITIONS.index(p), sizes.index(z))
+    labels = torch.tensor([(COLOURS.index(c), BASE_SHAPES.index(s), POSITIONS.index(p), sizes.index(z))
                            for z, c, s, p in combos])
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = _tokens(tokenizer, captions)  # (N, L)
     with torch.no_grad():
         h = text_encoder(ids).last_hidden_state.float()  # (N, L, D)
     eos = (ids == tokenizer.eos_token_id).int().argmax(dim=1)  # the first EOS: CLIP's pooled position
@@ -126,11 +126,11 @@ def text_probe(text_encoder, tokenizer, seed: int = 0) -> dict:
 
 
 def probe_prompts(seed: int = 0) -> list[str]:
-    from latentdiff.data.shapes import COLOURS, POSITIONS
+    from latentdiff.data.shapes import BASE_SHAPES, COLOURS, POSITIONS, SIZES
 
     rng = np.random.default_rng(seed)
-    return [f"a {rng.choice(['small', 'large'])} {c} {s} in the {rng.choice(POSITIONS)}"
-            for c in COLOURS for s in ("circle", "square", "triangle")]
+    return [f"a {rng.choice(tuple(SIZES))} {c} {s} in the {rng.choice(POSITIONS)}"
+            for c in COLOURS for s in BASE_SHAPES]
 
 
 def scored(pipe, prompts: list[str], seeds: int = 2) -> dict:
@@ -200,6 +200,7 @@ def main() -> None:
         acc = text_probe(text_encoder, tokenizer)
         print("text encoder linear probes (test accuracy): " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    hold_ctx = None  # the held-out captions' contexts: the same frozen text encoder for every variant
     for name in args.variants.split(","):
         reference = name == "reference"  # the run's own trained U-Net, not retrained
         ucfg, extra = variant_config(cfg, "base" if reference else name, args.steps, args.batch)
@@ -208,7 +209,8 @@ def main() -> None:
         if extra:  # a U-Net option the recipes do not offer: the same U-Net built with diffusers' extra kwargs
             base = {k: v for k, v in stage.model.config.items() if not k.startswith("_")}  # not _use_default_values
             stage.model = UNet2DConditionModel.from_config({**base, **extra}).to(device)
-        hold_ctx = stage.encode(_tokens(tokenizer, [r.text for r in hold_recs]))
+        if hold_ctx is None:
+            hold_ctx = stage.encode(_tokens(tokenizer, [r.text for r in hold_recs]))
         folder = Path(args.reference) if reference else out / name
         t0 = time.time()
         if not reference:
