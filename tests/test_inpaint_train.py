@@ -123,3 +123,12 @@ def test_a_base_that_is_already_an_inpainting_model_is_refused(trained, tmp_path
     cfg, model = trained
     with pytest.raises(UserError, match="text-to-image"):
         train_inpaint(dataclasses.replace(cfg, base_model=str(model), out=str(tmp_path / "again")))
+
+
+@pytest.mark.parametrize("flag", ["--model", "--base-model"])
+def test_the_base_model_flag_matches_the_other_trainers(flag, tmp_path):
+    """train-spatial and train-classifier take --model; train-inpaint takes it too (--base-model stays)."""
+    from latentdiff.cli import build_parser
+
+    args = build_parser().parse_args(["train-inpaint", "configs/inpaint.yaml", flag, str(tmp_path)])
+    assert args.base_model == str(tmp_path)

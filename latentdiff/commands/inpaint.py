@@ -56,7 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("config", help="YAML recipe, e.g. configs/inpaint.yaml")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     t.add_argument("--out", help="output folder (overrides the recipe's 'out')")
-    t.add_argument("--base-model", metavar="PATH", help="text-to-image model folder (overrides 'base_model')")
+    t.add_argument("--model", "--base-model", dest="base_model", metavar="PATH",
+                   help="the text-to-image model to start from (overrides the recipe's 'base_model')")
     t.set_defaults(handler=run_train_inpaint)
 
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Retrain a text-to-image model's companions against it, after its U-Net changed: the layout condition
+# (GLIGEN), the segmentation-map condition (ControlNet), the dedicated inpainting model and, when asked,
+# the classifier for classifier guidance (it sees only the VAE's latents, so a new U-Net on the same VAE
+# does not need it).
+#   bash scripts/companions.sh MODEL [PART ...]     PART: layout segmap inpaint classifier
+#                                                   (default: layout segmap inpaint)
+# MODEL is an fp32 model folder that training assembled (e.g. runs/default_long/model). Each part trains
+# into runs/<MODEL's run>-<part> with --resume, so running the same command again goes on where an
+# interrupted run stopped (Ctrl-C stops cleanly). layout and segmap are installed into MODEL; the
+# classifier is copied to MODEL/classifier; the inpainting model is left in runs/<run>-inpaint/model
+# (ship it with `latentdiff export ... --out latentdiff/assets/inpaint_model`, see the Makefile's
+# inpaint-model target). Time on 2 CPU cores (2026-11-29): layout and segmap ~35 min each, inpaint
+# ~21 min, classifier ~14 min.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
+[ $# -ge 1 ] || { echo "usage: $0 MODEL [layout|segmap|inpaint|classifier ...]" >&2; exit 2; }
+MODEL=${1%/}; shift
+[ -f "$MODEL/model_index.json" ] && [ -d "$MODEL/unet" ] || {
+  echo "$MODEL: not a model folder (no model_index.json or unet/); give the folder training assembled" >&2; exit 2; }
+# runs/default_long/model -> runs/default_long; any other folder -> itself
+RUN=$(dirname "$MODEL"); [ "$(basename "$MODEL")" = model ] || RUN=$MODEL
+PARTS=("$@"); [ ${#PARTS[@]} -gt 0 ] || PARTS=(layout segmap inpaint)
+for part in "${PARTS[@]}"; do
+  case "$part" in layout|segmap|inpaint|classifier) ;; *)
+    echo "$part: unknown part; expected layout, segmap, inpaint or classifier" >&2; exit 2 ;; esac
+done
+ld() { "$PY" -m latentdiff.cli "$@"; }
+for part in "${PARTS[@]}"; do
+  echo "== $part (into $RUN-$part)"
+  case "$part" in
+    layout|segmap) ld train-spatial "configs/$part.yaml" --model "$MODEL" --out "$RUN-$part" --resume --install ;;
+    inpaint) ld train-inpaint configs/inpaint.yaml --model "$MODEL" --out "$RUN-$part" --resume ;;
+    classifier)
+      ld train-classifier configs/classifier.yaml --model "$MODEL" --out "$RUN-$part" --resume
+      rm -rf "$MODEL/classifier"; cp -r "$RUN-$part/final" "$MODEL/classifier" ;;
+  esac
+done
+echo "done: ${PARTS[*]} for $MODEL"
