@@ -51,7 +51,7 @@ default-model: $(STAMP)
 	rm -rf latentdiff/assets/default_model
 	$(VENV)/bin/latentdiff export --model runs/default/model --format diffusers --dtype fp16 --out latentdiff/assets/default_model
 	@echo "Shipped a new U-Net: its companions were trained on the old one and are gone with it. Retrain them:"
-	@echo "  bash scripts/companions.sh runs/default/model layout segmap classifier (about 1 h 25 min here), then export"
+	@echo "  bash scripts/companions.sh runs/default/model layout segmap classifier (times in its header), then export"
 	@echo "  runs/default/model again as above; make inpaint-model; then the quick evaluation (docs/gpu.md)."
 
 # The default model's U-Net trained on past the shipped 2,000 steps (configs/default_long.yaml), a few hours

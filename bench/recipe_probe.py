@@ -211,12 +211,11 @@ def main() -> None:
             stage.model = UNet2DConditionModel.from_config({**base, **extra}).to(device)
         if hold_ctx is None:
             hold_ctx = stage.encode(_tokens(tokenizer, [r.text for r in hold_recs]))
-        folder = Path(args.reference) if reference else out / name
         t0 = time.time()
         if not reference:
-            run_stage(stage, ucfg.loop, folder, args.seed, accelerator, resume=True, config_dict={"variant": name})
+            run_stage(stage, ucfg.loop, out / name, args.seed, accelerator, resume=True, config_dict={"variant": name})
         seconds = time.time() - t0
-        unet_dir = folder if reference else folder / "final" / "unet"  # the EMA weights
+        unet_dir = Path(args.reference) if reference else out / name / "final" / "unet"  # the EMA weights
         unet = UNet2DConditionModel.from_pretrained(str(unet_dir)).eval()
         spec = specificity(stage, unet, hold_mean, hold_ctx)
         pipe = Pipeline.from_components(unet, vae.cpu(), text_encoder, tokenizer, Schedule.from_config(ucfg.schedule))
