@@ -44,27 +44,35 @@ ui-screenshots: $(STAMP)
 clean:
 	rm -rf demo_out .pytest_cache
 
-# Rebuild the shipped default model from its recipe (resumable: rerun after an interruption), then
-# ship it in fp16 inside the package. CPU: see BENCHMARKS.md for how long each stage takes here.
+# Rebuild the shipped default model from its recipe, then ship it in fp16 inside the package. Resumable:
+# rerun after an interruption and each step goes on where it stopped (finished steps return at once).
+# configs/default.yaml trains the VAE, the CLIP towers and the U-Net to step 2,000; configs/default_long.yaml
+# takes the U-Net on to step 6,000 (a warm restart); then the companions are trained against that U-Net.
+# CPU, 2 cores: about 2 h + 4 h 20 min + 1 h (BENCHMARKS.md, docs/training.md).
 default-model: $(STAMP)
 	$(VENV)/bin/latentdiff train configs/default.yaml --resume
+	[ -d runs/default_long ] || bash scripts/default_long.sh init
+	bash scripts/default_long.sh train
+	bash scripts/companions.sh runs/default_long/model layout segmap classifier
 	rm -rf latentdiff/assets/default_model
-	$(VENV)/bin/latentdiff export --model runs/default/model --format diffusers --dtype fp16 --out latentdiff/assets/default_model
-	@echo "Shipped a new U-Net: its companions were trained on the old one and are gone with it. Retrain them:"
-	@echo "  bash scripts/companions.sh runs/default/model layout segmap classifier (times in its header), then export"
-	@echo "  runs/default/model again as above; make inpaint-model; then the quick evaluation (docs/gpu.md)."
+	$(VENV)/bin/latentdiff export --model runs/default_long/model --format diffusers --dtype fp16 --out latentdiff/assets/default_model
+	@echo "Shipped. The inpainting model is fine-tuned from it: make inpaint-model; then the quick evaluation (docs/eval.md)."
 
-# The default model's U-Net trained on past the shipped 2,000 steps (configs/default_long.yaml), a few hours
-# at a time: Ctrl-C stops it with a checkpoint, and the next `make default-long` goes on. Needs runs/default.
-# It does not ship anything: evaluate runs/default_long/model first (docs/training.md).
+# Only the U-Net's long run (step 2,000 -> 6,000), a few hours at a time: Ctrl-C stops it with a
+# checkpoint, and the next `make default-long` goes on. Needs runs/default. Ships nothing.
 default-long: $(STAMP)
 	[ -d runs/default_long ] || bash scripts/default_long.sh init
 	bash scripts/default_long.sh train
 
-# Fine-tune the inpainting model from the trained default model (runs/default/model, configs/inpaint.yaml;
-# 21 min on 2 cores, measured 2026-11-29, resumable), then ship it in fp16 inside the package.
+# Fine-tune the inpainting model from the shipped default model's U-Net (runs/default_long/model), then
+# ship it in fp16 inside the package: configs/inpaint.yaml for 500 steps, then configs/inpaint_long.yaml
+# goes on from its step-500 checkpoint (its header says why; CPU times in docs/inpaint.md). Resumable.
+INPAINT2 := runs/default_long-inpaint2/inpaint/checkpoints
 inpaint-model: $(STAMP)
-	$(VENV)/bin/latentdiff train-inpaint configs/inpaint.yaml --resume
+	bash scripts/companions.sh runs/default_long/model inpaint
+	[ -e $(INPAINT2)/latest ] || { mkdir -p $(INPAINT2) && \
+	  cp -r runs/default_long-inpaint/inpaint/checkpoints/ckpt-0000500 $(INPAINT2)/ && echo ckpt-0000500 > $(INPAINT2)/latest; }
+	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long.yaml --resume
 	rm -rf latentdiff/assets/inpaint_model
-	$(VENV)/bin/latentdiff export --model runs/inpaint/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
+	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint2/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
 	rm -rf latentdiff/assets/inpaint_model/clip   # the CLIP towers ship once, with the default model

@@ -10,8 +10,8 @@
 # interrupted run stopped (Ctrl-C stops cleanly). layout and segmap are installed into MODEL; the
 # classifier is copied to MODEL/classifier; the inpainting model is left in runs/<run>-inpaint/model
 # (ship it with `latentdiff export ... --out latentdiff/assets/inpaint_model`, see the Makefile's
-# inpaint-model target). Time on 2 CPU cores (2026-11-29): segmap ~12 min alone (0.58 step/s), layout and
-# segmap ~35 min each while they shared the cores, inpaint ~21 min, classifier ~14 min.
+# inpaint-model target). Time on 2 CPU cores (2026-11-29), each alone: layout 11 min (0.62 step/s), segmap
+# ~12 min (0.58 step/s), inpaint ~21 min, classifier ~14 min; about 35 min each when two share the cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -4,8 +4,9 @@
 #   bash scripts/default_long.sh init    # once: runs/default_long from runs/default (the shipped run)
 #   bash scripts/default_long.sh train   # go on from the newest checkpoint; Ctrl-C / SIGTERM stop cleanly
 #   bash scripts/default_long.sh status  # steps done, last loss
-# init needs runs/default (`make default-model`): its finished VAE and CLIP stages and latent cache are
-# reused as they are, and its step-2000 U-Net checkpoint (the shipped model) becomes the first checkpoint.
+# init needs runs/default (`latentdiff train configs/default.yaml`; `make default-model` runs it first): its
+# finished VAE and CLIP stages and latent cache are reused as they are, and its step-2000 U-Net checkpoint
+# becomes the first checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${SRC:-runs/default}
@@ -16,7 +17,7 @@ case "${1:-}" in
   init)
     [ -e "$DST" ] && { echo "$DST exists already; 'train' goes on with it" >&2; exit 2; }
     for need in "$SRC/vae/DONE" "$SRC/clip/DONE" "$SRC/unet/checkpoints/ckpt-0002000"; do
-      [ -e "$need" ] || { echo "$need: missing; train the default model first (make default-model)" >&2; exit 2; }
+      [ -e "$need" ] || { echo "$need: missing; run latentdiff train configs/default.yaml first" >&2; exit 2; }
     done
     mkdir -p "$DST/unet/checkpoints"
     cp -r "$SRC/vae" "$SRC/clip" "$DST/"

@@ -18,7 +18,7 @@ KIND = {"classifier": ClassifierTrainConfig, "inpaint": InpaintTrainConfig, "lay
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("gpu/*.yaml")),
                          ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_recipe_loads(path):
-    cls = KIND.get(path.stem, TrainConfig)
+    cls = KIND.get(path.stem.split("_")[0], TrainConfig)  # inpaint_long.yaml is an inpaint recipe
     cfg = load_config(path, cls)
     assert isinstance(cfg, cls)
 
@@ -53,3 +53,15 @@ def test_long_recipe_is_the_default_recipe_trained_on():
     same_loop = dataclasses.replace(long.unet.loop, steps=default.unet.loop.steps,
                                     checkpoint_every=default.unet.loop.checkpoint_every)
     assert dataclasses.replace(long, out=default.out, unet=dataclasses.replace(long.unet, loop=same_loop)) == default
+
+
+def test_inpaint_phase_two_goes_on_from_phase_one():
+    """configs/inpaint_long.yaml resumes from configs/inpaint.yaml's last checkpoint (Makefile: inpaint-model),
+    which is only sound if the base model, data and model-shaping settings are the same and it trains on."""
+    import dataclasses
+
+    one, two = (load_config(CONFIGS / f"{n}.yaml", InpaintTrainConfig) for n in ("inpaint", "inpaint_long"))
+    assert two.loop.steps > one.loop.steps and one.loop.steps % one.loop.checkpoint_every == 0
+    assert f"ckpt-{one.loop.steps:07d}" in (CONFIGS.parent / "Makefile").read_text()
+    keep = dict(out=one.out, masks=one.masks, loop=one.loop)
+    assert dataclasses.replace(two, **keep) == one
