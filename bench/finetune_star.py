@@ -138,4 +138,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from latentdiff.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as err:  # e.g. --work already holds a finished run: one line, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
