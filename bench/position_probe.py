@@ -43,17 +43,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from latentdiff.data import shapes
+    from latentdiff.inpaint import encode_images, to_unit
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, device="cpu")
-    unet, vae = pipe.unet.float(), pipe.vae.float()
+    unet = pipe.unet.float()
     rng = np.random.default_rng(args.seed)
     scenes = [shapes.sample_scene(rng) for _ in range(args.images)]
     pixels = np.stack([shapes.render(s)[0] for s in scenes])
     captions = [shapes.caption(s, rng, training=False) for s in scenes]
+    latents = encode_images(pipe.vae.float(), to_unit(pixels))
     with torch.no_grad():
-        x = torch.tensor(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
-        latents = vae.encode(x).latent_dist.mean * pipe.scaling_factor
         context = pipe.encode_prompt(captions).float()
     seen: dict[str, torch.Tensor] = {}
 
