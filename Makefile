@@ -48,7 +48,7 @@ clean:
 # rerun after an interruption and each step goes on where it stopped (finished steps return at once).
 # configs/default.yaml trains the VAE, the CLIP towers and the U-Net to step 2,000; configs/default_long.yaml
 # takes the U-Net on to step 6,000 (a warm restart); then the companions are trained against that U-Net.
-# CPU, 2 cores: about 2 h + 4 h 20 min + 1 h (BENCHMARKS.md, docs/training.md).
+# CPU, 2 cores: about 2 h + 3 h 40 min + 40 min (BENCHMARKS.md, docs/training.md).
 default-model: $(STAMP)
 	$(VENV)/bin/latentdiff train configs/default.yaml --resume
 	[ -d runs/default_long ] || bash scripts/default_long.sh init
