@@ -51,8 +51,7 @@ clean:
 # CPU, 2 cores: about 2 h + 3 h 40 min + 40 min (BENCHMARKS.md, docs/training.md).
 default-model: $(STAMP)
 	$(VENV)/bin/latentdiff train configs/default.yaml --resume
-	[ -d runs/default_long ] || bash scripts/default_long.sh init
-	bash scripts/default_long.sh train
+	$(MAKE) default-long
 	bash scripts/companions.sh runs/default_long/model layout segmap classifier
 	rm -rf latentdiff/assets/default_model
 	$(VENV)/bin/latentdiff export --model runs/default_long/model --format diffusers --dtype fp16 --out latentdiff/assets/default_model
