@@ -7,7 +7,13 @@ each part in its metadata, which diffusers' ``load_lora_weights`` reads. Loading
 own loader functions, so latentdiff applies a LoRA file (ours, or one made by other tools for a Stable
 Diffusion model) exactly as diffusers does.
 
-* U-Net: the attention projections ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` (self and cross-attention).
+* U-Net, ``layers="attention"`` (the default): the attention projections ``to_q``, ``to_k``, ``to_v``,
+  ``to_out.0`` (self and cross-attention).
+* U-Net, ``layers="all"``: those plus every ResNet block's convolutions (``conv1``, ``conv2``,
+  ``conv_shortcut``), the transformer blocks' ``proj_in``/``proj_out`` and feed-forward layers. A concept
+  whose *look* is new (a new outline, not a new arrangement of known things) needs these: the attention
+  layers only read and mix features, and in a U-Net whose top level has no attention (the default
+  model's 16×16 latents) nothing else reaches the finest level. diffusers loads conv LoRA layers too.
 * Text encoder (optional): ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` of every CLIP layer.
 """
 from __future__ import annotations
@@ -21,6 +27,8 @@ import torch
 from latentdiff.errors import UserError
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+UNET_ALL_TARGETS = UNET_TARGETS + ("conv1", "conv2", "conv_shortcut", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+LORA_LAYERS = {"attention": UNET_TARGETS, "all": UNET_ALL_TARGETS}
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
 
@@ -32,14 +40,15 @@ def lora_config(rank: int, alpha: float | None, targets: tuple[str, ...]):
     return LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(targets))
 
 
-def add_lora(unet, text_encoder=None, rank: int = 8, alpha: float | None = None) -> dict:
-    """Freeze ``unet`` (and ``text_encoder``) and inject trainable LoRA layers; returns the configs by part.
+def add_lora(unet, text_encoder=None, rank: int = 8, alpha: float | None = None, layers: str = "attention") -> dict:
+    """Freeze ``unet`` (and ``text_encoder``) and inject trainable LoRA layers on the U-Net's ``layers``
+    (``LORA_LAYERS``: attention | all, module docstring); returns the configs by part.
 
     The text encoder goes through peft's ``inject_adapter_in_model`` (transformers' ``add_adapter`` wants a
     newer peft than diffusers needs)."""
     from peft import inject_adapter_in_model
 
-    configs = {"unet": lora_config(rank, alpha, UNET_TARGETS)}
+    configs = {"unet": lora_config(rank, alpha, LORA_LAYERS[layers])}
     unet.requires_grad_(False)
     unet.add_adapter(configs["unet"])
     if text_encoder is not None:
@@ -58,14 +67,18 @@ def save_lora(folder: str | Path, unet, text_encoder, configs: dict) -> Path:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    def layers(module):
-        return {k: v.detach().float().cpu().contiguous()
-                for k, v in convert_state_dict_to_diffusers(get_peft_model_state_dict(module)).items()}
+    def layers(module, config):
+        state = get_peft_model_state_dict(module)
+        if set(config.target_modules) <= set(UNET_TARGETS + TEXT_TARGETS):
+            state = convert_state_dict_to_diffusers(state)  # the attention-only format most tools read
+        # else peft's own names throughout: diffusers' converter renames only attention keys, and a file mixing
+        # both namings loses its attention layers in load_lora_weights (it reads a file as one format)
+        return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
     with_text = "text_encoder" in configs and text_encoder is not None
     StableDiffusionPipeline.save_lora_weights(
-        str(folder), unet_lora_layers=layers(unet),
-        text_encoder_lora_layers=layers(text_encoder) if with_text else None,
+        str(folder), unet_lora_layers=layers(unet, configs["unet"]),
+        text_encoder_lora_layers=layers(text_encoder, configs["text_encoder"]) if with_text else None,
         unet_lora_adapter_metadata=configs["unet"].to_dict(),
         text_encoder_lora_adapter_metadata=configs["text_encoder"].to_dict() if with_text else None,
         weight_name=LORA_FILE, safe_serialization=True)

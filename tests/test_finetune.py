@@ -42,15 +42,18 @@ def _finetune(capsys, out, data, model, *flags):
 
 @pytest.fixture(scope="module")
 def loras(tiny_model_dir, stars, tmp_path_factory):
-    """Two LoRA runs (module-scoped): 'both' trains U-Net and text-encoder LoRA layers, 'unet' only the U-Net's.
-    A high learning rate makes their effect on the images large, so the comparisons below can fail."""
+    """Three LoRA runs (module-scoped): 'both' trains U-Net and text-encoder LoRA layers, 'unet' only the U-Net's,
+    'all' the U-Net's attention and convolution layers (--lora-layers all). A high learning rate makes their
+    effect on the images large, so the comparisons below can fail."""
     root = tmp_path_factory.mktemp("loras")
-    for name, extra in (("both", ["--train-text-encoder", "--lora", "4"]), ("unet", ["--lora", "2", "--seed", "1"])):
+    runs = (("both", ["--train-text-encoder", "--lora", "4"]), ("unet", ["--lora", "2", "--seed", "1"]),
+            ("all", ["--lora", "2", "--lora-layers", "all", "--seed", "2"]))
+    for name, extra in runs:
         code = main(["finetune", "--data", str(stars), "--out", str(root / name), "--model", str(tiny_model_dir),
                      "--steps", "6", "--batch-size", "4", "--lr", "0.05", "--device", "cpu", "--validation-prompts", "0",
                      *extra])
         assert code == 0
-    return {name: root / name / "pytorch_lora_weights.safetensors" for name in ("both", "unet")}
+    return {name: root / name / "pytorch_lora_weights.safetensors" for name, _ in runs}
 
 
 def pixels(images):
@@ -100,6 +103,28 @@ def test_diffusers_load_lora_weights_reproduces_generate_lora(loras, tiny_model_
     theirs = diffusers_images(sd, pipe)
     assert np.abs(ours - theirs).max() <= 2
     assert np.abs(ours - base).max() > 20  # the LoRA changes the images far more than the tolerance
+
+
+def test_lora_on_all_layers_covers_the_convolutions_and_diffusers_reproduces_it(loras, tiny_model_dir):
+    """--lora-layers all: LoRA layers on the ResNet convolutions and the transformer projections too, and
+    diffusers' load_lora_weights (which builds Conv2d LoRA layers from the file's metadata) gives our images."""
+    from latentdiff.pipeline import Pipeline
+
+    with safe_open(str(loras["all"]), "pt") as f:
+        keys = list(f.keys())
+    for target in ("to_q", "conv1", "conv2", "proj_in", "proj_out", "ff.net.2"):
+        assert any(f".{target}.lora" in k for k in keys), target
+    attention_only = safe_open(str(loras["unet"]), "pt").keys()
+    assert not any(".conv1." in k for k in attention_only)
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    base = pixels(pipe.generate("a red star", **GEN))
+    ours = pixels(pipe.load_loras([(loras["all"], 1.0)]).generate("a red star", **GEN))
+    sd = diffusers_pipeline(tiny_model_dir, pipe)
+    sd.load_lora_weights(str(loras["all"]))
+    pairs = len(keys) // 2  # A and B of every layer
+    assert sum(hasattr(m, "lora_A") and bool(m.lora_A) for m in sd.unet.modules()) == pairs  # none dropped
+    assert np.abs(ours - diffusers_images(sd, pipe)).max() <= 2
+    assert np.abs(ours - base).max() > 20
 
 
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # diffusers stacking, intended

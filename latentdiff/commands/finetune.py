@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--full", action="store_true", help="train every U-Net weight (with an EMA of the weights)")
     p.add_argument("--lora-alpha", default=None, metavar="A", help="LoRA alpha; the update is scaled by A/RANK "
                                                                    "(default: RANK, a scale of 1)")
+    p.add_argument("--lora-layers", default="attention", choices=("attention", "all"),
+                   help="U-Net layers that get LoRA: the attention projections (default), or all: those plus the "
+                        "convolutions and feed-forward layers, for a concept whose look is new (docs/finetune.md)")
     p.add_argument("--train-text-encoder", action="store_true",
                    help="also train the text encoder (its LoRA layers, or all of it with --full)")
     p.add_argument("--steps", default=None, metavar="N", help="optimizer steps (default 1000)")
@@ -82,7 +85,8 @@ def build_config(args: argparse.Namespace):
         return FinetuneConfig(
             data=args.data, out=args.out, model=args.model, model_config=args.config,
             allow_unsafe_pickle=args.allow_unsafe_pickle, method=method,
-            rank=parse_int("--lora", args.lora, 1) or 8, lora_alpha=alpha, train_text_encoder=args.train_text_encoder,
+            rank=parse_int("--lora", args.lora, 1) or 8, lora_alpha=alpha, lora_layers=args.lora_layers,
+            train_text_encoder=args.train_text_encoder,
             caption_dropout=dropout, resolution=parse_int("--resolution", args.resolution, 8),
             background=args.background, seed=parse_int("--seed", args.seed, 0, 2**63 - 1), device=args.device,
             validation_prompts=parse_int("--validation-prompts", args.validation_prompts, 0), loop=loop)

@@ -38,7 +38,7 @@ from latentdiff.train.stages import LatentDenoisingStage, save_grid
 
 METHODS = ("lora", "full")
 # Settings that make a run what it is: resuming with any of them changed is refused.
-IDENTITY_KEYS = ("method", "rank", "lora_alpha", "train_text_encoder", "resolution", "background", "model_sha256",
+IDENTITY_KEYS = ("method", "rank", "lora_alpha", "lora_layers", "train_text_encoder", "resolution", "background", "model_sha256",
                  "data", "images")
 
 
@@ -62,6 +62,7 @@ class FinetuneConfig:
     method: str = "lora"  # lora | full
     rank: int = 8
     lora_alpha: float | None = None  # None: = rank, so the LoRA update is scaled by α/r = 1
+    lora_layers: str = "attention"  # attention | all (adds the convolutions, see latentdiff.lora)
     train_text_encoder: bool = False
     caption_dropout: float = 0.1  # probability that a caption becomes the empty prompt (keeps guidance working)
     resolution: int | None = None  # None: the model's native size
@@ -75,6 +76,7 @@ class FinetuneConfig:
     def __post_init__(self):
         _check_choice(self, "method", METHODS)
         _check_choice(self, "background", ("white", "black"))
+        _check_choice(self, "lora_layers", ("attention", "all"))
         _check_choice(self, "device", ("auto", "cpu", "cuda"))
         if self.rank < 1:
             raise ConfigError(f"rank: expected a positive integer, got {self.rank}")
@@ -117,7 +119,7 @@ class FinetuneStage(LatentDenoisingStage):
         if cfg.method == "lora":
             from latentdiff.lora import add_lora
 
-            self.lora_configs = add_lora(base.unet, text, cfg.rank, cfg.lora_alpha)
+            self.lora_configs = add_lora(base.unet, text, cfg.rank, cfg.lora_alpha, cfg.lora_layers)
         else:
             base.unet.requires_grad_(True)
             if text is not None:
@@ -211,7 +213,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_step: Callable[[int],
 
 def _what(cfg: FinetuneConfig) -> str:
     parts = "U-Net and text encoder" if cfg.train_text_encoder else "U-Net"
-    return f"LoRA rank {cfg.rank} on the {parts}" if cfg.method == "lora" else f"all of the {parts}"
+    where = "attention layers" if cfg.lora_layers == "attention" else "attention and convolution layers"
+    return f"LoRA rank {cfg.rank} on the {parts}'s {where}" if cfg.method == "lora" else f"all of the {parts}"
 
 
 def _check_output(text: str) -> Path:
@@ -252,6 +255,7 @@ def _resolution(cfg: FinetuneConfig, base) -> int:
 def _identity(cfg: FinetuneConfig, base, size: int, images: int) -> dict:
     return {"method": cfg.method, "rank": cfg.rank if cfg.method == "lora" else None,
             "lora_alpha": cfg.lora_alpha if cfg.method == "lora" else None,
+            "lora_layers": cfg.lora_layers if cfg.method == "lora" else None,
             "train_text_encoder": cfg.train_text_encoder, "resolution": size, "background": cfg.background,
             "model": base.name, "model_sha256": base.weights_sha256, "data": str(Path(cfg.data).resolve()),
             "images": images}
@@ -262,6 +266,8 @@ def _check_identity(out: Path, identity: dict, resume: bool) -> None:
     path = out / "finetune.json"
     if resume and path.is_file():
         before = json.loads(path.read_text())
+        if before.get("method") == "lora":
+            before.setdefault("lora_layers", "attention")  # runs from before the option had only these
         changed = [k for k in IDENTITY_KEYS if before.get(k) != identity.get(k)]
         if changed:
             what = ", ".join(f"{k} {before.get(k)!r} → {identity.get(k)!r}" for k in changed)
