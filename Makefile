@@ -65,13 +65,18 @@ default-long: $(STAMP)
 
 # Fine-tune the inpainting model from the shipped default model's U-Net (runs/default_long/model), then
 # ship it in fp16 inside the package: configs/inpaint.yaml for 500 steps, then configs/inpaint_long.yaml
-# goes on from its step-500 checkpoint (its header says why; CPU times in docs/inpaint.md). Resumable.
+# goes on from its step-500 checkpoint to 1,500, and configs/inpaint_long2.yaml from that one to 3,000
+# (their headers say why; CPU times in docs/inpaint.md). Resumable.
 INPAINT2 := runs/default_long-inpaint2/inpaint/checkpoints
+INPAINT3 := runs/default_long-inpaint3/inpaint/checkpoints
 inpaint-model: $(STAMP)
 	bash scripts/companions.sh runs/default_long/model inpaint
 	[ -e $(INPAINT2)/latest ] || { mkdir -p $(INPAINT2) && \
 	  cp -r runs/default_long-inpaint/inpaint/checkpoints/ckpt-0000500 $(INPAINT2)/ && echo ckpt-0000500 > $(INPAINT2)/latest; }
 	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long.yaml --resume
+	[ -e $(INPAINT3)/latest ] || { mkdir -p $(INPAINT3) && \
+	  cp -r $(INPAINT2)/ckpt-0001500 $(INPAINT3)/ && echo ckpt-0001500 > $(INPAINT3)/latest; }
+	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long2.yaml --resume
 	rm -rf latentdiff/assets/inpaint_model
-	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint2/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
+	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint3/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
 	rm -rf latentdiff/assets/inpaint_model/clip   # the CLIP towers ship once, with the default model

@@ -55,13 +55,16 @@ def test_long_recipe_is_the_default_recipe_trained_on():
     assert dataclasses.replace(long, out=default.out, unet=dataclasses.replace(long.unet, loop=same_loop)) == default
 
 
-def test_inpaint_phase_two_goes_on_from_phase_one():
-    """configs/inpaint_long.yaml resumes from configs/inpaint.yaml's last checkpoint (Makefile: inpaint-model),
-    which is only sound if the base model, data and model-shaping settings are the same and it trains on."""
+@pytest.mark.parametrize("before, after", [("inpaint", "inpaint_long"), ("inpaint_long", "inpaint_long2")])
+def test_each_inpaint_phase_goes_on_from_the_last(before, after):
+    """Each inpainting phase resumes from the previous one's last checkpoint (Makefile: inpaint-model), which
+    is only sound if the base model, data and model-shaping settings are the same and it trains on."""
     import dataclasses
 
-    one, two = (load_config(CONFIGS / f"{n}.yaml", InpaintTrainConfig) for n in ("inpaint", "inpaint_long"))
+    one, two = (load_config(CONFIGS / f"{n}.yaml", InpaintTrainConfig) for n in (before, after))
     assert two.loop.steps > one.loop.steps and one.loop.steps % one.loop.checkpoint_every == 0
-    assert f"ckpt-{one.loop.steps:07d}" in (CONFIGS.parent / "Makefile").read_text()
+    makefile = (CONFIGS.parent / "Makefile").read_text()
+    assert f"ckpt-{one.loop.steps:07d}" in makefile and f"configs/{after}.yaml" in makefile
     keep = dict(out=one.out, masks=one.masks, loop=one.loop)
     assert dataclasses.replace(two, **keep) == one
+    assert two.out != one.out
