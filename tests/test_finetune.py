@@ -355,3 +355,26 @@ def test_an_inpainting_model_is_refused(stars, tmp_path, capsys):
                              base.schedule).save(tmp_path / "inpaint")
     code, _, err = run(capsys, "finetune", "--data", stars, "--out", tmp_path / "o", "--model", tmp_path / "inpaint")
     assert code == 2 and "an inpainting model" in err and err.count("\n") == 1
+
+
+def test_star_bench_prior_folder_joins_stars_and_base_world_images(stars, tmp_path):
+    """bench/finetune_star.py --prior N: one folder, the stars and N base-world images (no star, no held-out
+    combination), every file and segmap present under its new name, readable by the intake."""
+    import importlib.util
+    from pathlib import Path
+
+    from latentdiff.data.folder import load_folder
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "finetune_star.py"
+    spec = importlib.util.spec_from_file_location("finetune_star", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    both = bench.with_prior(stars, tmp_path, 5)
+    rows = [json.loads(line) for line in (both / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 + 5
+    assert all((both / r["file_name"]).is_file() and (both / r["segmap"]).is_file() for r in rows)
+    prior = [r for r in rows if r["file_name"].startswith("prior_")]
+    assert len(prior) == 5 and not any("star" in r["text"] for r in prior)
+    assert all("star" in r["text"] for r in rows if r["file_name"].startswith("star_"))
+    assert len(load_folder(both)) == 16 + 5
+    assert bench.with_prior(stars, tmp_path, 5) == both  # built once
