@@ -14,7 +14,7 @@ shapes (polygons of 3–8 sides and ellipses in the world's palette, never a sta
 is frozen, so the latents, and every U-Net trained on them, stay valid. Recall is measured before and after
 and the decoder is saved to ``--out``. If star-trained decoding brings small stars back, the encoder keeps
 them; if not, the encoder loses them and only a VAE trained on such outlines from the start can help.
-CPU: about 3 s per step at batch 32 with both cores (6 s sharing them).
+CPU: about 5.3 s per step at batch 32 with one torch thread beside another job (200 steps: 18 min).
 """
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ import torch
 
 from latentdiff.config import _check_choice, to_dict
 from latentdiff.errors import ConfigError, DataError, UserError
+from latentdiff.lora import LORA_LAYERS, add_lora
 from latentdiff.train.config import LoopConfig
 from latentdiff.train.stages import LatentDenoisingStage, save_grid
 
@@ -76,7 +77,7 @@ class FinetuneConfig:
     def __post_init__(self):
         _check_choice(self, "method", METHODS)
         _check_choice(self, "background", ("white", "black"))
-        _check_choice(self, "lora_layers", ("attention", "all"))
+        _check_choice(self, "lora_layers", tuple(LORA_LAYERS))
         _check_choice(self, "device", ("auto", "cpu", "cuda"))
         if self.rank < 1:
             raise ConfigError(f"rank: expected a positive integer, got {self.rank}")
@@ -117,8 +118,6 @@ class FinetuneStage(LatentDenoisingStage):
         text = base.text_encoder if train_text else None
         self.lora_configs = None
         if cfg.method == "lora":
-            from latentdiff.lora import add_lora
-
             self.lora_configs = add_lora(base.unet, text, cfg.rank, cfg.lora_alpha, cfg.lora_layers)
         else:
             base.unet.requires_grad_(True)
