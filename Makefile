@@ -69,13 +69,13 @@ default-long: $(STAMP)
 # (their headers say why; CPU times in docs/inpaint.md). Resumable.
 INPAINT2 := runs/default_long-inpaint2/inpaint/checkpoints
 INPAINT3 := runs/default_long-inpaint3/inpaint/checkpoints
+# $(call seed,FOLDER,CHECKPOINT): a phase's first checkpoint is the last phase's CHECKPOINT (once).
+seed = [ -e $(1)/latest ] || { mkdir -p $(1) && cp -r $(2) $(1)/ && echo $(notdir $(2)) > $(1)/latest; }
 inpaint-model: $(STAMP)
 	bash scripts/companions.sh runs/default_long/model inpaint
-	[ -e $(INPAINT2)/latest ] || { mkdir -p $(INPAINT2) && \
-	  cp -r runs/default_long-inpaint/inpaint/checkpoints/ckpt-0000500 $(INPAINT2)/ && echo ckpt-0000500 > $(INPAINT2)/latest; }
+	$(call seed,$(INPAINT2),runs/default_long-inpaint/inpaint/checkpoints/ckpt-0000500)
 	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long.yaml --resume
-	[ -e $(INPAINT3)/latest ] || { mkdir -p $(INPAINT3) && \
-	  cp -r $(INPAINT2)/ckpt-0001500 $(INPAINT3)/ && echo ckpt-0001500 > $(INPAINT3)/latest; }
+	$(call seed,$(INPAINT3),$(INPAINT2)/ckpt-0001500)
 	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long2.yaml --resume
 	rm -rf latentdiff/assets/inpaint_model
 	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint3/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model

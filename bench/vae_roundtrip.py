@@ -52,13 +52,11 @@ def load_vae(model: str | None):
     return AutoencoderKL.from_pretrained(str(Path(model or DEFAULT_MODEL_DIR) / "vae"), torch_dtype=torch.float32)
 
 
-@torch.no_grad()
 def roundtrip(vae, images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 → decoded posterior means, (N, H, W, 3) uint8."""
-    from latentdiff.inpaint import to_unit
+    """(N, H, W, 3) uint8 → decoded posterior means, (N, H, W, 3) uint8 (the VAE stage's reconstruction)."""
+    from latentdiff.train.stages import reconstruct, to_uint8
 
-    out = [vae.decode(vae.encode(x).latent_dist.mean).sample for x in torch.split(to_unit(images), 64)]
-    return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return to_uint8(reconstruct(vae, torch.from_numpy(images).permute(0, 3, 1, 2), "cpu"))
 
 
 def recall(vae, n: int, out: Path, tag: str) -> dict:

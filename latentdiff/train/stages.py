@@ -32,6 +32,16 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+@torch.no_grad()
+def reconstruct(vae, images_uint8: torch.Tensor, device) -> torch.Tensor:
+    """(B, 3, H, W) uint8 → the VAE's decoding of its posterior means, (B, 3, H, W) float on the CPU."""
+    out = []
+    for chunk in images_uint8.split(64):
+        x = to_unit(chunk).to(device)
+        out.append(vae.decode(vae.encode(x).latent_dist.mean).sample.float().cpu())
+    return torch.cat(out)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB between images in [−1, 1] measured on the 8-bit scale (peak 255)."""
     a8 = torch.from_numpy(to_uint8(a)).float()
@@ -108,17 +118,9 @@ class VAETrainStage(OnDevice):
         rec = cfg.l1_weight * (recon - x).abs().mean() + cfg.l2_weight * (recon - x).pow(2).mean()
         return rec + cfg.kl_weight * kl.mean() / x[0].numel()
 
-    @torch.no_grad()
-    def reconstruct(self, vae, images_uint8: torch.Tensor) -> torch.Tensor:
-        out = []
-        for chunk in images_uint8.split(64):
-            x = to_unit(chunk).to(self.device)
-            out.append(vae.decode(vae.encode(x).latent_dist.mean).sample.float().cpu())
-        return torch.cat(out)
-
     def validate(self, model, step, out):
         held = self.holdout
-        recon = self.reconstruct(model.vae, held)
+        recon = reconstruct(model.vae, held, self.device)
         value = psnr(recon, to_unit(held))
         k = min(8, held.shape[0])
         save_grid(np.concatenate([to_uint8(to_unit(held[:k])), to_uint8(recon[:k])]), 2, out / "val" / f"step{step:07d}.png")
