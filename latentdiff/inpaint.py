@@ -193,9 +193,11 @@ def encode_images(vae, images: Tensor) -> Tensor:
 
 
 def to_unit(images_uint8: np.ndarray | Tensor) -> Tensor:
-    """(B, H, W, 3) uint8 → (B, 3, H, W) float in [−1, 1]."""
-    x = torch.as_tensor(np.array(images_uint8, np.uint8))
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    """(B, H, W, 3) uint8 → (B, 3, H, W) float in [−1, 1]: the training stages' scaling
+    (``latentdiff.train.stages.to_unit``, channels first) for channels-last pictures."""
+    from latentdiff.train.stages import to_unit as channels_first_to_unit
+
+    return channels_first_to_unit(torch.as_tensor(np.array(images_uint8, np.uint8)).permute(0, 3, 1, 2))
 
 
 def inpainting_concat(vae, image: Tensor, mask: Tensor) -> Tensor:
