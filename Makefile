@@ -65,12 +65,13 @@ default-long: $(STAMP)
 
 # Fine-tune the inpainting model from the shipped default model's U-Net (runs/default_long/model), then
 # ship it in fp16 inside the package: configs/inpaint.yaml for 500 steps, then configs/inpaint_long.yaml
-# goes on from its step-500 checkpoint to 1,500, configs/inpaint_long2.yaml from that one to 3,000 and
-# configs/inpaint_long3.yaml from that one to 5,500 (their headers say why; CPU times in docs/inpaint.md).
-# Resumable.
+# goes on from its step-500 checkpoint to 1,500, configs/inpaint_long2.yaml from that one to 3,000,
+# configs/inpaint_long3.yaml to 5,500 and configs/inpaint_long4.yaml to 7,000 (their headers say why;
+# CPU times in docs/inpaint.md). Resumable.
 INPAINT2 := runs/default_long-inpaint2/inpaint/checkpoints
 INPAINT3 := runs/default_long-inpaint3/inpaint/checkpoints
 INPAINT4 := runs/default_long-inpaint4/inpaint/checkpoints
+INPAINT5 := runs/default_long-inpaint5/inpaint/checkpoints
 # $(call seed,FOLDER,CHECKPOINT): a phase's first checkpoint is the last phase's CHECKPOINT (once).
 seed = [ -e $(1)/latest ] || { mkdir -p $(1) && cp -r $(2) $(1)/ && echo $(notdir $(2)) > $(1)/latest; }
 inpaint-model: $(STAMP)
@@ -81,6 +82,8 @@ inpaint-model: $(STAMP)
 	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long2.yaml --resume
 	$(call seed,$(INPAINT4),$(INPAINT3)/ckpt-0003000)
 	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long3.yaml --resume
+	$(call seed,$(INPAINT5),$(INPAINT4)/ckpt-0005500)
+	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long4.yaml --resume
 	rm -rf latentdiff/assets/inpaint_model
-	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint4/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
+	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint5/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
 	rm -rf latentdiff/assets/inpaint_model/clip   # the CLIP towers ship once, with the default model

@@ -56,7 +56,7 @@ def test_long_recipe_is_the_default_recipe_trained_on():
 
 
 @pytest.mark.parametrize("before, after", [("inpaint", "inpaint_long"), ("inpaint_long", "inpaint_long2"),
-                                           ("inpaint_long2", "inpaint_long3")])
+                                           ("inpaint_long2", "inpaint_long3"), ("inpaint_long3", "inpaint_long4")])
 def test_each_inpaint_phase_goes_on_from_the_last(before, after):
     """Each inpainting phase resumes from the previous one's last checkpoint (Makefile: inpaint-model), which
     is only sound if the base model, data and model-shaping settings are the same and it trains on."""
