@@ -55,8 +55,12 @@ def test_long_recipe_is_the_default_recipe_trained_on():
     assert dataclasses.replace(long, out=default.out, unet=dataclasses.replace(long.unet, loop=same_loop)) == default
 
 
-@pytest.mark.parametrize("before, after", [("inpaint", "inpaint_long"), ("inpaint_long", "inpaint_long2"),
-                                           ("inpaint_long2", "inpaint_long3"), ("inpaint_long3", "inpaint_long4")])
+# The inpainting phases in order: inpaint, inpaint_long, inpaint_long2, ... (every configs/inpaint_long*.yaml).
+INPAINT_PHASES = ["inpaint"] + sorted((p.stem for p in CONFIGS.glob("inpaint_long*.yaml")),
+                                      key=lambda stem: int(stem.removeprefix("inpaint_long") or 1))
+
+
+@pytest.mark.parametrize("before, after", list(zip(INPAINT_PHASES, INPAINT_PHASES[1:])))
 def test_each_inpaint_phase_goes_on_from_the_last(before, after):
     """Each inpainting phase resumes from the previous one's last checkpoint (Makefile: inpaint-model), which
     is only sound if the base model, data and model-shaping settings are the same and it trains on."""
