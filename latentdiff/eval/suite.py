@@ -334,11 +334,9 @@ class BpdSection:
     @torch.inference_mode()
     def latents(self, images: np.ndarray) -> torch.Tensor:
         """x_0 = scaling_factor · mean of the VAE posterior, (N, C, h, w) float32."""
-        pipe = self.ctx.pipe
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        out = [pipe.vae.encode(c.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean.float().cpu()
-               for c in x.split(32)]
-        return torch.cat(out) * pipe.scaling_factor
+        from latentdiff.inpaint import encode_images, to_unit
+
+        return torch.cat([encode_images(self.ctx.pipe.vae, c).cpu() for c in to_unit(images).split(32)])
 
     def run(self) -> dict:
         from latentdiff.eval.likelihood import bound_bits_per_dim
