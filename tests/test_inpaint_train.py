@@ -114,15 +114,35 @@ def test_a_finished_run_resumes_to_the_same_model_and_refuses_without_resume(tra
     assert (model / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
-def test_a_base_that_is_already_an_inpainting_model_is_refused(trained, tmp_path):
+def test_a_base_that_is_already_an_inpainting_model_trains_on_from_its_weights(trained, tmp_path):
+    """An inpainting base keeps its U-Net (no second widening): with lr 0 the run's model is the base's."""
     import dataclasses
 
-    from latentdiff.errors import UserError
+    from safetensors.torch import load_file
+
     from latentdiff.train.inpaint import train_inpaint
 
     cfg, model = trained
-    with pytest.raises(UserError, match="text-to-image"):
-        train_inpaint(dataclasses.replace(cfg, base_model=str(model), out=str(tmp_path / "again")))
+    again = train_inpaint(dataclasses.replace(cfg, base_model=str(model), out=str(tmp_path / "again"),
+                                              loop=dataclasses.replace(cfg.loop, lr=0.0, steps=2)))
+    before = load_file(str(model / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(again / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert after.keys() == before.keys() and after["conv_in.weight"].shape[1] == 9
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert json.loads((again / "latentdiff.json").read_text())["base_model"] == str(model)
+
+
+def test_the_other_derived_recipes_refuse_an_inpainting_base(trained, tmp_path):
+    from types import SimpleNamespace
+
+    from latentdiff.errors import UserError
+    from latentdiff.train.run import derived_run
+
+    _, model = trained
+    cfg = SimpleNamespace(base_model=str(model), device="cpu", out=str(tmp_path / "layout"))
+    with pytest.raises(UserError, match="is an inpainting model.*start from a text-to-image model"):
+        derived_run(cfg, "no")
+    assert not (tmp_path / "layout").exists()
 
 
 @pytest.mark.parametrize("flag", ["--model", "--base-model"])

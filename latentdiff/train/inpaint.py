@@ -4,7 +4,9 @@
 
 1. load the base model (a diffusers folder; the default model when ``base_model`` is empty) and widen its
    U-Net to diffusers' inpainting layout (:func:`latentdiff.models.inpaint.inpainting_unet`: 9 input
-   channels, the new ones starting at zero, so training starts from the text-to-image model);
+   channels, the new ones starting at zero, so training starts from the text-to-image model). A base that
+   is already an inpainting model (ours, or Stable Diffusion's) keeps its U-Net and trains on: a new phase
+   from an exported model, or the same recipe on a user's own folder;
 2. train it with the loop every stage runs (:func:`latentdiff.train.loop.run_stage`) on an image folder
    (the shapes world by default): each example gets a random mask — an object's box from the folder's
    ``boxes`` (dilated), free-form brush strokes, a rectangle, or the whole image (which keeps text-to-image
@@ -280,7 +282,7 @@ def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
     from latentdiff.train.stages import vae_latent_stats
 
     out = Path(cfg.out)
-    accelerator, base, train_recs, hold_recs = derived_run(cfg, cfg.loop.mixed_precision)
+    accelerator, base, train_recs, hold_recs = derived_run(cfg, cfg.loop.mixed_precision, inpainting_ok=True)
     device, main = accelerator.device, accelerator.is_main_process
     size = int(base.vae.config.sample_size)
     images = load_images(train_recs, size, main)  # the stage composes masked inputs from the pixels
@@ -289,7 +291,7 @@ def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
     mean, std, _ = main_first(accelerator, lambda: cached_latents(cache, base.vae, train_recs, size, encode,
                                                                  lambda: images))
     seed_init(cfg.seed, "inpaint")
-    unet = inpainting_unet(base.unet).train().requires_grad_(True)
+    unet = (base.unet if base.is_inpainting else inpainting_unet(base.unet)).train().requires_grad_(True)
     stage = InpaintTrainStage(cfg, unet, base, images, mean, std, examples_of(train_recs, size), device, hold_recs)
     folder = out / "inpaint"
     timer = _Timer(out / "times.json", f"{device.type} x{accelerator.num_processes}", main)

@@ -67,9 +67,10 @@ def main_first(accelerator, fn):
     return result
 
 
-def derived_run(cfg, mixed_precision: str):
+def derived_run(cfg, mixed_precision: str, inpainting_ok: bool = False):
     """Set-up shared by the recipes that extend a trained text-to-image model (inpainting, layout,
-    segmentation): the accelerator, the base pipeline (refused when its U-Net already has extra inputs),
+    segmentation): the accelerator, the base pipeline (refused when its U-Net already has extra inputs,
+    except an inpainting model's when ``inpainting_ok``: the inpainting recipe trains one on),
     ``OUT/config.json`` and the shapes data split. Returns (accelerator, base, train records, held-out)."""
     from latentdiff.pipeline import Pipeline
 
@@ -77,9 +78,12 @@ def derived_run(cfg, mixed_precision: str):
     accelerator = make_accelerator(cfg.device, mixed_precision)
     device = accelerator.device
     base = Pipeline.load(cfg.base_model or None, device="cuda" if device.type == "cuda" else "cpu")
-    if base.is_inpainting or base._concat_channels():
-        raise UserError(f"base_model {cfg.base_model or 'default'}: has extra U-Net inputs (an inpainting "
-                        f"model?); start from a text-to-image model")
+    if base.is_inpainting and not inpainting_ok:
+        raise UserError(f"base_model {cfg.base_model or 'default'}: is an inpainting model (extra U-Net "
+                        f"inputs); start from a text-to-image model")
+    if base._concat_channels() and not base.is_inpainting:
+        raise UserError(f"base_model {cfg.base_model or 'default'}: has extra U-Net inputs; start from a "
+                        f"text-to-image model")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
