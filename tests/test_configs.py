@@ -62,14 +62,26 @@ INPAINT_PHASES = ["inpaint"] + sorted((p.stem for p in CONFIGS.glob("inpaint_lon
 
 @pytest.mark.parametrize("before, after", list(zip(INPAINT_PHASES, INPAINT_PHASES[1:])))
 def test_each_inpaint_phase_goes_on_from_the_last(before, after):
-    """Each inpainting phase resumes from the previous one's last checkpoint (Makefile: inpaint-model), which
-    is only sound if the base model, data and model-shaping settings are the same and it trains on."""
+    """Each inpainting phase goes on from the previous one (Makefile: inpaint-model): from its last
+    checkpoint (same base model, more steps), or from its exported model (``base_model: <its out>/model``,
+    a new step count), which is only sound if the data and model-shaping settings are the same."""
     import dataclasses
 
     one, two = (load_config(CONFIGS / f"{n}.yaml", InpaintTrainConfig) for n in (before, after))
-    assert two.loop.steps > one.loop.steps and one.loop.steps % one.loop.checkpoint_every == 0
     makefile = (CONFIGS.parent / "Makefile").read_text()
-    assert f"ckpt-{one.loop.steps:07d}" in makefile and f"configs/{after}.yaml" in makefile
+    assert f"configs/{after}.yaml" in makefile
     keep = dict(out=one.out, masks=one.masks, loop=one.loop)
+    if two.base_model == f"{one.out}/model":  # trains on from the last phase's model: run after it
+        assert makefile.index(f"configs/{before}.yaml") < makefile.index(f"configs/{after}.yaml")
+        keep["base_model"] = one.base_model
+    else:  # resumes the last phase's final checkpoint, on a longer schedule
+        assert two.loop.steps > one.loop.steps and one.loop.steps % one.loop.checkpoint_every == 0
+        assert f"ckpt-{one.loop.steps:07d}" in makefile
     assert dataclasses.replace(two, **keep) == one
     assert two.out != one.out
+
+
+def test_the_inpaint_model_target_ships_the_last_phase():
+    last = load_config(CONFIGS / f"{INPAINT_PHASES[-1]}.yaml", InpaintTrainConfig)
+    makefile = (CONFIGS.parent / "Makefile").read_text()
+    assert f"export --model {last.out}/model " in makefile
