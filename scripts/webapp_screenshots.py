@@ -1,13 +1,14 @@
 """Screenshots of each panel of the web app (docs/img/webapp_*.png), taken in Debian's headless Chromium.
 
-    .venv/bin/python scripts/webapp_screenshots.py --model latentdiff/assets/default_model --out docs/img
-    (or: make ui-screenshots MODEL=latentdiff/assets/default_model)
+    .venv/bin/python scripts/webapp_screenshots.py --out docs/img      (the default model)
+    (or: make ui-screenshots; MODEL=DIR for another model)
 
 Starts ``latentdiff serve``'s server in-process on a free loopback port, then: text-to-image (prompt,
 generate), inpainting (a generated scene uploaded, a stroke painted, inpaint), layout (two boxes with
 phrases) and segmentation map (a class-index map uploaded); the last two generate when the model has
 gligen/ and controlnet/ checkpoints (or --layout-model / --segmap-model), and show the panel's
-"not available" note otherwise. CPU cost: two generations and one inpainting at --steps steps (default 20):
+"not available" note otherwise. The Inpaint panel uses the shipped inpainting model with the default
+model, as ``latentdiff serve`` does (--inpaint-model DIR|none otherwise). CPU cost: two generations and one inpainting at --steps steps (default 20):
 well under a minute with the default model on 2 cores. Needs selenium and chromium (make test-ui).
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latentdiff.commands.serve import attach_spatial  # noqa: E402
+from latentdiff.commands.serve import attach_spatial, load_inpaint_model  # noqa: E402
 from latentdiff.pipeline import Pipeline  # noqa: E402
 from latentdiff.web.server import make_server, serve_in_thread, url_of  # noqa: E402
 
@@ -47,6 +48,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--layout-model", default=None, help="layout checkpoint (default: MODEL/gligen if present)")
     ap.add_argument("--segmap-model", default=None, help="segmentation ControlNet (default: MODEL/controlnet)")
+    ap.add_argument("--inpaint-model", default=None,
+                    help="the Inpaint panel's model, as for latentdiff serve (default: the shipped inpainting "
+                         "model when MODEL is not given)")
     args = ap.parse_args(argv)
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -56,7 +60,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.load(args.model, device="cpu")
     attach_spatial(pipe, args.layout_model, args.segmap_model)
-    server = make_server(pipe, "127.0.0.1", 0)
+    server = make_server(pipe, "127.0.0.1", 0, inpaint_pipe=load_inpaint_model(pipe, args.inpaint_model, "cpu"))
     serve_in_thread(server)
     tmp = Path(tempfile.mkdtemp())
     scene = tmp / "scene.png"

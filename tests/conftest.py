@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random text-to-image model saved once per test session.
+"""Shared fixtures: a tiny random text-to-image model (and an inpainting one) saved once per test session.
 
 ``tiny_model_dir`` is a diffusers ``StableDiffusionPipeline`` folder (SD 1.x layout: model_index.json,
 unet/, vae/, text_encoder/, tokenizer/, scheduler/) with random weights: 32×32 images, VAE factor 4
@@ -51,6 +51,24 @@ def tiny_model_dir(tmp_path_factory):
     """Path of a tiny random diffusers-format model folder, built once per session (treat as read-only)."""
     folder = tmp_path_factory.mktemp("models") / "tiny_model"
     build_tiny_pipeline().save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_dir(tmp_path_factory):
+    """A tiny inpainting model folder (read-only). The new input channels get random weights (a fresh
+    ``inpainting_unet`` ignores them), so the mask and masked latents change what it computes."""
+    import torch
+
+    from latentdiff.models.inpaint import inpainting_unet
+    from latentdiff.pipeline import Pipeline
+
+    base = build_tiny_pipeline(seed=1)
+    unet = inpainting_unet(base.unet)
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:].normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    folder = tmp_path_factory.mktemp("inpaint") / "tiny_inpaint"
+    Pipeline.from_components(unet, base.vae, base.text_encoder, base.tokenizer, base.schedule).save(folder)
     return folder
 
 

@@ -22,18 +22,8 @@ def pipe(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def inpaint_dir(tmp_path_factory):
-    """A tiny inpainting model folder. The new input channels get random weights (a fresh
-    ``inpainting_unet`` ignores them), so the mask and masked latents change what it computes."""
-    from conftest import build_tiny_pipeline
-
-    base = build_tiny_pipeline(seed=1)
-    unet = inpainting_unet(base.unet)
-    with torch.no_grad():
-        unet.conv_in.weight[:, 4:].normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
-    folder = tmp_path_factory.mktemp("inpaint") / "tiny_inpaint"
-    Pipeline.from_components(unet, base.vae, base.text_encoder, base.tokenizer, base.schedule).save(folder)
-    return folder
+def inpaint_dir(tiny_inpaint_dir):
+    return tiny_inpaint_dir
 
 
 @pytest.fixture(scope="module")

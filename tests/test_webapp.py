@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +82,7 @@ def test_info_names_the_model_its_defaults_and_what_is_available(server):
     assert "latentdiff train-spatial configs/layout.yaml --install" in info["unavailable"]["layout"]
     assert "latentdiff serve --segmap-model DIR" in info["unavailable"]["segmap"]
     assert b"<canvas id=\"inpaint-canvas\"" in fetch(server, "/")
+    assert info["inpaint_model"] == "tiny_model" and not info["inpaint_dedicated"]  # no inpainting model: blends
 
 
 def test_txt2img_png_carries_the_record_the_page_shows(server):
@@ -184,6 +186,58 @@ def test_inpaint_keeps_pixels_far_from_the_mask(server):
     far[8 - 5:20 + 5, 8 - 5:20 + 5] = False  # beyond the mask and its 4 px feathering
     assert np.array_equal(out[far], np.asarray(scene)[far])
     assert not np.array_equal(out[8:20, 8:20], np.asarray(scene)[8:20, 8:20])
+
+
+@pytest.fixture(scope="module")
+def inpaint_server(tiny_model_dir, tiny_inpaint_dir):
+    """The tiny model served with a dedicated inpainting model for the Inpaint panel."""
+    from latentdiff.pipeline import Pipeline
+
+    pipe, inpaint = (Pipeline.load(d, device="cpu") for d in (tiny_model_dir, tiny_inpaint_dir))
+    srv = make_server(pipe, "127.0.0.1", 0, Limits(max_steps=100, max_images=4, max_side=256), inpaint_pipe=inpaint)
+    serve_in_thread(srv)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_a_dedicated_inpainting_model_runs_the_inpaint_panel_and_only_it(inpaint_server):
+    _, info = call(inpaint_server, "/api/info")
+    assert (info["model"], info["inpaint_model"], info["inpaint_dedicated"]) == ("tiny_model", "tiny_inpaint", True)
+    scene, mask = _scene(), _mask()
+    _, reply = call(inpaint_server, "/api/jobs", inpaint_req(data_url(scene), data_url(mask), seed=2))
+    job = wait(inpaint_server, reply["id"])
+    assert job["state"] == "done" and job["done"] == job["total"] == 2  # progress counts the inpainting U-Net
+    record = job["images"][0]["record"]
+    assert record["model_name"] == "tiny_inpaint" and record["extra"]["inpaint"]["mode"] == "model"
+    ref = inpaint_server.app.inpaint_pipe.inpaint("a blue square", scene, mask, steps=2, sampler="ddim", seed=2)[0]
+    with Image.open(io.BytesIO(fetch(inpaint_server, job["images"][0]["url"]))) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(ref))
+    _, reply = call(inpaint_server, "/api/jobs", txt2img())
+    job = wait(inpaint_server, reply["id"])
+    assert job["state"] == "done" and job["images"][0]["record"]["model_name"] == "tiny_model"
+
+
+def test_serve_picks_the_inpainting_model_as_latentdiff_inpaint_does(tiny_model_dir, tiny_inpaint_dir, tmp_path):
+    """The default model gets the shipped inpainting model; another model none unless --inpaint-model names
+    one, which must be an inpainting model; 'none' turns it off."""
+    from latentdiff.commands.serve import load_inpaint_model
+    from latentdiff.errors import UserError
+    from latentdiff.inpaint import INPAINT_MODEL_DIR
+    from latentdiff.pipeline import Pipeline
+
+    tiny = Pipeline.load(tiny_model_dir, device="cpu")
+    assert load_inpaint_model(tiny, None, "cpu") is None and load_inpaint_model(tiny, "none", "cpu") is None
+    assert load_inpaint_model(tiny, str(tiny_inpaint_dir), "cpu").name == "tiny_inpaint"
+    with pytest.raises(UserError, match=r"--inpaint-model .*tiny_model: not an inpainting model \(its U-Net takes 4 "
+                                        r"input channels, an inpainting one 9\)"):
+        load_inpaint_model(tiny, str(tiny_model_dir), "cpu")
+    with pytest.raises(UserError, match="no such folder"):
+        load_inpaint_model(tiny, str(tmp_path / "missing"), "cpu")
+    default = Pipeline.load(None, device="cpu")
+    assert load_inpaint_model(default, "none", "cpu") is None
+    shipped = load_inpaint_model(default, None, "cpu")
+    assert shipped.is_inpainting and shipped.path is not None and Path(shipped.path) == INPAINT_MODEL_DIR
 
 
 def _huge_png() -> str:

@@ -27,21 +27,23 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chro
 WAIT = 120
 
 
-def _serve(model_dir):
-    from latentdiff.commands.serve import attach_spatial
+def _serve(model_dir, inpaint_dir=None):
+    from latentdiff.commands.serve import attach_spatial, load_inpaint_model
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.load(model_dir, device="cpu")
     attach_spatial(pipe, None, None)  # MODEL/gligen and MODEL/controlnet, as `latentdiff serve` does
-    srv = make_server(pipe, "127.0.0.1", 0, Limits(max_steps=200, max_images=4, max_side=256))
+    inpaint = load_inpaint_model(pipe, inpaint_dir and str(inpaint_dir), "cpu")  # as --inpaint-model DIR does
+    srv = make_server(pipe, "127.0.0.1", 0, Limits(max_steps=200, max_images=4, max_side=256), inpaint_pipe=inpaint)
     serve_in_thread(srv)
     return srv
 
 
 @pytest.fixture(scope="module")
-def server(spatial_model_dir):
-    """The tiny model with (untrained, opened) layout and segmentation checkpoints: every panel works."""
-    srv = _serve(spatial_model_dir)
+def server(spatial_model_dir, tiny_inpaint_dir):
+    """The tiny model with (untrained, opened) layout and segmentation checkpoints and a tiny inpainting model
+    for the Inpaint panel: every panel works."""
+    srv = _serve(spatial_model_dir, tiny_inpaint_dir)
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -129,6 +131,7 @@ def upload_inpaint_image(browser, path, expect_preview=True):
 
 def test_paint_a_mask_and_inpaint(browser, server, tmp_path):
     open_page(browser, server, "inpaint")
+    assert browser.find_element(By.ID, "inpaint-model").text == "Repainted by the inpainting model tiny_inpaint."
     scene = _scene_file(tmp_path)
     upload_inpaint_image(browser, scene)
     canvas = browser.find_element(By.ID, "inpaint-canvas")
@@ -141,6 +144,7 @@ def test_paint_a_mask_and_inpaint(browser, server, tmp_path):
     fig = wait_for_image(browser, "inpaint")
     record = json.loads(fig.find_element(By.CLASS_NAME, "provenance").text)
     assert record["prompt"] == "a blue square" and "inpaint" in record["extra"]
+    assert record["model_name"] == "tiny_inpaint" and record["extra"]["inpaint"]["mode"] == "model"
     with png_of(browser, server, fig) as png, Image.open(scene) as src:
         out, inp = np.asarray(png.convert("RGB")), np.asarray(src.convert("RGB"))
     border = np.zeros((32, 32), bool)

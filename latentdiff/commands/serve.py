@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from latentdiff.commands.generate import _load, _model_flags, parse_device, parse_int
 from latentdiff.errors import UserError
@@ -23,7 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segmap-model", default=None, metavar="DIR",
                    help="segmentation ControlNet for the Segmentation-map panel (default: MODEL/controlnet "
                         "when it exists)")
-    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="apply a LoRA file")
+    p.add_argument("--inpaint-model", default=None, metavar="DIR",
+                   help="inpainting model for the Inpaint panel; 'none': the served model blends (default: the "
+                        "shipped inpainting model when serving the default model, else none)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="apply a LoRA file (to the served model, not to --inpaint-model)")
     p.add_argument("--speed", default=None, metavar="LIST",
                    help="GPU speed options as for generate, e.g. fast (see docs/performance.md)")
     p.add_argument("--max-steps", default="150", metavar="N", help="most sampler steps a request may ask (150)")
@@ -45,6 +50,26 @@ def attach_spatial(pipe, layout_model: str | None, segmap_model: str | None) -> 
             attach(folder)
 
 
+def load_inpaint_model(pipe, given: str | None, device: str | None):
+    """The Pipeline the Inpaint panel uses besides ``pipe``, or None (``pipe`` inpaints itself): the folder
+    given (which must be an inpainting model), none for 'none', else the shipped inpainting model when
+    ``pipe`` is the default model (as ``latentdiff inpaint`` picks it)."""
+    from latentdiff.inpaint import INPAINT_MODEL_DIR
+    from latentdiff.pipeline import Pipeline
+
+    if given == "none" or (given is None and not (pipe.is_default and
+                                                  (INPAINT_MODEL_DIR / "model_index.json").is_file())):
+        return None
+    if given is not None and not Path(given).is_dir():
+        raise UserError(f"--inpaint-model {given}: no such folder")
+    inpaint = Pipeline.load(given or INPAINT_MODEL_DIR, device=device or "auto")
+    if not inpaint.is_inpainting:
+        raise UserError(f"--inpaint-model {given}: not an inpainting model (its U-Net takes "
+                        f"{inpaint.unet.config.in_channels} input channels, an inpainting one "
+                        f"{2 * inpaint.latent_channels + 1}); pass 'none' to inpaint with the served model")
+    return inpaint
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from latentdiff.lora import parse_lora_spec
     from latentdiff.speed import parse_speed
@@ -60,15 +85,19 @@ def run_serve(args: argparse.Namespace) -> int:
     speed = parse_speed(args.speed) if args.speed is not None else None
     pipe = _load(args, args.model, device)
     attach_spatial(pipe, args.layout_model, args.segmap_model)
+    inpaint = load_inpaint_model(pipe, args.inpaint_model, device)
     if loras:
         pipe.load_loras(loras)
     if speed is not None:
-        pipe.optimize(speed)
+        for p in (pipe, inpaint):
+            if p is not None:
+                p.optimize(speed)
     try:
-        server = make_server(pipe, args.host, port, limits)
+        server = make_server(pipe, args.host, port, limits, inpaint_pipe=inpaint)
     except OSError as exc:
         raise UserError(f"--host {args.host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
-    print(f"latentdiff serve: {pipe.name} at {url_of(server)}  (Ctrl-C stops)", flush=True)
+    also = f" (inpainting: {inpaint.name})" if inpaint is not None else ""
+    print(f"latentdiff serve: {pipe.name}{also} at {url_of(server)}  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

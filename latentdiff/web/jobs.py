@@ -18,7 +18,7 @@ import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from latentdiff.errors import UserError
 
@@ -31,12 +31,14 @@ class Cancelled(Exception):
 
 @dataclass
 class Job:
-    """One request: ``run(job) -> [PIL images]``, planned as ``total`` U-Net evaluations."""
+    """One request: ``run(job) -> [PIL images]``, planned as ``total`` U-Net evaluations of ``unet`` (the
+    queue's pipeline's when None)."""
 
     id: str
     kind: str
     run: Callable[["Job"], list]
     total: int
+    unet: Any = None
     state: str = "queued"
     done: int = 0
     error: str | None = None
@@ -67,7 +69,8 @@ class Job:
 
 
 class JobQueue:
-    """FIFO of jobs run by one daemon worker on ``pipe`` (whose U-Net the progress hook watches).
+    """FIFO of jobs run by one daemon worker on ``pipe`` (whose U-Net the progress hook watches, unless a
+    job names another: the web app's inpainting model).
 
     At most ``max_waiting`` jobs wait at once (more is refused with a message); the ``keep`` most
     recent finished jobs keep their images."""
@@ -81,12 +84,13 @@ class JobQueue:
         self._worker = threading.Thread(target=self._loop, name="latentdiff-worker", daemon=True)
         self._worker.start()
 
-    def submit(self, kind: str, run: Callable[[Job], list], total: int) -> Job:
+    def submit(self, kind: str, run: Callable[[Job], list], total: int, unet=None) -> Job:
         with self._lock:
             waiting = sum(j.state == "queued" for j in self.jobs.values())
             if waiting >= self.max_waiting:
                 raise UserError(f"the queue is full ({waiting} requests waiting); try again when one finishes")
-            job = Job(id=f"{next(self._ids)}-{int(time.time() * 1000) % 100000}", kind=kind, run=run, total=total)
+            job = Job(id=f"{next(self._ids)}-{int(time.time() * 1000) % 100000}", kind=kind, run=run, total=total,
+                      unet=unet)
             self.jobs[job.id] = job
             self._forget_old()
         self._waiting.put(job)
@@ -124,7 +128,7 @@ class JobQueue:
 
     def _run(self, job: Job) -> None:
         job.state, job.started = "running", time.time()
-        hook = self.pipe.unet.register_forward_hook(lambda module, args, output: job.tick())
+        hook = (self.pipe.unet if job.unet is None else job.unet).register_forward_hook(lambda module, args, output: job.tick())
         try:
             job.finish(job.run(job))
         except Cancelled:

@@ -28,10 +28,13 @@ MAX_BODY = 48 * 2**20  # bytes of one request (uploads are base64 inside JSON)
 
 
 class App:
-    """The model, its queue and the limits, shared by the request handlers."""
+    """The model, its queue and the limits, shared by the request handlers. ``inpaint_pipe`` (a dedicated
+    inpainting model, e.g. the shipped one next to the default model) runs the Inpaint panel; without one
+    the served model inpaints (a text-to-image model by blending)."""
 
-    def __init__(self, pipe, limits: Limits | None = None, max_waiting: int = 16):
+    def __init__(self, pipe, limits: Limits | None = None, max_waiting: int = 16, inpaint_pipe=None):
         self.pipe, self.limits = pipe, limits or Limits()
+        self.inpaint_pipe = pipe if inpaint_pipe is None else inpaint_pipe
         self.queue = JobQueue(pipe, max_waiting=max_waiting)
 
     def info(self) -> dict:
@@ -43,11 +46,14 @@ class App:
                                                       "width": size["width"]},
                 "samplers": list(SAMPLERS), "limits": self.limits.describe(), "features": features,
                 "unavailable": {k: UNAVAILABLE[k] for k, ok in features.items() if not ok},
-                "max_boxes": getattr(self.pipe, "gligen_slots", 0), "vae_factor": self.pipe.vae_scale_factor}
+                "max_boxes": getattr(self.pipe, "gligen_slots", 0), "vae_factor": self.pipe.vae_scale_factor,
+                "inpaint_model": self.inpaint_pipe.name, "inpaint_dedicated": self.inpaint_pipe.is_inpainting}
 
     def submit(self, request) -> dict:
-        p = plan(self.pipe, request, self.limits)
-        job = self.queue.submit(p.kind, lambda job: p.run(self.pipe), p.total)
+        kind = request.get("kind") if isinstance(request, dict) else None
+        pipe = self.inpaint_pipe if kind == "inpaint" else self.pipe
+        p = plan(pipe, request, self.limits)
+        job = self.queue.submit(p.kind, lambda job: p.run(pipe), p.total, unet=pipe.unet)
         return {"id": job.id}
 
     def status(self, job) -> dict:
@@ -137,10 +143,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(pipe, host: str = "127.0.0.1", port: int = 7860, limits: Limits | None = None,
-                max_waiting: int = 16) -> ThreadingHTTPServer:
-    """A server for ``pipe`` bound to ``host:port`` (port 0: any free port); call ``serve_forever()``.
-    The :class:`App` is ``server.app``."""
-    app = App(pipe, limits, max_waiting)
+                max_waiting: int = 16, inpaint_pipe=None) -> ThreadingHTTPServer:
+    """A server for ``pipe`` (and ``inpaint_pipe`` for the Inpaint panel, see :class:`App`) bound to
+    ``host:port`` (port 0: any free port); call ``serve_forever()``. The :class:`App` is ``server.app``."""
+    app = App(pipe, limits, max_waiting, inpaint_pipe)
     handler = type("BoundHandler", (Handler,), {"app": app})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True

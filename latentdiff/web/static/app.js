@@ -307,6 +307,9 @@ function markUnavailable() {
 async function main() {
   INFO = await (await fetch("/api/info")).json();
   $("#model-name").textContent = `model: ${INFO.model}`;
+  $("#inpaint-model").textContent = INFO.inpaint_dedicated
+    ? `Repainted by the inpainting model ${INFO.inpaint_model}.`
+    : `Repainted by ${INFO.inpaint_model}, blending its samples into the image (no dedicated inpainting model).`;
   document.querySelectorAll(".opts").forEach(buildOptions);
   document.querySelectorAll(".tab").forEach(t => { t.onclick = () => showPanel(t.dataset.panel); });
   setupInpaint(); setupLayout(); setupSegmap(); markUnavailable();
