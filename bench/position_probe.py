@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from latentdiff.data import shapes
-    from latentdiff.inpaint import encode_images, to_unit
+    from latentdiff.inpaint import encode_images
+    from latentdiff.pixels import to_unit_hwc
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, device="cpu")
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     scenes = [shapes.sample_scene(rng) for _ in range(args.images)]
     pixels = np.stack([shapes.render(s)[0] for s in scenes])
     captions = [shapes.caption(s, rng, training=False) for s in scenes]
-    latents = encode_images(pipe.vae.float(), to_unit(pixels))
+    latents = encode_images(pipe.vae.float(), to_unit_hwc(pixels))
     with torch.no_grad():
         context = pipe.encode_prompt(captions).float()
     seen: dict[str, torch.Tensor] = {}

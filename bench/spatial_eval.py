@@ -42,7 +42,7 @@ def main() -> None:
     from latentdiff.data.shapes import write_dataset
     from latentdiff.eval.spatial import run_cases
     from latentdiff.pipeline import Pipeline
-    from latentdiff.train.stages import save_grid
+    from latentdiff.pixels import save_grid
 
     pipe = Pipeline.load(args.model, device="auto")
     model = Path(args.model)

@@ -55,7 +55,7 @@ def main() -> None:
     from latentdiff.eval.spatial import draw_layout, draw_segmap
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.pipeline import Pipeline
-    from latentdiff.train.stages import save_grid
+    from latentdiff.pixels import save_grid
 
     pipe = Pipeline.load(args.model, device="auto")
     pipe.attach_layout(Path(args.model) / "gligen").attach_segmap(Path(args.model) / "controlnet")

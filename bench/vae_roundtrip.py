@@ -54,7 +54,8 @@ def load_vae(model: str | None):
 
 def roundtrip(vae, images: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 → decoded posterior means, (N, H, W, 3) uint8 (the VAE stage's reconstruction)."""
-    from latentdiff.train.stages import reconstruct, to_uint8
+    from latentdiff.pixels import to_uint8
+    from latentdiff.train.stages import reconstruct
 
     return to_uint8(reconstruct(vae, torch.from_numpy(images).permute(0, 3, 1, 2), "cpu"))
 
@@ -108,7 +109,7 @@ def generic_scene(rng: np.random.Generator) -> np.ndarray:
 
 def finetune_decoder(vae, data: str, steps: int, lr: float, batch: int) -> None:
     from latentdiff.data.shapes import STAR, render, sample_scene
-    from latentdiff.inpaint import to_unit
+    from latentdiff.pixels import to_unit_hwc
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -122,7 +123,7 @@ def finetune_decoder(vae, data: str, steps: int, lr: float, batch: int) -> None:
     for step in range(1, steps + 1):
         for group in opt.param_groups:  # 20-step warm-up, cosine to 0
             group["lr"] = lr * min(1.0, step / 20) * 0.5 * (1 + np.cos(np.pi * (step - 1) / steps))
-        x = to_unit(np.stack([render(sample_scene(rng))[0] if i % 2 == 0 else other() for i in range(batch)]))
+        x = to_unit_hwc(np.stack([render(sample_scene(rng))[0] if i % 2 == 0 else other() for i in range(batch)]))
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
         decoded = vae.decode(z).sample

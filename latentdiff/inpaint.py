@@ -36,6 +36,7 @@ from PIL import Image
 from torch import Tensor
 
 from latentdiff.errors import UserError
+from latentdiff.pixels import to_unit_hwc
 
 MODES = ("auto", "model", "blend")
 DEFAULT_MASK_BLUR = 4  # px of feathering outside the mask (64×64 shapes images)
@@ -192,14 +193,6 @@ def encode_images(vae, images: Tensor) -> Tensor:
     return mean.float() * float(vae.config.scaling_factor)
 
 
-def to_unit(images_uint8: np.ndarray | Tensor) -> Tensor:
-    """(B, H, W, 3) uint8 → (B, 3, H, W) float in [−1, 1]: the training stages' scaling
-    (``latentdiff.train.stages.to_unit``, channels first) for channels-last pictures."""
-    from latentdiff.train.stages import to_unit as channels_first_to_unit
-
-    return channels_first_to_unit(torch.as_tensor(np.array(images_uint8, np.uint8)).permute(0, 3, 1, 2))
-
-
 def inpainting_concat(vae, image: Tensor, mask: Tensor) -> Tensor:
     """The ``concat`` route of an inpainting U-Net, (B, 1 + C, h, w): the latent mask and the latents of the
     masked image, E(x ⊙ (1 − m)) (masked pixels are 0, mid-grey, as in diffusers). image: (B, 3, H, W) in
@@ -293,7 +286,7 @@ def prepare_batch(pipe, inputs: InpaintInputs, mode: str, strength: float = 1.0,
         raise UserError(f"--strength {strength:g}: expected a number in (0, 1]")
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
         raise UserError(f"--resample {resample!r}: expected a positive integer")
-    image = to_unit(inputs.image[None])  # (1, 3, H, W)
+    image = to_unit_hwc(inputs.image[None])  # (1, 3, H, W)
     mask = binarize(torch.from_numpy(inputs.mask)[None, None])  # (1, 1, H, W)
     known = encode_images(pipe.vae, image)
     concat = inpainting_concat(pipe.vae, image, mask) if pipe.is_inpainting else None

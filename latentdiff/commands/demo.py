@@ -32,9 +32,10 @@ def forward_noising_strip(image: np.ndarray, timesteps=TIMESTEPS, seed: int = 0,
     """A strip of x_t for each t: image (H, W, 3) uint8 → PIL image with one labelled panel per t."""
     from latentdiff.config import ScheduleConfig
     from latentdiff.diffusion.schedule import Schedule, q_sample
+    from latentdiff.pixels import to_uint8, to_unit_hwc
 
     schedule = Schedule.from_config(ScheduleConfig())
-    x0 = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # (1, 3, H, W) in [-1, 1]
+    x0 = to_unit_hwc(image[None])  # (1, 3, H, W) in [-1, 1]
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=g)  # one ε for every t, so the panels show one trajectory
     h, w = image.shape[:2]
@@ -43,7 +44,7 @@ def forward_noising_strip(image: np.ndarray, timesteps=TIMESTEPS, seed: int = 0,
     draw = ImageDraw.Draw(strip)
     for i, t in enumerate(timesteps):
         xt = q_sample(schedule, x0, torch.tensor([t]), noise)[0]  # (3, H, W)
-        pix = ((xt.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        pix = to_uint8(xt[None])[0]
         panel = Image.fromarray(pix).resize((w * scale, h * scale), Image.NEAREST)
         strip.paste(panel, (i * w * scale, label_h))
         ab = schedule.alphas_bar[t].item()
@@ -55,7 +56,7 @@ def generate_grid(out: Path, seed: int) -> Path | None:
     """Images for DEMO_PROMPTS (4 seeds each) from the default model, as one grid; None without a model."""
     from latentdiff.eval.scorer import score
     from latentdiff.pipeline import DEFAULT_MODEL_DIR, Pipeline
-    from latentdiff.train.stages import save_grid
+    from latentdiff.pixels import save_grid
 
     if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
         print("no default model installed: skipping generation")

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentdiff.data.shapes import held_out_prompts
 from latentdiff.errors import UserError
 from latentdiff.eval.accuracy import PromptAccuracy, Tally
 
@@ -334,9 +333,10 @@ class BpdSection:
     @torch.inference_mode()
     def latents(self, images: np.ndarray) -> torch.Tensor:
         """x_0 = scaling_factor · mean of the VAE posterior, (N, C, h, w) float32."""
-        from latentdiff.inpaint import encode_images, to_unit
+        from latentdiff.inpaint import encode_images
+        from latentdiff.pixels import to_unit_hwc
 
-        return torch.cat([encode_images(self.ctx.pipe.vae, c).cpu() for c in to_unit(images).split(32)])
+        return torch.cat([encode_images(self.ctx.pipe.vae, c).cpu() for c in to_unit_hwc(images).split(32)])
 
     def run(self) -> dict:
         from latentdiff.eval.likelihood import bound_bits_per_dim

@@ -34,8 +34,9 @@ import torch
 from latentdiff.config import _check_choice, to_dict
 from latentdiff.errors import ConfigError, DataError, UserError
 from latentdiff.lora import LORA_LAYERS, add_lora
+from latentdiff.pixels import save_grid
 from latentdiff.train.config import LoopConfig
-from latentdiff.train.stages import LatentDenoisingStage, save_grid
+from latentdiff.train.stages import LatentDenoisingStage
 
 METHODS = ("lora", "full")
 # Settings that make a run what it is: resuming with any of them changed is refused.

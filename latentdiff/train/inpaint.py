@@ -218,7 +218,7 @@ class InpaintTrainStage:
 
     def loss(self, model, index, generator):
         from latentdiff.inpaint import inpainting_concat
-        from latentdiff.train.stages import to_unit
+        from latentdiff.pixels import to_unit
 
         mask, ctx = self.batch_conditions(index, generator)[:2]
         concat = inpainting_concat(self.base.vae, to_unit(self.images[index]), mask).to(self.device)  # (B, 1+C, h, w)
@@ -233,7 +233,7 @@ class InpaintTrainStage:
     def validate(self, model, step, out):
         """Inpaint a few held-out images (an object's box, a prompt naming it in another colour): a grid of
         input | mask | result rows in ``out/val/``."""
-        from latentdiff.train.stages import save_grid
+        from latentdiff.pixels import save_grid
 
         cases = validation_cases(self.holdout, self.size, self.cfg.validation_cases)
         if not cases:

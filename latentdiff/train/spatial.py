@@ -32,8 +32,9 @@ from PIL import Image
 from latentdiff.config import to_dict
 from latentdiff.conditioning import ConditionedUNet, Conditioning, Grounding
 from latentdiff.errors import ConfigError
+from latentdiff.pixels import save_grid
 from latentdiff.train.config import DataConfig, LoopConfig
-from latentdiff.train.stages import LatentDenoisingStage, save_grid
+from latentdiff.train.stages import LatentDenoisingStage
 
 CONDITIONS = ("layout", "segmap")
 

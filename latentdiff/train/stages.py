@@ -10,26 +10,14 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from PIL import Image
 
 from latentdiff.diffusion.loss import diffusion_loss
 from latentdiff.diffusion.schedule import Schedule
 from latentdiff.models.factory import build_clip, build_unet, build_vae
+from latentdiff.pixels import save_grid, to_uint8, to_unit
 from latentdiff.train.config import ClipStage, UNetStage, VAEStage
-
-
-def to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) uint8 → float in [−1, 1]."""
-    return images_uint8.float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [−1, 1] → (B, H, W, 3) uint8."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -48,18 +36,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     b8 = torch.from_numpy(to_uint8(b)).float()
     mse = (a8 - b8).pow(2).mean().item()
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def save_grid(images: np.ndarray, rows: int, path: Path, scale: int = 2) -> None:
-    """images (N, H, W, 3) uint8 → one PNG grid with ``rows`` rows."""
-    n, h, w, _ = images.shape
-    cols = int(np.ceil(n / rows))
-    grid = np.full((rows * h, cols * w, 3), 255, np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).resize((cols * w * scale, rows * h * scale), Image.NEAREST).save(path)
 
 
 # --- stage 1: the autoencoder ----------------------------------------------------------------------
