@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # torch/torchvision first and pinned: on the project machines they come from local disk.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow test-ui ui-screenshots lint clean default-model default-long inpaint-model
+.PHONY: install demo test test-slow test-ui ui-screenshots clean default-model default-long inpaint-model
 
 install: $(STAMP)
 
