@@ -67,7 +67,8 @@ default-long: $(STAMP)
 # ship it in fp16 inside the package: configs/inpaint.yaml for 500 steps, then configs/inpaint_long.yaml
 # goes on from its step-500 checkpoint to 1,500, configs/inpaint_long2.yaml from that one to 3,000,
 # configs/inpaint_long3.yaml to 5,500 and configs/inpaint_long4.yaml to 7,000; configs/inpaint_long5.yaml
-# trains 2,000 more steps from that phase's model (their headers say why; CPU times in docs/inpaint.md).
+# trains 2,000 more steps from that phase's model and configs/inpaint_long6.yaml 2,000 more from its model
+# (their headers say why; CPU times in docs/inpaint.md).
 # Resumable.
 INPAINT2 := runs/default_long-inpaint2/inpaint/checkpoints
 INPAINT3 := runs/default_long-inpaint3/inpaint/checkpoints
@@ -86,6 +87,7 @@ inpaint-model: $(STAMP)
 	$(call seed,$(INPAINT5),$(INPAINT4)/ckpt-0005500)
 	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long4.yaml --resume
 	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long5.yaml --resume
+	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long6.yaml --resume
 	rm -rf latentdiff/assets/inpaint_model
-	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint6/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
+	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint7/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
 	rm -rf latentdiff/assets/inpaint_model/clip   # the CLIP towers ship once, with the default model
