@@ -158,7 +158,13 @@ def test_cli_writes_a_folder(tmp_path, capsys):
     assert len(rows) == 12 and all(len(r["boxes"]) == 2 and "star" in r["text"] for r in rows)
     with pytest.raises(UserError, match="--overwrite"):
         run_cli(["data", "shapes", "--out", str(out), "--num", "3"])
+    (out / "notes.txt").write_text("mine")  # not part of the data set: must survive the replacement
     run_cli(["data", "shapes", "--out", str(out), "--num", "3", "--overwrite", "--exclude-held-out"])
+    rows = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and not any("star" in r["text"] for r in rows)
+    # the replaced set's images past the new end are gone, nothing else is
+    expected = {f"{i:06d}{kind}.png" for i in range(3) for kind in ("", "_seg")} | {"metadata.jsonl", "notes.txt"}
+    assert {p.name for p in out.iterdir()} == expected
 
 
 @pytest.mark.parametrize("text, expected", [("1", (1, 1)), ("2", (2, 2)), ("1-3", (1, 3)), ("2-3", (2, 3))])

@@ -389,6 +389,7 @@ def write_dataset(
         raise ValueError(f"need num >= 1 and seed >= 0, got num={num}, seed={seed}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    before = _listed_files(out / "metadata.jsonl")
     job = _WriteJob(str(out), seed, tuple(objects), STAR_MODES[star], exclude_held_out)
     work = functools.partial(_write_one, job)
     lines: list[str] = []
@@ -408,4 +409,27 @@ def write_dataset(
     tmp = out / "metadata.jsonl.tmp"
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(tmp, out / "metadata.jsonl")
+    written = {name for index in range(num) for name in (f"{index:06d}.png", f"{index:06d}_seg.png")}
+    for name in sorted(before - written):  # a replaced, larger data set: its images past the new end
+        (out / name).unlink(missing_ok=True)
     return out
+
+
+def _listed_files(metadata: Path) -> set[str]:
+    """The image and segmap file names a data set's metadata.jsonl lists (empty when there is none); only
+    plain names in the folder itself, so nothing outside the data set is ever touched."""
+    if not metadata.is_file():
+        return set()
+    names = set()
+    for line in metadata.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        for key in ("file_name", "segmap"):
+            name = record.get(key)
+            if isinstance(name, str) and name and Path(name).name == name:
+                names.add(name)
+    return names
