@@ -293,3 +293,27 @@ def test_the_default_model_ships_both_checkpoints_and_picks_them_up(tmp_path, ca
     paths = record["extra"]["spatial_checkpoints"]
     assert paths == {"layout": str((DEFAULT_MODEL_DIR / "gligen").resolve()),
                      "segmap": str((DEFAULT_MODEL_DIR / "controlnet").resolve())}
+
+
+def test_gate_init_opens_the_gates_and_the_layout_then_changes_the_output():
+    """gate_init sets every gate α of the gated U-Net (0 = GLIGEN's closed start, where the output equals the
+    base U-Net's); with open gates the same grounding changes the prediction. Only layout has gates."""
+    from latentdiff.errors import ConfigError
+    from latentdiff.train.spatial import SpatialTrainConfig, build_model
+
+    pipe = build_tiny_pipeline()
+    def alphas(m):
+        return {k: v.item() for k, v in m.unet.named_parameters() if k.endswith(("alpha_attn", "alpha_dense"))}
+
+    closed, opened = build_model("layout", pipe), build_model("layout", pipe, gate_init=0.25)
+    assert alphas(closed) and set(alphas(closed).values()) == {0.0}
+    assert set(alphas(opened).values()) == {0.25}
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    plain = Conditioning(context=torch.randn(2, 77, 32))
+    grounded = Conditioning(context=plain.context, grounding=_grounding())
+    with torch.no_grad():
+        ref = unet_model(pipe.unet, pipe.schedule)(x, t, plain)
+        torch.testing.assert_close(unet_model(closed.unet, pipe.schedule)(x, t, grounded), ref)
+        assert (unet_model(opened.unet, pipe.schedule)(x, t, grounded) - ref).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="gate_init"):
+        SpatialTrainConfig(condition="segmap", gate_init=0.25)

@@ -57,12 +57,15 @@ class SpatialTrainConfig:
     min_snr_gamma: float | None = 5.0
     validation_cases: int = 8
     validation_steps: int = 20
+    gate_init: float = 0.0  # layout: the gates' starting value α (output × tanh α); GLIGEN's is 0, closed
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
             raise ConfigError(f"condition: expected one of {', '.join(CONDITIONS)}, got {self.condition!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device: expected one of auto, cpu, cuda, got {self.device!r}")
+        if self.gate_init != 0.0 and self.condition != "layout":
+            raise ConfigError(f"gate_init: only the layout condition has gates (condition is {self.condition!r})")
         for name in ("text_dropout", "spatial_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
@@ -169,14 +172,20 @@ class SpatialStage(LatentDenoisingStage):
         return out / "controlnet"
 
 
-def build_model(condition: str, base) -> ConditionedUNet:
-    """The module the loop trains: a gated copy of the frozen U-Net, or the frozen U-Net and a ControlNet."""
+def build_model(condition: str, base, gate_init: float = 0.0) -> ConditionedUNet:
+    """The module the loop trains: a gated copy of the frozen U-Net (its gates α set to ``gate_init``), or
+    the frozen U-Net and a ControlNet."""
     from latentdiff.models.control import controlnet_from_unet
     from latentdiff.models.gligen import gated_unet
 
     base.unet.requires_grad_(False)
     if condition == "layout":
-        return ConditionedUNet(gated_unet(base.unet)).train()
+        unet = gated_unet(base.unet)
+        with torch.no_grad():
+            for name, p in unet.named_parameters():
+                if name.endswith((".alpha_attn", ".alpha_dense")):
+                    p.fill_(gate_init)
+        return ConditionedUNet(unet).train()
     net = controlnet_from_unet(base.unet, base.vae_scale_factor).train().requires_grad_(True)
     return ConditionedUNet(base.unet, net).train()
 
@@ -201,7 +210,7 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
                                                                  lambda: load_images(train_recs, size, main)))
     tokens, null = _tokens(base, [r.text for r in train_recs], print if main else (lambda _: None))
     seed_init(cfg.seed, cfg.condition)
-    model = build_model(cfg.condition, base)
+    model = build_model(cfg.condition, base, cfg.gate_init)
     stage = SpatialStage(cfg, base, model, mean, std, tokens, null, train_recs, size, device, hold_recs)
     if main:
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
