@@ -159,11 +159,14 @@ def test_cli_writes_a_folder(tmp_path, capsys):
     with pytest.raises(UserError, match="--overwrite"):
         run_cli(["data", "shapes", "--out", str(out), "--num", "3"])
     (out / "notes.txt").write_text("mine")  # not part of the data set: must survive the replacement
+    (out / "photo.png").write_bytes(b"not ours")  # listed, but not a name this writer gives: kept too
+    with open(out / "metadata.jsonl", "a") as f:
+        f.write(json.dumps({"file_name": "photo.png", "text": "a photo"}) + "\n")
     run_cli(["data", "shapes", "--out", str(out), "--num", "3", "--overwrite", "--exclude-held-out"])
     rows = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and not any("star" in r["text"] for r in rows)
     # the replaced set's images past the new end are gone, nothing else is
-    expected = {f"{i:06d}{kind}.png" for i in range(3) for kind in ("", "_seg")} | {"metadata.jsonl", "notes.txt"}
+    expected = {f"{i:06d}{kind}.png" for i in range(3) for kind in ("", "_seg")} | {"metadata.jsonl", "notes.txt", "photo.png"}
     assert {p.name for p in out.iterdir()} == expected
 
 

@@ -17,6 +17,7 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -415,9 +416,13 @@ def write_dataset(
     return out
 
 
+_WRITTEN_NAME = re.compile(r"\d{6}(_seg)?\.png")
+
+
 def _listed_files(metadata: Path) -> set[str]:
-    """The image and segmap file names a data set's metadata.jsonl lists (empty when there is none); only
-    plain names in the folder itself, so nothing outside the data set is ever touched."""
+    """The image and segmap file names a shapes data set's metadata.jsonl lists (empty when there is none):
+    only names this writer gives (``NNNNNN.png``, ``NNNNNN_seg.png``) in the folder itself, so no file of
+    someone else's data set, and nothing outside the folder, is ever touched."""
     if not metadata.is_file():
         return set()
     names = set()
@@ -430,6 +435,6 @@ def _listed_files(metadata: Path) -> set[str]:
             continue
         for key in ("file_name", "segmap"):
             name = record.get(key)
-            if isinstance(name, str) and name and Path(name).name == name:
+            if isinstance(name, str) and _WRITTEN_NAME.fullmatch(name):
                 names.add(name)
     return names
