@@ -357,11 +357,16 @@ def scene_for_index(seed: int, index: int, objects=(1, 3), shapes=BASE_SHAPES, e
     return scene, caption(scene, rng, training=True)
 
 
+def _file_names(index: int) -> tuple[str, str]:
+    """The image and segmap file names of scene ``index`` (``_WRITTEN_NAME`` matches both)."""
+    return f"{index:06d}.png", f"{index:06d}_seg.png"
+
+
 def _write_one(job: _WriteJob, index: int) -> str:
     """Render and save image ``index`` and its segmap; return its metadata.jsonl line."""
     scene, text = scene_for_index(job.seed, index, job.objects, job.shapes, job.exclude_held_out)
     rgb, seg = render(scene)
-    name, seg_name = f"{index:06d}.png", f"{index:06d}_seg.png"
+    name, seg_name = _file_names(index)
     Image.fromarray(rgb, "RGB").save(os.path.join(job.out, name), compress_level=1)
     Image.fromarray(seg, "L").save(os.path.join(job.out, seg_name), compress_level=1)
     record = {"file_name": name, "text": text, "boxes": boxes_annotation(scene), "segmap": seg_name}
@@ -410,7 +415,7 @@ def write_dataset(
     tmp = out / "metadata.jsonl.tmp"
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(tmp, out / "metadata.jsonl")
-    written = {name for index in range(num) for name in (f"{index:06d}.png", f"{index:06d}_seg.png")}
+    written = {name for index in range(num) for name in _file_names(index)}
     for name in sorted(before - written):  # a replaced, larger data set: its images past the new end
         (out / name).unlink(missing_ok=True)
     return out

@@ -31,9 +31,10 @@ def is_gligen_param(name: str) -> bool:
     return ".fuser." in name or name.startswith("position_net.")
 
 
-def gated_unet(unet):
+def gated_unet(unet, gate_init: float = 0.0):
     """A copy of ``unet`` with GLIGEN's gated self-attention and position net (``attention_type="gated"``),
-    the base weights loaded and frozen, the new layers trainable. Same output as ``unet`` until trained."""
+    the base weights loaded and frozen, the new layers trainable. Every gate α (a layer adds tanh(α) × its
+    output) starts at ``gate_init``; at GLIGEN's 0 the output is ``unet``'s until trained."""
     from diffusers import UNet2DConditionModel
 
     if not isinstance(unet.config.cross_attention_dim, int):
@@ -48,6 +49,13 @@ def gated_unet(unet):
         gated.to(device=unet.device, dtype=unet.dtype)
     for name, p in gated.named_parameters():
         p.requires_grad_(is_gligen_param(name))
+    from diffusers.models.attention import GatedSelfAttentionDense
+
+    with torch.no_grad():
+        for layer in gated.modules():
+            if isinstance(layer, GatedSelfAttentionDense):
+                layer.alpha_attn.fill_(gate_init)
+                layer.alpha_dense.fill_(gate_init)
     return gated
 
 

@@ -180,12 +180,7 @@ def build_model(condition: str, base, gate_init: float = 0.0) -> ConditionedUNet
 
     base.unet.requires_grad_(False)
     if condition == "layout":
-        unet = gated_unet(base.unet)
-        with torch.no_grad():
-            for name, p in unet.named_parameters():
-                if name.endswith((".alpha_attn", ".alpha_dense")):
-                    p.fill_(gate_init)
-        return ConditionedUNet(unet).train()
+        return ConditionedUNet(gated_unet(base.unet, gate_init)).train()
     net = controlnet_from_unet(base.unet, base.vae_scale_factor).train().requires_grad_(True)
     return ConditionedUNet(base.unet, net).train()
 
