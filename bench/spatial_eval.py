@@ -30,7 +30,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None, help="gligen/ or controlnet/ folder (default: inside --model)")
     p.add_argument("--num", type=int, default=200)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--scale", type=float, default=1.0, help="layout/segmap guidance scale")
+    p.add_argument("--scale", type=float, default=None,
+                   help="layout/segmap guidance scale (default: the layout checkpoint's layout_scale; segmap 1)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance (default: the model's)")
     p.add_argument("--seed", type=int, default=90210)
     p.add_argument("--grid", default=None, help="PNG path for an input | output grid of the first 16 cases")
@@ -56,9 +57,10 @@ def main() -> None:
         records = load_folder(tmp)
         t0 = time.time()
         cond = "layout" if args.condition == "both" else args.condition
+        scale = args.scale if args.scale is not None else (pipe.layout_scale if cond == "layout" else 1.0)
         metrics, tiles = run_cases(pipe, records, cond, size, steps=args.steps, guidance=args.guidance,
-                                   scale=args.scale, progress=True, both=args.condition == "both")
-    metrics.update(condition=args.condition, scale=args.scale, steps=args.steps, seconds=round(time.time() - t0, 1),
+                                   scale=scale, progress=True, both=args.condition == "both")
+    metrics.update(condition=args.condition, scale=scale, steps=args.steps, seconds=round(time.time() - t0, 1),
                    model=str(model))
     print(json.dumps(metrics))
     if args.grid:

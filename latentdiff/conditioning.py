@@ -11,6 +11,9 @@ A :class:`Conditioning` carries every route a latent U-Net can take, batched alo
   embeddings and a mask of which of the N slots are used). ``None`` when the U-Net has no gated layers.
 * ``control`` — a ControlNet's input image, (B, C_c, H, W) at pixel resolution: for segmentation the
   one-hot class map (all zeros is the null map). ``None`` when no ControlNet is attached.
+* ``layout_control`` — the layout ControlNet's input, (B, D + 1, H, W): the layout as a picture
+  (:func:`latentdiff.models.control.rasterise_layout`; all zeros is the null layout). ``None`` when the
+  layout goes through GLIGEN's ``grounding`` instead, or there is none.
 
 New routes are new typed fields, never a string switch.
 :func:`unet_model` turns a U-Net into the ``model(x_t, t, cond) -> ε̂`` that
@@ -69,6 +72,7 @@ class Conditioning:
     concat: Tensor | None = None  # (B, C', H, W) extra input channels, or None
     grounding: Grounding | None = None  # GLIGEN layout tokens, or None
     control: Tensor | None = None  # (B, C_c, H, W) ControlNet input (one-hot segmentation map), or None
+    layout_control: Tensor | None = None  # (B, D + 1, H, W) layout ControlNet input (rasterised boxes), or None
 
     @property
     def batch_size(self) -> int:
@@ -102,14 +106,16 @@ class Conditioning:
 
 
 def unet_model(unet, schedule: Schedule, prediction: str | None = None, dtype: torch.dtype | None = None,
-               controlnet=None) -> Callable[[Tensor, Tensor, Conditioning], Tensor]:
+               controlnet=None, layout_controlnet=None) -> Callable[[Tensor, Tensor, Conditioning], Tensor]:
     """``model(x_t (B,C,H,W), t (B,), cond) -> ε̂ (B,C,H,W)`` for a diffusers ``UNet2DConditionModel``.
 
     Routes: ``cond.concat`` is concatenated to x_t along channels, ``cond.context`` goes to
     cross-attention, ``cond.grounding`` to the gated self-attention of a U-Net built with
     ``attention_type="gated"`` (diffusers' ``cross_attention_kwargs={"gligen": ...}``), and ``cond.control``
     through ``controlnet`` (a diffusers ``ControlNetModel``) whose residuals are added to the U-Net's skip
-    connections and middle block. The network runs in its own dtype (``dtype``, looked up when not given); inputs are
+    connections and middle block, and ``cond.layout_control`` likewise through ``layout_controlnet`` (the
+    residuals of both add up, as in diffusers' ``MultiControlNetModel``). The network runs in its own dtype
+    (``dtype``, looked up when not given); inputs are
     cast at this boundary and the output comes back as float32. A v- or x_0-predicting network is
     converted to ε̂ with the schedule (``latentdiff.diffusion.schedule.prediction_to_eps``), so samplers
     always see an ε-denoiser.
@@ -118,36 +124,42 @@ def unet_model(unet, schedule: Schedule, prediction: str | None = None, dtype: t
     net_dtype = dtype or unet.dtype
 
     def model(x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        out = network_output(unet, controlnet, x_t, t, cond, net_dtype).float()  # (B, C, H, W)
+        out = network_output(unet, controlnet, x_t, t, cond, net_dtype, layout_controlnet).float()  # (B, C, H, W)
         return prediction_to_eps(schedule, x_t, t, out, prediction) if prediction != "epsilon" else out
 
     return model
 
 
-def network_output(unet, controlnet, x_t: Tensor, t: Tensor, cond: Conditioning, dtype: torch.dtype) -> Tensor:
+def network_output(unet, controlnet, x_t: Tensor, t: Tensor, cond: Conditioning, dtype: torch.dtype,
+                   layout_controlnet=None) -> Tensor:
     """The U-Net's raw output (in its prediction type and dtype) with every route of ``cond`` applied."""
     x_in = x_t if cond.concat is None else torch.cat([x_t, cond.concat.to(x_t)], dim=1)  # (B, C+C', H, W)
     ctx = cond.context.to(dtype)
     kwargs = unet_kwargs(cond, dtype)
-    if cond.control is not None:
-        if controlnet is None:
-            raise ValueError("a control condition was given but no ControlNet is attached")
-        down, mid = controlnet(x_t.to(dtype), t, encoder_hidden_states=ctx, controlnet_cond=cond.control.to(dtype),
-                               return_dict=False)
+    down, mid = None, None
+    for picture, net, what in ((cond.control, controlnet, "a control condition"),
+                               (cond.layout_control, layout_controlnet, "a layout picture")):
+        if picture is None:
+            continue
+        if net is None:
+            raise ValueError(f"{what} was given but no ControlNet for it is attached")
+        d, m = net(x_t.to(dtype), t, encoder_hidden_states=ctx, controlnet_cond=picture.to(dtype), return_dict=False)
+        down, mid = (d, m) if down is None else ([a + b for a, b in zip(down, d)], mid + m)
+    if down is not None:
         kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
     return unet(x_in.to(dtype), t, encoder_hidden_states=ctx, return_dict=False, **kwargs)[0]
 
 
 class ConditionedUNet(torch.nn.Module):
-    """A U-Net with an optional ControlNet as one module (what a training loop optimises and DDP wraps):
-    ``forward(x_t, t, cond)`` is the raw network output with every route of ``cond``."""
+    """A U-Net with optional ControlNets (segmentation, layout) as one module (what a training loop optimises
+    and DDP wraps): ``forward(x_t, t, cond)`` is the raw network output with every route of ``cond``."""
 
-    def __init__(self, unet, controlnet=None):
+    def __init__(self, unet, controlnet=None, layout_controlnet=None):
         super().__init__()
-        self.unet, self.controlnet = unet, controlnet
+        self.unet, self.controlnet, self.layout_controlnet = unet, controlnet, layout_controlnet
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        return network_output(self.unet, self.controlnet, x_t, t, cond, x_t.dtype)
+        return network_output(self.unet, self.controlnet, x_t, t, cond, x_t.dtype, self.layout_controlnet)
 
 
 def unet_kwargs(cond: Conditioning, dtype: torch.dtype) -> dict:

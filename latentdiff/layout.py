@@ -9,7 +9,9 @@ palette PNG whose indices are the classes, of the generated image's size. Every 
 :class:`Spatial` carries them (with their guidance scales) into :meth:`latentdiff.pipeline.Pipeline.generate`,
 which adds the routes to the :class:`~latentdiff.conditioning.Conditioning` of each image and guides
 with :func:`~latentdiff.diffusion.guidance.nested_guidance` over the chain
-∅ → + segmentation → + layout → + text.
+∅ → + segmentation → + layout → + text. The layout enters as a picture for a layout ControlNet
+(:func:`layout_picture`) or as GLIGEN's grounding tokens (:func:`grounding_for`), whichever checkpoint the
+pipeline has attached.
 """
 from __future__ import annotations
 
@@ -141,10 +143,21 @@ def grounding_for(pipe, layout: list[LayoutEntry], batch: int, slots: int) -> Gr
     return g
 
 
-def guidance_chain(pipe, spatial: Spatial, cond: Conditioning, uncond: Conditioning | None,
-                   guidance: float) -> tuple[list[Conditioning], list[float]]:
+def layout_picture(pipe, layout: list[LayoutEntry], batch: int, height: int, width: int) -> torch.Tensor:
+    """The layout ControlNet's input for one layout, (batch, D + 1, height, width)."""
+    from latentdiff.models.control import rasterise_layout, unit_rms
+    from latentdiff.models.gligen import grounding_tensors, phrase_embeddings
+
+    emb = unit_rms(phrase_embeddings(pipe.text_encoder, pipe.tokenizer, [e.phrase for e in layout]).cpu())
+    boxes, e, mask = grounding_tensors([list(zip(emb, [x.box for x in layout]))], emb.shape[-1], len(layout))
+    return rasterise_layout(boxes, e, mask, height, width).expand(batch, -1, -1, -1).to(pipe.device)
+
+
+def guidance_chain(pipe, spatial: Spatial, cond: Conditioning, uncond: Conditioning | None, guidance: float,
+                   size: tuple[int, int] | None = None) -> tuple[list[Conditioning], list[float]]:
     """The nested chain C_0 … C_k and scales for :func:`nested_guidance`: conditions are added in the
-    order segmentation, layout, text; C_0 has the negative prompt and the null of every route."""
+    order segmentation, layout, text; C_0 has the negative prompt and the null of every route. ``size``
+    (height, width) of the image: needed by a layout ControlNet, whose input is a picture."""
     from latentdiff.models.control import one_hot
 
     b = cond.batch_size
@@ -152,17 +165,22 @@ def guidance_chain(pipe, spatial: Spatial, cond: Conditioning, uncond: Condition
     if spatial.segmap is not None:
         control = one_hot(torch.from_numpy(np.array(spatial.segmap))[None]).expand(b, -1, -1, -1).to(pipe.device)
         full = replace(full, control=control)
-    if spatial.layout is not None:
-        full = replace(full, grounding=grounding_for(pipe, spatial.layout, b, pipe.gligen_slots))
+    if spatial.layout is not None and pipe.layout_controlnet is not None:
+        if size is None:
+            raise ValueError("guidance_chain: a layout ControlNet needs the image size")
+        full = replace(full, layout_control=layout_picture(pipe, spatial.layout, b, *size))
+    elif spatial.layout is not None:
+        full = replace(full, grounding=grounding_for(pipe, spatial.layout, b, pipe.layout_slots))
     base = uncond if uncond is not None else cond  # guidance 1: the text is in every branch
+    zeros = lambda v: None if v is None else torch.zeros_like(v)  # noqa: E731
     current = replace(base, grounding=None if full.grounding is None else full.grounding.null(),
-                      control=None if full.control is None else torch.zeros_like(full.control))
+                      control=zeros(full.control), layout_control=zeros(full.layout_control))
     chain, scales = [current], []
     if full.control is not None:
         current = replace(current, control=full.control)
         chain.append(current), scales.append(spatial.segmap_scale)
-    if full.grounding is not None:
-        current = replace(current, grounding=full.grounding)
+    if full.grounding is not None or full.layout_control is not None:
+        current = replace(current, grounding=full.grounding, layout_control=full.layout_control)
         chain.append(current), scales.append(spatial.layout_scale)
     if uncond is not None:
         chain.append(replace(current, context=cond.context)), scales.append(guidance)

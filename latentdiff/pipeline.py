@@ -135,7 +135,9 @@ class Pipeline:
         self._overrides: dict = {}
         self._loras: list[dict] = []
         self.controlnet = None  # a segmentation ControlNet (attach_segmap), or None
-        self.gligen_slots = 0  # grounding slots of a gated U-Net (attach_layout); 0: no layout conditioning
+        self.layout_controlnet = None  # a layout ControlNet (attach_layout), or None: GLIGEN or no layout
+        self.layout_slots = 0  # boxes the layout checkpoint takes (attach_layout); 0: no layout conditioning
+        self.layout_scale = 1.0  # the layout checkpoint's default guidance scale (its condition.json), else 1
         self.spatial_paths: dict[str, str] = {}  # "layout" / "segmap" -> checkpoint folder
         self.speed = None  # Speed options applied by optimize()
         self._unet_call = None  # what the denoiser calls in place of self.unet once optimized
@@ -178,7 +180,7 @@ class Pipeline:
         from latentdiff.interop import quiet_libraries
 
         with quiet_libraries():  # diffusers warns about fp32-pinned modules even when there are none
-            for m in (self.unet, self.vae, self.text_encoder, self.controlnet):
+            for m in (self.unet, self.vae, self.text_encoder, self.controlnet, self.layout_controlnet):
                 if m is not None:
                     m.to(device=device, dtype=dtype)
         return self
@@ -246,25 +248,46 @@ class Pipeline:
         return self
 
     def attach_layout(self, folder: str | Path) -> "Pipeline":
-        """Make the U-Net a GLIGEN one with the gated layers saved in ``folder`` (see
-        :mod:`latentdiff.models.gligen`); attach before applying LoRA files."""
+        """Attach the layout checkpoint in ``folder``: a layout ControlNet (its ``condition.json`` says so;
+        :mod:`latentdiff.models.control`), or GLIGEN's gated layers, which make the U-Net a gated one (see
+        :mod:`latentdiff.models.gligen`; attach those before applying LoRA files)."""
+        from latentdiff.models.control import check_fits, layout_controlnet_config, load_controlnet
         from latentdiff.models.gligen import MAX_BOXES, load_gligen
 
+        cfg = layout_controlnet_config(folder)
+        if cfg is not None:
+            self._check_not_optimized("a layout checkpoint")
+            net = load_controlnet(folder, dtype=self.dtype)
+            check_fits(net, self.unet, Path(folder))
+            want = self.text_encoder.config.hidden_size + 1
+            if net.config.conditioning_channels != want:
+                raise UserError(f"{folder}: layout ControlNet takes {net.config.conditioning_channels} input "
+                                f"channels; this model's text encoder needs {want}")
+            self.layout_controlnet = net.to(self.device)
+            self.layout_slots = int(cfg.get("max_boxes", MAX_BOXES))
+            self.layout_scale = float(cfg.get("layout_scale", 1.0))
+            self.spatial_paths["layout"] = str(Path(folder).resolve())
+            return self
         if self._loras:
             raise UserError("attach the layout checkpoint before applying LoRA files")
         self._check_not_optimized("a layout checkpoint")
         self.unet, cfg = load_gligen(self.unet, folder)
-        self.gligen_slots = int(cfg.get("max_boxes", MAX_BOXES))
+        self.layout_slots = int(cfg.get("max_boxes", MAX_BOXES))
         self.spatial_paths["layout"] = str(Path(folder).resolve())
         return self
 
     def attach_segmap(self, folder: str | Path) -> "Pipeline":
         """Attach the segmentation ControlNet saved in ``folder`` (see :mod:`latentdiff.models.control`)."""
-        from latentdiff.models.control import check_fits, load_controlnet
+        from latentdiff.models.control import NUM_CLASSES, check_fits, layout_controlnet_config, load_controlnet
 
         self._check_not_optimized("a segmentation checkpoint")
+        if layout_controlnet_config(folder) is not None:
+            raise UserError(f"{folder}: is a layout ControlNet; pass it as the layout checkpoint (--layout-model)")
         net = load_controlnet(folder, dtype=self.dtype)
         check_fits(net, self.unet, Path(folder))
+        if net.config.conditioning_channels != NUM_CLASSES:
+            raise UserError(f"{folder}: ControlNet takes {net.config.conditioning_channels} input channels; a "
+                            f"segmentation ControlNet takes {NUM_CLASSES} (the one-hot class map)")
         self.controlnet = net.to(self.device)  # already in self.dtype (loaded so: .to(dtype) warns)
         self.spatial_paths["segmap"] = str(Path(folder).resolve())
         return self
@@ -434,13 +457,14 @@ class Pipeline:
         if inpaint is not None:
             x_T, extra = inpaint.sampling(x_T, self.schedule, sampler, steps, self.sampler_overrides(sampler))
         unet = self.unet if self._unet_call is None else self._unet_call
-        model = unet_model(unet, self.schedule, dtype=dtype, controlnet=self.controlnet)
+        model = unet_model(unet, self.schedule, dtype=dtype, controlnet=self.controlnet,
+                           layout_controlnet=self.layout_controlnet)
         if spatial is not None and (spatial.layout is not None or spatial.segmap is not None):
             from latentdiff.diffusion.guidance import nested_guidance
             from latentdiff.layout import guidance_chain
 
             self._check_spatial(spatial, height, width)
-            denoiser = nested_guidance(model, *guidance_chain(self, spatial, cond, uncond, guidance))
+            denoiser = nested_guidance(model, *guidance_chain(self, spatial, cond, uncond, guidance, (height, width)))
         else:
             denoiser = classifier_free_guidance(model, cond, uncond, guidance)
         if guide is not None:
@@ -450,10 +474,11 @@ class Pipeline:
                       progress=progress, scheduler_config=self.sampler_overrides(sampler), **extra)
 
     def _check_spatial(self, spatial, height: int, width: int) -> None:
-        if spatial.layout is not None and not self.gligen_slots:
-            raise UserError("this model has no layout checkpoint (gligen/); pass --layout-model DIR")
-        if spatial.layout is not None and len(spatial.layout) > self.gligen_slots:
-            raise UserError(f"{len(spatial.layout)} layout boxes; this model supports at most {self.gligen_slots}")
+        if spatial.layout is not None and not self.layout_slots:
+            raise UserError("this model has no layout checkpoint (layout_controlnet/ or gligen/); pass "
+                            "--layout-model DIR")
+        if spatial.layout is not None and len(spatial.layout) > self.layout_slots:
+            raise UserError(f"{len(spatial.layout)} layout boxes; this model supports at most {self.layout_slots}")
         if spatial.segmap is not None and self.controlnet is None:
             raise UserError("this model has no segmentation ControlNet (controlnet/); pass --segmap-model DIR")
         if spatial.segmap is not None and spatial.segmap.shape != (height, width):

@@ -133,7 +133,7 @@ def apply(pipe, speed: Speed):
         raise UserError(f"speed cuda_graph needs a CUDA device; the pipeline is on {pipe.device.type}")
     if speed.dtype is not None:
         pipe.to(dtype=DTYPES[speed.dtype])
-    nets = [m for m in (pipe.unet, pipe.vae, pipe.controlnet) if m is not None]
+    nets = [m for m in (pipe.unet, pipe.vae, pipe.controlnet, pipe.layout_controlnet) if m is not None]
     if speed.channels_last:
         for m in nets:
             m.to(memory_format=torch.channels_last)

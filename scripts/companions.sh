@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Retrain a text-to-image model's companions against it, after its U-Net changed: the layout condition
-# (GLIGEN), the segmentation-map condition (ControlNet), the dedicated inpainting model and, when asked,
-# the classifier for classifier guidance (it sees only the VAE's latents, so a new U-Net on the same VAE
-# does not need it).
-#   bash scripts/companions.sh MODEL [PART ...]     PART: layout segmap inpaint classifier
+# (a ControlNet on the boxes' picture; `gligen`: GLIGEN's gated layers, configs/layout.yaml), the
+# segmentation-map condition (ControlNet), the dedicated inpainting model and, when asked, the classifier
+# for classifier guidance (it sees only the VAE's latents, so a new U-Net on the same VAE does not need it).
+#   bash scripts/companions.sh MODEL [PART ...]     PART: layout gligen segmap inpaint classifier
 #                                                   (default: layout segmap inpaint)
 # MODEL is an fp32 model folder that training assembled (e.g. runs/default_long/model). Each part trains
 # into runs/<MODEL's run>-<part> with --resume, so running the same command again goes on where an
 # interrupted run stopped (Ctrl-C stops cleanly). layout and segmap are installed into MODEL; the
 # classifier is copied to MODEL/classifier; the inpainting model is left in runs/<run>-inpaint/model
 # (ship it with `latentdiff export ... --out latentdiff/assets/inpaint_model`, see the Makefile's
-# inpaint-model target). Time on 2 CPU cores (2026-11-29), each alone: layout 11 min (0.62 step/s), segmap
-# ~12 min (0.58 step/s), inpaint ~21 min, classifier ~14 min; about 35 min each when two share the cores.
+# inpaint-model target). Time on 2 CPU cores (2026-11-29), each alone: gligen 11 min (0.62 step/s), segmap
+# ~12 min (0.58 step/s), inpaint ~21 min, classifier ~14 min; about 35 min each when two share the cores;
+# layout (3,000 steps) about 40 min on the 2026-12-03 machine (1.3 step/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -24,14 +25,16 @@ MODEL=${1%/}; shift
 RUN=$(dirname "$MODEL"); [ "$(basename "$MODEL")" = model ] || RUN=$MODEL
 PARTS=("$@"); [ ${#PARTS[@]} -gt 0 ] || PARTS=(layout segmap inpaint)
 for part in "${PARTS[@]}"; do
-  case "$part" in layout|segmap|inpaint|classifier) ;; *)
-    echo "$part: unknown part; expected layout, segmap, inpaint or classifier" >&2; exit 2 ;; esac
+  case "$part" in layout|gligen|segmap|inpaint|classifier) ;; *)
+    echo "$part: unknown part; expected layout, gligen, segmap, inpaint or classifier" >&2; exit 2 ;; esac
 done
 ld() { "$PY" -m latentdiff.cli "$@"; }
 for part in "${PARTS[@]}"; do
   echo "== $part (into $RUN-$part)"
   case "$part" in
-    layout|segmap) ld train-spatial "configs/$part.yaml" --model "$MODEL" --out "$RUN-$part" --resume --install ;;
+    layout) ld train-spatial configs/layout_controlnet.yaml --model "$MODEL" --out "$RUN-$part" --resume --install ;;
+    gligen) ld train-spatial configs/layout.yaml --model "$MODEL" --out "$RUN-$part" --resume --install ;;
+    segmap) ld train-spatial configs/segmap.yaml --model "$MODEL" --out "$RUN-$part" --resume --install ;;
     inpaint) ld train-inpaint configs/inpaint.yaml --model "$MODEL" --out "$RUN-$part" --resume ;;
     classifier)
       ld train-classifier configs/classifier.yaml --model "$MODEL" --out "$RUN-$part" --resume

@@ -6,7 +6,7 @@
 Starts ``latentdiff serve``'s server in-process on a free loopback port, then: text-to-image (prompt,
 generate), inpainting (a generated scene uploaded, a stroke painted, inpaint), layout (two boxes with
 phrases) and segmentation map (a class-index map uploaded); the last two generate when the model has
-gligen/ and controlnet/ checkpoints (or --layout-model / --segmap-model), and show the panel's
+layout_controlnet/ (or gligen/) and controlnet/ checkpoints (or --layout-model / --segmap-model), and show the panel's
 "not available" note otherwise. The Inpaint panel uses the shipped inpainting model with the default
 model, as ``latentdiff serve`` does (--inpaint-model DIR|none otherwise). CPU cost: two generations and one inpainting at --steps steps (default 20):
 well under a minute with the default model on 2 cores. Needs selenium and chromium (make test-ui).
@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="model folder (default: the default model)")
     ap.add_argument("--out", default="docs/img")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--layout-model", default=None, help="layout checkpoint (default: MODEL/gligen if present)")
+    ap.add_argument("--layout-model", default=None, help="layout checkpoint (default: MODEL/layout_controlnet, else "
+                    "MODEL/gligen, if present)")
     ap.add_argument("--segmap-model", default=None, help="segmentation ControlNet (default: MODEL/controlnet)")
     ap.add_argument("--inpaint-model", default=None,
                     help="the Inpaint panel's model, as for latentdiff serve (default: the shipped inpainting "

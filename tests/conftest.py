@@ -74,14 +74,15 @@ def tiny_inpaint_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spatial_model_dir(tmp_path_factory, tiny_model_dir):
-    """A copy of the tiny model folder with gligen/ and controlnet/ checkpoints inside: untrained, with the
-    gates opened and the zero convolutions made non-zero so both routes change the output (read-only)."""
+    """A copy of the tiny model folder with gligen/, layout_controlnet/ and controlnet/ checkpoints inside:
+    untrained, with the gates opened and the zero convolutions made non-zero so every route changes the
+    output (read-only)."""
     import shutil
 
     import torch
 
-    from latentdiff.models.control import controlnet_from_unet
-    from latentdiff.models.gligen import gated_unet, save_gligen
+    from latentdiff.models.control import controlnet_from_unet, save_layout_controlnet
+    from latentdiff.models.gligen import MAX_BOXES, gated_unet, save_gligen
     from latentdiff.pipeline import Pipeline
 
     folder = tmp_path_factory.mktemp("spatial") / "model"
@@ -94,11 +95,14 @@ def spatial_model_dir(tmp_path_factory, tiny_model_dir):
             if name.endswith(("alpha_attn", "alpha_dense")):
                 p.fill_(0.5)
     save_gligen(gated, folder / "gligen")
-    net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor)
-    with torch.no_grad():  # make the zero convolutions non-zero so the map changes the output
-        for p in net.controlnet_down_blocks.parameters():
-            p.normal_(0, 0.1)
-        for p in net.controlnet_mid_block.parameters():
-            p.normal_(0, 0.1)
-    net.save_pretrained(str(folder / "controlnet"))
+    for channels in (5, pipe.text_encoder.config.hidden_size + 1):  # the map's, the layout picture's
+        net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor, channels)
+        with torch.no_grad():  # make the zero convolutions non-zero so the input changes the output
+            for p in [*net.controlnet_down_blocks.parameters(), *net.controlnet_mid_block.parameters(),
+                      *net.controlnet_cond_embedding.conv_out.parameters()]:
+                p.normal_(0, 0.1)
+        if channels == 5:
+            net.save_pretrained(str(folder / "controlnet"))
+        else:
+            save_layout_controlnet(net, folder / "layout_controlnet", MAX_BOXES)
     return folder

@@ -21,7 +21,7 @@ def test_a_folder_that_is_not_a_model_is_named(tmp_path):
     assert r.returncode == 2 and f"{tmp_path}: not a model folder" in r.stderr
 
 
-@pytest.mark.parametrize("part", ["gligen", "vae"])
+@pytest.mark.parametrize("part", ["controlnet", "vae"])
 def test_an_unknown_part_is_refused_before_any_training(part, tmp_path):
     (tmp_path / "unet").mkdir()
     (tmp_path / "model_index.json").write_text("{}")

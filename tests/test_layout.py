@@ -1,4 +1,5 @@
-"""Layout (GLIGEN) and segmentation (ControlNet) conditioning: routes, nested guidance, inputs, training."""
+"""Layout (ControlNet on the boxes' picture, or GLIGEN) and segmentation (ControlNet) conditioning: routes,
+nested guidance, inputs, training."""
 from __future__ import annotations
 
 import json
@@ -108,6 +109,53 @@ def test_untrained_gated_unet_and_controlnet_leave_the_output_unchanged():
     assert all(p.requires_grad == (".fuser." in n or n.startswith("position_net.")) for n, p in gated.named_parameters())
 
 
+def test_rasterise_layout_fills_each_box_with_its_phrase():
+    from latentdiff.models.control import rasterise_layout
+
+    e = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]])  # (1, 3, D=2); the third slot is unused
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 1.0, 0.5], [0.0, 0.0, 1.0, 1.0]]])
+    pic = rasterise_layout(boxes, e, torch.tensor([[1.0, 1.0, 0.0]]), 8, 4)  # height 8, width 4
+    assert pic.shape == (1, 3, 8, 4)
+    # box 0 covers rows 0-3, columns 0-1; box 1 rows 2-3, columns 1-3; they share rows 2-3 of column 1
+    torch.testing.assert_close(pic[0, :, 0, 0], torch.tensor([1.0, 0.0, 1.0]))
+    torch.testing.assert_close(pic[0, :, 3, 3], torch.tensor([0.0, 2.0, 1.0]))
+    torch.testing.assert_close(pic[0, :, 2, 1], torch.tensor([0.5, 1.0, 1.0]))  # overlap: the mean
+    assert pic[0, :, 4:].abs().sum() == 0 and pic[0, :, 0, 2:].abs().sum() == 0  # outside every box
+    assert rasterise_layout(boxes, e, torch.zeros(1, 3), 8, 8).abs().sum() == 0  # the null layout
+
+
+def test_layout_and_segmentation_controlnets_add_their_residuals():
+    """An untrained layout ControlNet leaves the output unchanged; with both ControlNets the U-Net gets the
+    sum of their residuals (diffusers' MultiControlNetModel)."""
+    from latentdiff.conditioning import network_output
+    from latentdiff.models.control import controlnet_from_unet, one_hot
+
+    pipe = build_tiny_pipeline()
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    ctx = torch.randn(2, 77, 32)
+    seg, pic = one_hot(torch.randint(0, 5, (2, 32, 32))), torch.randn(2, 33, 32, 32)
+    seg_net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor)
+    lay_net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor, 33)
+    ref = network_output(pipe.unet, None, x, t, Conditioning(context=ctx), torch.float32)
+    torch.testing.assert_close(network_output(pipe.unet, None, x, t, Conditioning(context=ctx, layout_control=pic),
+                                              torch.float32, lay_net), ref)
+    with torch.no_grad():
+        for net in (seg_net, lay_net):
+            for p in [*net.controlnet_down_blocks.parameters(), *net.controlnet_mid_block.parameters()]:
+                p.normal_(0, 0.1)
+    both = network_output(pipe.unet, seg_net, x, t, Conditioning(context=ctx, control=seg, layout_control=pic),
+                          torch.float32, lay_net)
+    d1, m1 = seg_net(x, t, encoder_hidden_states=ctx, controlnet_cond=seg, return_dict=False)
+    d2, m2 = lay_net(x, t, encoder_hidden_states=ctx, controlnet_cond=pic, return_dict=False)
+    summed = pipe.unet(x, t, encoder_hidden_states=ctx, down_block_additional_residuals=[a + b for a, b in zip(d1, d2)],
+                       mid_block_additional_residual=m1 + m2, return_dict=False)[0]
+    torch.testing.assert_close(both, summed)
+    assert (both - ref).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="layout picture was given but no ControlNet"):
+        network_output(pipe.unet, seg_net, x, t, Conditioning(context=ctx, layout_control=pic), torch.float32)
+
+
 # --- inputs --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("data, expected", [
@@ -160,10 +208,12 @@ def test_segmap_reading_and_errors(tmp_path):
 
 # --- generation ----------------------------------------------------------------------------------------
 
-def test_text_layout_and_segmap_together(checkpoints):
+@pytest.mark.parametrize("layout_kind", ["layout_controlnet", "gligen"])
+def test_text_layout_and_segmap_together(checkpoints, layout_kind):
     from latentdiff.pipeline import Pipeline
 
-    pipe = Pipeline.load(checkpoints, device="cpu").attach_layout(checkpoints / "gligen")
+    pipe = Pipeline.load(checkpoints, device="cpu").attach_layout(checkpoints / layout_kind)
+    assert (pipe.layout_controlnet is not None) == (layout_kind == "layout_controlnet")
     pipe.attach_segmap(checkpoints / "controlnet")
     seg = np.zeros((32, 32), np.uint8)
     seg[2:14, 2:14] = 1
@@ -177,6 +227,19 @@ def test_text_layout_and_segmap_together(checkpoints):
     assert np.abs(np.asarray(both).astype(int) - plain).max() > 0  # the routes reach the network
     again = pipe.generate("a red circle", spatial=Spatial(layout, seg, 1.5, 1.5), **kw)[0]
     np.testing.assert_array_equal(np.asarray(again), np.asarray(both))
+    moved = [LayoutEntry("a red circle", (0.5, 0.5, 0.95, 0.95))]
+    other = pipe.generate("a red circle", spatial=Spatial(moved, seg, 1.5, 1.5), **kw)[0]
+    assert np.abs(np.asarray(other).astype(int) - np.asarray(both).astype(int)).max() > 0  # the box matters
+
+
+def test_a_controlnet_attached_as_the_wrong_condition_is_refused(checkpoints):
+    from latentdiff.pipeline import Pipeline
+
+    pipe = Pipeline.load(checkpoints, device="cpu")
+    with pytest.raises(UserError, match="is a layout ControlNet; pass it as the layout checkpoint"):
+        pipe.attach_segmap(checkpoints / "layout_controlnet")
+    with pytest.raises(UserError, match="not a layout \\(GLIGEN\\) checkpoint"):
+        pipe.attach_layout(checkpoints / "controlnet")
 
 
 def test_cli_layout_and_segmap(checkpoints, tmp_path, capsys):
@@ -204,7 +267,7 @@ def test_cli_without_checkpoint_names_the_missing_folder(tiny_model_dir, tmp_pat
     (tmp_path / "layout.json").write_text('[{"phrase": "a red circle", "box": [2, 2, 14, 14]}]')
     assert main(["generate", "x", "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(tmp_path),
                  "--layout", str(tmp_path / "layout.json")]) == 2
-    assert "has no gligen/ checkpoint; pass --layout-model DIR" in capsys.readouterr().err
+    assert "has no layout_controlnet/ or gligen/ checkpoint; pass --layout-model DIR" in capsys.readouterr().err
 
 
 # --- training ------------------------------------------------------------------------------------------
@@ -219,7 +282,7 @@ def shapes_records(tmp_path_factory):
     return load_folder(folder)
 
 
-def _stage(condition, records, dropout=0.1):
+def _stage(condition, records, dropout=0.1, method="gligen"):
     from latentdiff.data.latents import load_images
     from latentdiff.train.config import LoopConfig
     from latentdiff.train.finetune import _tokens
@@ -227,22 +290,28 @@ def _stage(condition, records, dropout=0.1):
     from latentdiff.train.stages import vae_latent_stats
 
     base = build_tiny_pipeline()
-    cfg = SpatialTrainConfig(condition=condition, spatial_dropout=dropout, validation_cases=0,
+    cfg = SpatialTrainConfig(condition=condition, spatial_dropout=dropout, validation_cases=0, method=method,
                              loop=LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1))
     mean, std = vae_latent_stats(base.vae, load_images(records, 32, False), torch.device("cpu"))
     tokens, null = _tokens(base, [r.text for r in records], lambda _: None)
-    return base, cfg, SpatialStage(cfg, base, build_model(condition, base), mean, std, tokens, null, records, 32,
-                                   torch.device("cpu"))
+    return base, cfg, SpatialStage(cfg, base, build_model(condition, base, method=method), mean, std, tokens, null,
+                                   records, 32, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("condition", ["layout", "segmap"])
-def test_spatial_dropout_rate_is_what_was_asked(shapes_records, condition):
-    _, _, stage = _stage(condition, shapes_records, dropout=0.3)
+CASES = [("layout", "gligen"), ("layout", "controlnet"), ("segmap", "gligen")]  # (condition, layout method)
+
+
+@pytest.mark.parametrize("condition, method", CASES)
+def test_spatial_dropout_rate_is_what_was_asked(shapes_records, condition, method):
+    _, _, stage = _stage(condition, shapes_records, dropout=0.3, method=method)
     gen = torch.Generator().manual_seed(0)
     dropped = []
     for _ in range(40):
         c = stage.condition(torch.arange(24), gen)
-        if condition == "layout":
+        if method == "controlnet":
+            assert c.grounding is None and c.control is None
+            dropped.append(c.layout_control.flatten(1).abs().sum(1) == 0)
+        elif condition == "layout":
             dropped.append(c.grounding.mask.sum(1) == 0)
         else:
             dropped.append(c.control.flatten(1).sum(1) == 0)
@@ -250,13 +319,13 @@ def test_spatial_dropout_rate_is_what_was_asked(shapes_records, condition):
     assert abs(rate - 0.3) < 0.05  # 960 draws: 4.5 standard deviations
 
 
-@pytest.mark.parametrize("condition", ["layout", "segmap"])
-def test_training_moves_only_the_new_layers_and_saves_them(shapes_records, condition, tmp_path):
+@pytest.mark.parametrize("condition, method", CASES)
+def test_training_moves_only_the_new_layers_and_saves_them(shapes_records, condition, method, tmp_path):
     from accelerate import Accelerator
 
     from latentdiff.train.loop import run_stage
 
-    base, cfg, stage = _stage(condition, shapes_records)
+    base, cfg, stage = _stage(condition, shapes_records, method=method)
     frozen = {k: v.clone() for k, v in base.unet.state_dict().items()}
     new = {k: v.clone() for k, v in stage.model.named_parameters() if v.requires_grad}
     result = run_stage(stage, cfg.loop, tmp_path / condition, 0, Accelerator(cpu=True), False, {})
@@ -269,7 +338,10 @@ def test_training_moves_only_the_new_layers_and_saves_them(shapes_records, condi
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.from_components(base.unet, base.vae, base.text_encoder, base.tokenizer, base.schedule)
+    assert result.name == {"gligen": "gligen", "controlnet": "layout_controlnet"}[method] if condition == "layout" \
+        else result.name == "controlnet"
     (pipe.attach_layout if condition == "layout" else pipe.attach_segmap)(result)
+    assert (pipe.layout_controlnet is not None) == (method == "controlnet")
 
 
 def test_the_default_model_ships_both_checkpoints_and_picks_them_up(tmp_path, capsys):
@@ -317,3 +389,39 @@ def test_gate_init_opens_the_gates_and_the_layout_then_changes_the_output():
         assert (unet_model(opened.unet, pipe.schedule)(x, t, grounded) - ref).abs().max() > 1e-3
     with pytest.raises(ConfigError, match="gate_init"):
         SpatialTrainConfig(condition="segmap", gate_init=0.25)
+    with pytest.raises(ConfigError, match="gate_init"):
+        SpatialTrainConfig(condition="layout", method="controlnet", gate_init=0.25)
+
+
+def test_layout_method_is_checked():
+    from latentdiff.errors import ConfigError
+    from latentdiff.train.spatial import SpatialTrainConfig
+
+    with pytest.raises(ConfigError, match="method: expected one of gligen, controlnet, got 'boxes'"):
+        SpatialTrainConfig(condition="layout", method="boxes")
+    with pytest.raises(ConfigError, match="method: 'controlnet' is a layout method"):
+        SpatialTrainConfig(condition="segmap", method="controlnet")
+    with pytest.raises(ConfigError, match="layout_scale: only a layout ControlNet"):
+        SpatialTrainConfig(condition="layout", layout_scale=3.0)
+
+
+def test_the_layout_checkpoint_sets_the_default_layout_scale(checkpoints, tmp_path, capsys):
+    """A layout ControlNet's condition.json names its guidance scale; generate uses it unless --layout-scale."""
+    import shutil
+
+    from latentdiff.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoints, model)
+    marker = model / "layout_controlnet" / "condition.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "layout_scale": 2.5}))
+    (tmp_path / "layout.json").write_text('[{"phrase": "a red circle", "box": [2, 2, 14, 14]}]')
+    base = ["generate", "a red circle", "--model", str(model), "--steps", "2", "--device", "cpu",
+            "--layout", str(tmp_path / "layout.json")]
+    scales = []
+    for extra in ([], ["--layout-scale", "1"]):
+        capsys.readouterr()
+        assert main(base + ["--out", str(tmp_path / f"out{len(extra)}")] + extra) == 0
+        with Image.open(capsys.readouterr().out.strip().splitlines()[-1]) as im:
+            scales.append(json.loads(im.text["latentdiff"])["extra"]["layout"]["scale"])
+    assert scales == [2.5, 1.0]

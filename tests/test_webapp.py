@@ -78,8 +78,8 @@ def test_info_names_the_model_its_defaults_and_what_is_available(server):
     assert status == 200 and info["model"] == "tiny_model"
     assert info["defaults"]["height"] == info["defaults"]["width"] == 32
     assert info["limits"] == {"max_steps": 1000, "max_images": 4, "max_side": 256}
-    assert info["features"] == {"layout": False, "segmap": False}  # the tiny model has no gligen/ nor controlnet/
-    assert "latentdiff train-spatial configs/layout.yaml --install" in info["unavailable"]["layout"]
+    assert info["features"] == {"layout": False, "segmap": False}  # the tiny model has no layout or map checkpoint
+    assert "latentdiff train-spatial configs/layout_controlnet.yaml --install" in info["unavailable"]["layout"]
     assert "latentdiff serve --segmap-model DIR" in info["unavailable"]["segmap"]
     assert b"<canvas id=\"inpaint-canvas\"" in fetch(server, "/")
     assert info["inpaint_model"] == "tiny_model" and not info["inpaint_dedicated"]  # no inpainting model: blends
@@ -150,7 +150,7 @@ def test_cancel_stops_a_running_request_and_the_next_one_runs(server):
     ({"guidance": "nan"}, "guidance 'nan': expected a finite number"),
     ({"kind": "video"}, "kind 'video': expected one of txt2img, inpaint, layout, segmap"),
     ({"kind": "layout", "boxes": [{"phrase": "a star", "x0": 0, "y0": 0, "x1": 0.5, "y1": 0.5}]},
-     "layout conditioning needs a layout (GLIGEN) checkpoint and this model has none"),
+     "layout conditioning needs a layout checkpoint and this model has none"),
     ({"kind": "segmap"}, "segmentation-map conditioning needs a segmentation ControlNet and this model has none"),
 ])
 def test_bad_requests_are_refused_with_a_message(server, change, message):
@@ -299,7 +299,7 @@ def test_a_failing_job_reports_its_error_and_the_worker_goes_on(server, monkeypa
     assert wait(server, reply["id"])["state"] == "done"
 
 
-# --- layout and segmentation maps (a model folder with gligen/ and controlnet/) -------------------
+# --- layout and segmentation maps (a model folder with layout checkpoints and controlnet/) ----------
 
 @pytest.fixture(scope="module")
 def spatial_server(spatial_model_dir):
@@ -307,7 +307,7 @@ def spatial_server(spatial_model_dir):
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.load(spatial_model_dir, device="cpu")
-    attach_spatial(pipe, None, None)  # what `latentdiff serve --model DIR` does: MODEL/gligen, MODEL/controlnet
+    attach_spatial(pipe, None, None)  # as `latentdiff serve --model DIR`: MODEL/layout_controlnet, MODEL/controlnet
     srv = make_server(pipe, "127.0.0.1", 0, Limits(max_steps=100, max_images=4, max_side=256))
     serve_in_thread(srv)
     yield srv

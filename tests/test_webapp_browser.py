@@ -32,7 +32,7 @@ def _serve(model_dir, inpaint_dir=None):
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.load(model_dir, device="cpu")
-    attach_spatial(pipe, None, None)  # MODEL/gligen and MODEL/controlnet, as `latentdiff serve` does
+    attach_spatial(pipe, None, None)  # MODEL/layout_controlnet and MODEL/controlnet, as `latentdiff serve` does
     inpaint = load_inpaint_model(pipe, inpaint_dir and str(inpaint_dir), "cpu")  # as --inpaint-model DIR does
     srv = make_server(pipe, "127.0.0.1", 0, Limits(max_steps=200, max_images=4, max_side=256), inpaint_pipe=inpaint)
     serve_in_thread(srv)

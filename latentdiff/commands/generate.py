@@ -58,12 +58,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="classifier folder from 'latentdiff train-classifier' (default: MODEL/classifier)")
     g.add_argument("--layout", default=None, metavar="FILE",
                    help='layout JSON: [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in pixels '
-                        '(x1, y1 exclusive); needs a layout checkpoint (MODEL/gligen or --layout-model)')
+                        '(x1, y1 exclusive); needs a layout checkpoint (MODEL/layout_controlnet, MODEL/gligen or '
+                        '--layout-model)')
     g.add_argument("--layout-normalized", action="store_true", help="the layout's boxes are in [0, 1]")
     g.add_argument("--layout-scale", default=None, metavar="S",
-                   help="guidance scale of the layout (1 = no extra guidance, default: 1)")
+                   help="guidance scale of the layout (1 = no extra guidance; default: the layout checkpoint's "
+                        "layout_scale, 3 for the default model's, else 1)")
     g.add_argument("--layout-model", default=None, metavar="DIR",
-                   help="layout (GLIGEN) checkpoint folder (default: MODEL/gligen)")
+                   help="layout checkpoint folder, a layout ControlNet or GLIGEN layers (default: "
+                        "MODEL/layout_controlnet, else MODEL/gligen)")
     g.add_argument("--segmap", default=None, metavar="PNG",
                    help="segmentation map: single-channel or palette PNG of class ids (0 background, 1 circle, "
                         "2 square, 3 triangle, 4 star) of the image's size; needs MODEL/controlnet or --segmap-model")
@@ -232,23 +235,30 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
             raise UserError(f"{flag} {path}: file not found")
     scales = {"layout_scale": parse_float("--layout-scale", args.layout_scale),
               "segmap_scale": parse_float("--segmap-scale", args.segmap_scale)}
-    return {k: 1.0 if v is None else v for k, v in scales.items()}
+    return {"layout_scale": scales["layout_scale"],  # None: the layout checkpoint's own (spatial_conditions)
+            "segmap_scale": 1.0 if scales["segmap_scale"] is None else scales["segmap_scale"]}
 
 
-def _checkpoint(pipe, flag: str, explicit: str | None, name: str, required: bool = True) -> Path | None:
-    """An explicit checkpoint folder, else MODEL/<name>; when neither exists, an error (or None when not
-    ``required``)."""
+LAYOUT_FOLDERS = ("layout_controlnet", "gligen")  # a model folder's layout checkpoints, the first found is used
+
+
+def _checkpoint(pipe, flag: str, explicit: str | None, names: str | tuple[str, ...],
+                required: bool = True) -> Path | None:
+    """An explicit checkpoint folder, else the first MODEL/<name> of ``names`` that exists; when none does,
+    an error (or None when not ``required``)."""
     if explicit is not None:
         if not Path(explicit).is_dir():
             raise UserError(f"{flag} {explicit}: folder not found")
         return Path(explicit)
-    folder = pipe.path / name if pipe.path is not None and pipe.path.is_dir() else None
-    if folder is None or not folder.is_dir():
-        if not required:
-            return None
-        raise UserError(f"{pipe.name}: the model has no {name}/ checkpoint; pass {flag} DIR "
-                        f"(written by 'latentdiff train-spatial')")
-    return folder
+    names = (names,) if isinstance(names, str) else names
+    model = pipe.path if pipe.path is not None and pipe.path.is_dir() else None
+    for name in names if model is not None else ():
+        if (model / name).is_dir():
+            return model / name
+    if not required:
+        return None
+    raise UserError(f"{pipe.name}: the model has no {'/ or '.join(names)}/ checkpoint; pass {flag} DIR "
+                    f"(written by 'latentdiff train-spatial')")
 
 
 def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int | None, width: int | None):
@@ -261,12 +271,13 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
     h, w = size["height"], size["width"]
     layout = segmap = None
     if args.layout is not None:
-        pipe.attach_layout(_checkpoint(pipe, "--layout-model", args.layout_model, "gligen"))
-        layout = read_layout(args.layout, w, h, args.layout_normalized, pipe.gligen_slots)
+        pipe.attach_layout(_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS))
+        layout = read_layout(args.layout, w, h, args.layout_normalized, pipe.layout_slots)
     if args.segmap is not None:
         pipe.attach_segmap(_checkpoint(pipe, "--segmap-model", args.segmap_model, "controlnet"))
         segmap = read_segmap(args.segmap, w, h)
-    return Spatial(layout, segmap, **scales)
+    layout_scale = pipe.layout_scale if scales["layout_scale"] is None else scales["layout_scale"]
+    return Spatial(layout, segmap, layout_scale=layout_scale, segmap_scale=scales["segmap_scale"])
 
 
 def _load(args: argparse.Namespace, model: str | None, device: str | None):
@@ -384,7 +395,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
 # Companions a model folder may carry beside the diffusers components (the trained CLIP with its image
 # tower, the noise-aware classifier, layout/segmentation checkpoints); export copies them unchanged.
-AUX_FOLDERS = ("clip", "classifier", "gligen", "controlnet")
+AUX_FOLDERS = ("clip", "classifier", "layout_controlnet", "gligen", "controlnet")
 
 
 def _copy_aux_folders(src, out: Path, half: bool = False) -> None:

@@ -28,11 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", help="the diffusion model to guide (overrides the recipe's 'model')")
     c.set_defaults(handler=run_classifier)
 
-    s = sub.add_parser("train-spatial", help="train layout (GLIGEN) or segmentation (ControlNet) conditioning "
-                                             "(configs/layout.yaml, configs/segmap.yaml)",
+    s = sub.add_parser("train-spatial", help="train layout (ControlNet or GLIGEN) or segmentation (ControlNet) "
+                                             "conditioning (configs/layout_controlnet.yaml, configs/segmap.yaml)",
                        description="Train the layout or segmentation condition of a model (its base stays "
-                                   "frozen); the result OUT/<condition>/final/gligen or .../controlnet goes into the "
-                                   "model folder (or --install copies it there).")
+                                   "frozen); the result OUT/<condition>/final/layout_controlnet, .../gligen or "
+                                   ".../controlnet goes into the model folder (or --install copies it there).")
     s.add_argument("config", help="YAML recipe, e.g. configs/layout.yaml")
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     s.add_argument("--out", help="output folder (overrides the recipe's 'out')")

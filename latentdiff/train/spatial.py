@@ -8,8 +8,11 @@ Both run on the loop every stage runs (:func:`latentdiff.train.loop.run_stage`) 
 weights) over an image folder with ``boxes`` and ``segmap`` (the shapes world by default). The base model
 stays frozen:
 
-* ``layout``: the U-Net gets GLIGEN's gated self-attention and position net (:mod:`latentdiff.models.gligen`);
-  only those are trained, as in GLIGEN. Result: ``OUT/final/gligen/``.
+* ``layout``, ``method: controlnet``: a ControlNet copied from the U-Net is trained on the layout drawn as
+  a picture (each box filled with its phrase's embedding, :func:`latentdiff.models.control.rasterise_layout`).
+  Result: ``OUT/final/layout_controlnet/``.
+* ``layout``, ``method: gligen``: the U-Net gets GLIGEN's gated self-attention and position net
+  (:mod:`latentdiff.models.gligen`); only those are trained, as in GLIGEN. Result: ``OUT/final/gligen/``.
 * ``segmap``: a ControlNet copied from the U-Net (:mod:`latentdiff.models.control`) is trained on the one-hot
   class maps. Result: ``OUT/final/controlnet/``.
 
@@ -17,7 +20,8 @@ Each condition has its own dropout: the caption becomes the empty prompt with pr
 and, independently, the layout/map becomes its null value (no used slot / the all-zero map) with
 probability ``spatial_dropout``, so one model serves every branch of the nested guidance of
 :func:`latentdiff.diffusion.guidance.nested_guidance`. Copy the result into the model folder
-(``MODEL/gligen``, ``MODEL/controlnet``) and ``latentdiff generate --layout/--segmap`` finds it.
+(``MODEL/layout_controlnet`` or ``MODEL/gligen``, ``MODEL/controlnet``) and ``latentdiff generate
+--layout/--segmap`` finds it.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from latentdiff.train.config import DataConfig, LoopConfig
 from latentdiff.train.stages import LatentDenoisingStage
 
 CONDITIONS = ("layout", "segmap")
+LAYOUT_METHODS = ("gligen", "controlnet")
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,24 @@ class SpatialTrainConfig:
     validation_cases: int = 8
     validation_steps: int = 20
     gate_init: float = 0.0  # layout: the gates' starting value α (output × tanh α); GLIGEN's is 0, closed
+    method: str = "gligen"  # layout: gligen (gated self-attention) | controlnet (a ControlNet on the boxes' picture)
+    layout_scale: float = 1.0  # layout ControlNet: the guidance scale generate uses with it unless told (condition.json)
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
             raise ConfigError(f"condition: expected one of {', '.join(CONDITIONS)}, got {self.condition!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device: expected one of auto, cpu, cuda, got {self.device!r}")
-        if self.gate_init != 0.0 and self.condition != "layout":
-            raise ConfigError(f"gate_init: only the layout condition has gates (condition is {self.condition!r})")
+        if self.method not in LAYOUT_METHODS:
+            raise ConfigError(f"method: expected one of {', '.join(LAYOUT_METHODS)}, got {self.method!r}")
+        if self.method != "gligen" and self.condition != "layout":
+            raise ConfigError(f"method: {self.method!r} is a layout method (condition is {self.condition!r})")
+        if self.layout_scale != 1.0 and self.method != "controlnet":
+            raise ConfigError("layout_scale: only a layout ControlNet records its scale (method: controlnet)")
+        if not 0 <= self.layout_scale <= 50:
+            raise ConfigError(f"layout_scale: expected 0..50, got {self.layout_scale}")
+        if self.gate_init != 0.0 and (self.condition, self.method) != ("layout", "gligen"):
+            raise ConfigError("gate_init: only GLIGEN's layout layers have gates (condition: layout, method: gligen)")
         for name in ("text_dropout", "spatial_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
@@ -116,9 +131,12 @@ class SpatialStage(LatentDenoisingStage):
         self._setup(mean, std, base.scaling_factor, base.schedule, tokens, null_tokens, base.text_encoder, device)
         self.size, self.holdout = size, list(holdout)
         if cfg.condition == "layout":
+            from latentdiff.models.control import unit_rms
+
             layouts = [layout_of(r, size) for r in records]
             phrases = sorted({p for lay in layouts for p, _ in lay})
-            emb = dict(zip(phrases, phrase_embeddings(base.text_encoder, base.tokenizer, phrases).cpu()))
+            emb = phrase_embeddings(base.text_encoder, base.tokenizer, phrases).cpu()  # (P, D)
+            emb = dict(zip(phrases, unit_rms(emb) if cfg.method == "controlnet" else emb))
             dim = base.text_encoder.config.hidden_size
             self.boxes, self.embeddings, self.slots = grounding_tensors(
                 [[(emb[p], b) for p, b in lay] for lay in layouts], dim, MAX_BOXES)  # (N, S, 4), (N, S, D), (N, S)
@@ -126,10 +144,14 @@ class SpatialStage(LatentDenoisingStage):
             self.segmaps = torch.from_numpy(np.stack([segmap_of(r, size) for r in records]))  # (N, S, S) uint8
 
     def condition(self, index, generator) -> Conditioning:
-        from latentdiff.models.control import one_hot
+        from latentdiff.models.control import one_hot, rasterise_layout
 
         ctx = self.context(index, generator)  # (B, L, D), text dropout applied
         keep = (torch.rand(index.shape[0], generator=generator) >= self.cfg.spatial_dropout).float()  # (B,)
+        if self.cfg.condition == "layout" and self.cfg.method == "controlnet":
+            picture = rasterise_layout(self.boxes[index], self.embeddings[index], self.slots[index] * keep[:, None],
+                                       self.size, self.size)  # (B, D + 1, S, S); dropped: all zeros
+            return Conditioning(context=ctx, layout_control=picture).to(self.device)
         if self.cfg.condition == "layout":
             g = Grounding(self.boxes[index], self.embeddings[index], self.slots[index] * keep[:, None])
             return Conditioning(context=ctx, grounding=g).to(self.device)
@@ -146,8 +168,8 @@ class SpatialStage(LatentDenoisingStage):
 
         b = self.base
         pipe = Pipeline(model.unet, b.vae, b.text_encoder, b.tokenizer, b.schedule, b.scheduler_config, extra=b.extra)
-        pipe.controlnet = model.controlnet
-        pipe.gligen_slots = MAX_BOXES if self.cfg.condition == "layout" else 0
+        pipe.controlnet, pipe.layout_controlnet = model.controlnet, model.layout_controlnet
+        pipe.layout_slots = MAX_BOXES if self.cfg.condition == "layout" else 0
         return pipe
 
     def validate(self, model, step, out):
@@ -164,21 +186,30 @@ class SpatialStage(LatentDenoisingStage):
         return {"step": step, **metrics}
 
     def finish(self, model, out):
-        from latentdiff.models.gligen import save_gligen
+        from latentdiff.models.control import save_layout_controlnet
+        from latentdiff.models.gligen import MAX_BOXES, save_gligen
 
+        if self.cfg.method == "controlnet":
+            return save_layout_controlnet(model.layout_controlnet, out / "layout_controlnet", MAX_BOXES,
+                                          {"layout_scale": self.cfg.layout_scale, "recipe": to_dict(self.cfg)})
         if self.cfg.condition == "layout":
             return save_gligen(model.unet, out / "gligen", {"recipe": to_dict(self.cfg)})
         model.controlnet.save_pretrained(str(out / "controlnet"), safe_serialization=True)
         return out / "controlnet"
 
 
-def build_model(condition: str, base, gate_init: float = 0.0) -> ConditionedUNet:
+def build_model(condition: str, base, gate_init: float = 0.0, method: str = "gligen") -> ConditionedUNet:
     """The module the loop trains: a gated copy of the frozen U-Net (its gates α set to ``gate_init``), or
-    the frozen U-Net and a ControlNet."""
+    the frozen U-Net and a ControlNet (on the one-hot map, or with ``method`` controlnet on the layout's
+    picture: D + 1 input channels, D the text encoder's width)."""
     from latentdiff.models.control import controlnet_from_unet
     from latentdiff.models.gligen import gated_unet
 
     base.unet.requires_grad_(False)
+    if condition == "layout" and method == "controlnet":
+        channels = base.text_encoder.config.hidden_size + 1
+        net = controlnet_from_unet(base.unet, base.vae_scale_factor, channels).train().requires_grad_(True)
+        return ConditionedUNet(base.unet, layout_controlnet=net).train()
     if condition == "layout":
         return ConditionedUNet(gated_unet(base.unet, gate_init)).train()
     net = controlnet_from_unet(base.unet, base.vae_scale_factor).train().requires_grad_(True)
@@ -188,7 +219,8 @@ def build_model(condition: str, base, gate_init: float = 0.0) -> ConditionedUNet
 # --- the run ---------------------------------------------------------------------------------------------
 
 def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
-    """Run the recipe (module docstring); returns ``OUT/final/gligen`` or ``OUT/final/controlnet``."""
+    """Run the recipe (module docstring); returns ``OUT/final/`` + ``gligen``, ``layout_controlnet`` or
+    ``controlnet``."""
     from latentdiff.data.latents import cached_latents, load_images
     from latentdiff.train.finetune import _tokens
     from latentdiff.train.loop import run_stage
@@ -205,7 +237,7 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
                                                                  lambda: load_images(train_recs, size, main)))
     tokens, null = _tokens(base, [r.text for r in train_recs], print if main else (lambda _: None))
     seed_init(cfg.seed, cfg.condition)
-    model = build_model(cfg.condition, base, cfg.gate_init)
+    model = build_model(cfg.condition, base, cfg.gate_init, cfg.method)
     stage = SpatialStage(cfg, base, model, mean, std, tokens, null, train_recs, size, device, hold_recs)
     if main:
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -217,7 +249,7 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
 
 
 def install(result: Path, model_dir: Path) -> Path:
-    """Copy a trained condition (``gligen/`` or ``controlnet/``) into a model folder."""
+    """Copy a trained condition (``gligen/``, ``layout_controlnet/`` or ``controlnet/``) into a model folder."""
     dest = model_dir / result.name
     if dest.exists():
         shutil.rmtree(dest)

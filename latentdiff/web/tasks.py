@@ -8,10 +8,10 @@ an image no larger than the size limit — read from the header, before any pixe
 inpainting mask (the image's size; :func:`latentdiff.inpaint.load_inputs`).
 
 Layout boxes and segmentation maps become a :class:`latentdiff.layout.Spatial` for ``Pipeline.generate``;
-they are offered when the pipeline has the checkpoint they need attached (a layout/GLIGEN one:
+they are offered when the pipeline has the checkpoint they need attached (a layout one:
 :meth:`Pipeline.attach_layout`; a segmentation ControlNet: :meth:`Pipeline.attach_segmap`; ``latentdiff
-serve`` attaches MODEL/gligen and MODEL/controlnet when the model folder has them), and refused with a
-message that says how to get one otherwise (:func:`layout_support`).
+serve`` attaches MODEL/layout_controlnet (else MODEL/gligen) and MODEL/controlnet when the model folder has
+them), and refused with a message that says how to get one otherwise (:func:`layout_support`).
 """
 from __future__ import annotations
 
@@ -55,12 +55,13 @@ class Plan:
 
 def layout_support(pipe) -> dict[str, bool]:
     """Which of layout / segmap conditioning the pipeline can do: the checkpoints attached to it."""
-    return {"layout": getattr(pipe, "gligen_slots", 0) > 0, "segmap": getattr(pipe, "controlnet", None) is not None}
+    return {"layout": getattr(pipe, "layout_slots", 0) > 0, "segmap": getattr(pipe, "controlnet", None) is not None}
 
 
 UNAVAILABLE = {
-    "layout": "layout conditioning needs a layout (GLIGEN) checkpoint and this model has none: train one with "
-              "'latentdiff train-spatial configs/layout.yaml --install' (it lands in MODEL/gligen) or start "
+    "layout": "layout conditioning needs a layout checkpoint and this model has none: train one with "
+              "'latentdiff train-spatial configs/layout_controlnet.yaml --install' (it lands in "
+              "MODEL/layout_controlnet) or start "
               "'latentdiff serve --layout-model DIR'",
     "segmap": "segmentation-map conditioning needs a segmentation ControlNet and this model has none: train one "
               "with 'latentdiff train-spatial configs/segmap.yaml --install' (it lands in MODEL/controlnet) or "
@@ -207,10 +208,10 @@ def _boxes(req: dict, max_boxes: int) -> list:
     return out
 
 
-def _scale(req: dict, name: str) -> float:
+def _scale(req: dict, name: str, default: float = 1.0) -> float:
     value = _float(req, name)
     if value is None:
-        return 1.0
+        return default
     if not 0 <= value <= 50:
         raise UserError(f"{name} {value:g}: expected 0..50 (1 = no extra guidance)")
     return value
@@ -222,7 +223,8 @@ def plan_layout(pipe, req: dict, limits: Limits) -> Plan:
 
     if not layout_support(pipe)["layout"]:
         raise UserError(UNAVAILABLE["layout"])
-    spatial = Spatial(layout=_boxes(req, min(MAX_BOXES, pipe.gligen_slots)), layout_scale=_scale(req, "layout_scale"))
+    spatial = Spatial(layout=_boxes(req, min(MAX_BOXES, pipe.layout_slots)),
+                      layout_scale=_scale(req, "layout_scale", getattr(pipe, "layout_scale", 1.0)))
     opts = _common(pipe, req, limits)
     return Plan("layout", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
 

@@ -307,6 +307,7 @@ function markUnavailable() {
 async function main() {
   INFO = await (await fetch("/api/info")).json();
   $("#model-name").textContent = `model: ${INFO.model}`;
+  $("#layout-scale").value = INFO.layout_scale;  // the layout checkpoint's default guidance scale
   $("#inpaint-model").textContent = INFO.inpaint_dedicated
     ? `Repainted by the inpainting model ${INFO.inpaint_model}.`
     : `Repainted by ${INFO.inpaint_model}, blending its samples into the image (no dedicated inpainting model).`;
