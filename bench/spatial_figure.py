@@ -4,7 +4,8 @@
 
 For a few scenes it draws, in one row each: the layout (boxes), the segmentation map, then the images for
 text only, text + layout, text + segmentation map, and text + layout + map (seed fixed per row). The
-model folder must hold gligen/ and controlnet/. Cost: 4 images per row, 4 rows (a few seconds on CPU).
+model folder must hold layout_controlnet/ (or gligen/) and controlnet/; the layout uses its checkpoint's
+default scale. Cost: 4 images per row, 4 rows (a few seconds on CPU).
 """
 from __future__ import annotations
 
@@ -58,14 +59,16 @@ def main() -> None:
     from latentdiff.pixels import save_grid
 
     pipe = Pipeline.load(args.model, device="auto")
-    pipe.attach_layout(Path(args.model) / "gligen").attach_segmap(Path(args.model) / "controlnet")
+    layout_dir = next(Path(args.model) / n for n in ("layout_controlnet", "gligen") if (Path(args.model) / n).is_dir())
+    pipe.attach_layout(layout_dir).attach_segmap(Path(args.model) / "controlnet")
     size = pipe.resolve()["height"]
     tiles = []
     for i, (prompt, boxes, classes) in enumerate(SCENES):
         layout = [LayoutEntry(ph, tuple(v / 64 for v in box)) for ph, box in boxes]
         seg = segmap_for(boxes, classes, size)
         tiles += [draw_layout([(e.phrase, e.box) for e in layout], size), draw_segmap(seg)]
-        for spatial in (None, Spatial(layout=layout), Spatial(segmap=seg), Spatial(layout, seg)):
+        s = pipe.layout_scale
+        for spatial in (None, Spatial(layout=layout, layout_scale=s), Spatial(segmap=seg), Spatial(layout, seg, s)):
             img = pipe.generate(prompt, seed=args.seed + i, steps=args.steps, spatial=spatial)[0]
             tiles.append(np.asarray(img))
     save_grid(np.stack(tiles), len(SCENES), Path(args.out), scale=3)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train what depends on the default model on the GPU (configs/gpu/*.yaml: the latent classifier, the
-# inpainting model, the layout (GLIGEN) and segmentation (ControlNet) adapters, each time-limited: 30 + 50 + 40 + 40 s,
+# inpainting model, the layout and segmentation (ControlNet) adapters, each time-limited: 30 + 50 + 40 + 40 s,
 # about 4-5 minutes in all with loading) and bring them back through $OUT as derived.tar.part* (scripts/gpu_unpack.sh).
 #
 # Best right after scripts/gpu_default.sh on the still-warm machine, where runs/default_gpu/model is.
@@ -25,7 +25,7 @@ if [ -f "$INPAINT/model/model_index.json" ]; then  # fp16, without the CLIP towe
         && rm -rf "$INPAINT/ship/clip"
 fi
 o=$(recipe_out "$CONFIGS/classifier.yaml"); keep=("$o/final" "$o/metrics.json" "$o/log.jsonl")
-for c in layout segmap; do  # the adapters live in OUT/<condition>/final/{gligen,controlnet}
+for c in layout segmap; do  # the adapters live in OUT/<condition>/final/{layout_controlnet,controlnet}
     o=$(recipe_out "$CONFIGS/$c.yaml")/$c; keep+=("$o/final" "$o/metrics.json" "$o/log.jsonl")
 done
 keep+=("$INPAINT/ship" "$INPAINT/metrics.json" "$INPAINT/inpaint/metrics.json" "$INPAINT/inpaint/log.jsonl")

@@ -34,7 +34,7 @@ EOF
 OUT="$WORK/out" PY=$PY CONFIGS="$WORK/configs" BASE=runs/tiny/model bash scripts/gpu_derived.sh > "$WORK/derived.log" 2>&1
 (cd "$WORK/unpacked" && bash "$OLDPWD/scripts/gpu_unpack.sh" "$WORK/out")
 need=(runs/tiny/ship/model_index.json runs/tiny/eval/report.md runs/tiny/times.json)
-for n in classifier/final/config.json layout/layout/final/gligen/gligen.safetensors \
+for n in classifier/final/config.json layout/layout/final/layout_controlnet/condition.json \
          segmap/segmap/final/controlnet/config.json inpaint/ship/model_index.json; do
     need+=("${WORK#/}/runs/$n")
 done
