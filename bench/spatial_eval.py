@@ -4,7 +4,8 @@ accuracy and colour accuracy, over held-out shapes-world scenes (seed 90210, nev
     nice python bench/spatial_eval.py --model latentdiff/assets/default_model --condition layout --num 200
     nice python bench/spatial_eval.py --model latentdiff/assets/default_model --condition segmap --num 200
 
-The model folder must hold gligen/ (layout) or controlnet/ (segmap), or pass --checkpoint DIR. Each case
+The model folder must hold layout_controlnet/ or gligen/ (layout; the first is used) or controlnet/
+(segmap), or pass --checkpoint DIR. Each case
 is a scene of 1-3 objects; the prompt is its caption (naming colours and shapes) and the condition its
 boxes (phrases "a red circle") or its class map. Targets: box accuracy >= 0.90 and mean IoU >= 0.6;
 pixel accuracy >= 0.90 and colours right >= 0.90. Cost: one image per case (25 DPM++ steps, with
@@ -39,6 +40,7 @@ def main() -> None:
 
     import numpy as np
 
+    from latentdiff.commands.generate import LAYOUT_FOLDERS
     from latentdiff.data.folder import load_folder
     from latentdiff.data.shapes import write_dataset
     from latentdiff.eval.spatial import run_cases
@@ -48,7 +50,8 @@ def main() -> None:
     pipe = Pipeline.load(args.model, device="auto")
     model = Path(args.model)
     if args.condition in ("layout", "both"):
-        pipe.attach_layout(args.checkpoint if args.condition == "layout" and args.checkpoint else model / "gligen")
+        default = next((model / n for n in LAYOUT_FOLDERS if (model / n).is_dir()), model / "gligen")
+        pipe.attach_layout(args.checkpoint if args.condition == "layout" and args.checkpoint else default)
     if args.condition in ("segmap", "both"):
         pipe.attach_segmap(args.checkpoint if args.condition == "segmap" and args.checkpoint else model / "controlnet")
     size = pipe.resolve()["height"]

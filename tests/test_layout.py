@@ -344,12 +344,15 @@ def test_training_moves_only_the_new_layers_and_saves_them(shapes_records, condi
     assert (pipe.layout_controlnet is not None) == (method == "controlnet")
 
 
-def test_the_default_model_ships_both_checkpoints_and_picks_them_up(tmp_path, capsys):
-    """`--layout` / `--segmap` alone use the default model's own gligen/ and controlnet/."""
+def test_the_default_model_ships_its_checkpoints_and_picks_them_up(tmp_path, capsys):
+    """`--layout` / `--segmap` alone use the default model's own layout_controlnet/ and controlnet/, the
+    layout at the checkpoint's own guidance scale; gligen/ ships too, for --layout-model."""
     from latentdiff.cli import main
     from latentdiff.pipeline import DEFAULT_MODEL_DIR
 
     assert (DEFAULT_MODEL_DIR / "gligen" / "config.json").is_file()
+    marker = json.loads((DEFAULT_MODEL_DIR / "layout_controlnet" / "condition.json").read_text())
+    assert marker["condition"] == "layout" and marker["layout_scale"] == 3.0
     assert (DEFAULT_MODEL_DIR / "controlnet" / "config.json").is_file()
     (tmp_path / "layout.json").write_text('[{"phrase": "a red circle", "box": [4, 4, 28, 28]}]')
     seg = np.zeros((64, 64), np.uint8)
@@ -363,7 +366,8 @@ def test_the_default_model_ships_both_checkpoints_and_picks_them_up(tmp_path, ca
     assert record["extra"]["layout"]["boxes"][0]["phrase"] == "a red circle"
     assert record["extra"]["segmap"]["classes"] == [0, 1]
     paths = record["extra"]["spatial_checkpoints"]
-    assert paths == {"layout": str((DEFAULT_MODEL_DIR / "gligen").resolve()),
+    assert record["extra"]["layout"]["scale"] == 3.0
+    assert paths == {"layout": str((DEFAULT_MODEL_DIR / "layout_controlnet").resolve()),
                      "segmap": str((DEFAULT_MODEL_DIR / "controlnet").resolve())}
 
 

@@ -260,7 +260,7 @@ def test_panels_without_checkpoints_say_how_to_get_them(browser, tiny_model_dir)
     try:
         open_page(browser, plain, "layout")
         note = browser.find_element(By.ID, "layout-unavailable")
-        assert note.is_displayed() and "latentdiff train-spatial configs/layout.yaml --install" in note.text
+        assert note.is_displayed() and "latentdiff train-spatial configs/layout_controlnet.yaml --install" in note.text
         assert not browser.find_element(By.ID, "layout-generate").is_enabled()
         browser.find_element(By.ID, "tab-segmap").click()
         assert "segmentation ControlNet" in browser.find_element(By.ID, "segmap-unavailable").text
