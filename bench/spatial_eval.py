@@ -40,7 +40,7 @@ def main() -> None:
 
     import numpy as np
 
-    from latentdiff.commands.generate import LAYOUT_FOLDERS
+    from latentdiff.commands.generate import LAYOUT_FOLDERS, _checkpoint
     from latentdiff.data.folder import load_folder
     from latentdiff.data.shapes import write_dataset
     from latentdiff.eval.spatial import run_cases
@@ -50,8 +50,8 @@ def main() -> None:
     pipe = Pipeline.load(args.model, device="auto")
     model = Path(args.model)
     if args.condition in ("layout", "both"):
-        default = next((model / n for n in LAYOUT_FOLDERS if (model / n).is_dir()), model / "gligen")
-        pipe.attach_layout(args.checkpoint if args.condition == "layout" and args.checkpoint else default)
+        given = args.checkpoint if args.condition == "layout" else None
+        pipe.attach_layout(_checkpoint(pipe, "--checkpoint", given, LAYOUT_FOLDERS))
     if args.condition in ("segmap", "both"):
         pipe.attach_segmap(args.checkpoint if args.condition == "segmap" and args.checkpoint else model / "controlnet")
     size = pipe.resolve()["height"]

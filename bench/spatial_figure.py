@@ -53,21 +53,22 @@ def main() -> None:
 
     import numpy as np
 
+    from latentdiff.commands.generate import LAYOUT_FOLDERS, _checkpoint
     from latentdiff.eval.spatial import draw_layout, draw_segmap
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.pipeline import Pipeline
     from latentdiff.pixels import save_grid
 
     pipe = Pipeline.load(args.model, device="auto")
-    layout_dir = next(Path(args.model) / n for n in ("layout_controlnet", "gligen") if (Path(args.model) / n).is_dir())
-    pipe.attach_layout(layout_dir).attach_segmap(Path(args.model) / "controlnet")
+    pipe.attach_layout(_checkpoint(pipe, "--model", None, LAYOUT_FOLDERS))
+    pipe.attach_segmap(Path(args.model) / "controlnet")
+    s = pipe.layout_scale
     size = pipe.resolve()["height"]
     tiles = []
     for i, (prompt, boxes, classes) in enumerate(SCENES):
         layout = [LayoutEntry(ph, tuple(v / 64 for v in box)) for ph, box in boxes]
         seg = segmap_for(boxes, classes, size)
         tiles += [draw_layout([(e.phrase, e.box) for e in layout], size), draw_segmap(seg)]
-        s = pipe.layout_scale
         for spatial in (None, Spatial(layout=layout, layout_scale=s), Spatial(segmap=seg), Spatial(layout, seg, s)):
             img = pipe.generate(prompt, seed=args.seed + i, steps=args.steps, spatial=spatial)[0]
             tiles.append(np.asarray(img))

@@ -146,11 +146,9 @@ def grounding_for(pipe, layout: list[LayoutEntry], batch: int, slots: int) -> Gr
 def layout_picture(pipe, layout: list[LayoutEntry], batch: int, height: int, width: int) -> torch.Tensor:
     """The layout ControlNet's input for one layout, (batch, D + 1, height, width)."""
     from latentdiff.models.control import rasterise_layout, unit_rms
-    from latentdiff.models.gligen import grounding_tensors, phrase_embeddings
 
-    emb = unit_rms(phrase_embeddings(pipe.text_encoder, pipe.tokenizer, [e.phrase for e in layout]).cpu())
-    boxes, e, mask = grounding_tensors([list(zip(emb, [x.box for x in layout]))], emb.shape[-1], len(layout))
-    return rasterise_layout(boxes, e, mask, height, width).expand(batch, -1, -1, -1).to(pipe.device)
+    g = grounding_for(pipe, layout, 1, len(layout))  # the same phrase embeddings and boxes as GLIGEN's tokens
+    return rasterise_layout(g.boxes, unit_rms(g.embeddings), g.mask, height, width).expand(batch, -1, -1, -1)
 
 
 def guidance_chain(pipe, spatial: Spatial, cond: Conditioning, uncond: Conditioning | None, guidance: float,

@@ -251,46 +251,47 @@ class Pipeline:
         """Attach the layout checkpoint in ``folder``: a layout ControlNet (its ``condition.json`` says so;
         :mod:`latentdiff.models.control`), or GLIGEN's gated layers, which make the U-Net a gated one (see
         :mod:`latentdiff.models.gligen`; attach those before applying LoRA files)."""
-        from latentdiff.models.control import check_fits, layout_controlnet_config, load_controlnet
+        from latentdiff.models.control import layout_controlnet_config
         from latentdiff.models.gligen import MAX_BOXES, load_gligen
 
+        self._check_not_optimized("a layout checkpoint")
         cfg = layout_controlnet_config(folder)
         if cfg is not None:
-            self._check_not_optimized("a layout checkpoint")
-            net = load_controlnet(folder, dtype=self.dtype)
-            check_fits(net, self.unet, Path(folder))
             want = self.text_encoder.config.hidden_size + 1
-            if net.config.conditioning_channels != want:
-                raise UserError(f"{folder}: layout ControlNet takes {net.config.conditioning_channels} input "
-                                f"channels; this model's text encoder needs {want}")
-            self.layout_controlnet = net.to(self.device)
-            self.layout_slots = int(cfg.get("max_boxes", MAX_BOXES))
+            self.layout_controlnet = self._load_controlnet(folder, want, "layout ControlNet",
+                                                           f"this model's text encoder needs {want}")
             self.layout_scale = float(cfg.get("layout_scale", 1.0))
-            self.spatial_paths["layout"] = str(Path(folder).resolve())
-            return self
-        if self._loras:
-            raise UserError("attach the layout checkpoint before applying LoRA files")
-        self._check_not_optimized("a layout checkpoint")
-        self.unet, cfg = load_gligen(self.unet, folder)
+        else:
+            if self._loras:
+                raise UserError("attach the layout checkpoint before applying LoRA files")
+            self.unet, cfg = load_gligen(self.unet, folder)
+            self.layout_controlnet, self.layout_scale = None, 1.0  # GLIGEN replaces a layout ControlNet
         self.layout_slots = int(cfg.get("max_boxes", MAX_BOXES))
         self.spatial_paths["layout"] = str(Path(folder).resolve())
         return self
 
     def attach_segmap(self, folder: str | Path) -> "Pipeline":
         """Attach the segmentation ControlNet saved in ``folder`` (see :mod:`latentdiff.models.control`)."""
-        from latentdiff.models.control import NUM_CLASSES, check_fits, layout_controlnet_config, load_controlnet
+        from latentdiff.models.control import NUM_CLASSES, layout_controlnet_config
 
         self._check_not_optimized("a segmentation checkpoint")
         if layout_controlnet_config(folder) is not None:
             raise UserError(f"{folder}: is a layout ControlNet; pass it as the layout checkpoint (--layout-model)")
-        net = load_controlnet(folder, dtype=self.dtype)
-        check_fits(net, self.unet, Path(folder))
-        if net.config.conditioning_channels != NUM_CLASSES:
-            raise UserError(f"{folder}: ControlNet takes {net.config.conditioning_channels} input channels; a "
-                            f"segmentation ControlNet takes {NUM_CLASSES} (the one-hot class map)")
-        self.controlnet = net.to(self.device)  # already in self.dtype (loaded so: .to(dtype) warns)
+        self.controlnet = self._load_controlnet(folder, NUM_CLASSES, "ControlNet", f"a segmentation ControlNet "
+                                                f"takes {NUM_CLASSES} (the one-hot class map)")
         self.spatial_paths["segmap"] = str(Path(folder).resolve())
         return self
+
+    def _load_controlnet(self, folder: str | Path, channels: int, what: str, expected: str):
+        """A saved ControlNet that fits this model's U-Net and takes ``channels`` input channels (else a
+        one-line error: "{folder}: {what} takes N input channels; {expected}"), on the pipeline's device."""
+        from latentdiff.models.control import check_fits, load_controlnet
+
+        net = load_controlnet(folder, dtype=self.dtype)
+        check_fits(net, self.unet, Path(folder))
+        if net.config.conditioning_channels != channels:
+            raise UserError(f"{folder}: {what} takes {net.config.conditioning_channels} input channels; {expected}")
+        return net.to(self.device)  # already in self.dtype (loaded so: .to(dtype) warns)
 
     @property
     def loras(self) -> list[dict]:

@@ -233,10 +233,9 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
     for flag, path in (("--layout", args.layout), ("--segmap", args.segmap)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path}: file not found")
-    scales = {"layout_scale": parse_float("--layout-scale", args.layout_scale),
-              "segmap_scale": parse_float("--segmap-scale", args.segmap_scale)}
-    return {"layout_scale": scales["layout_scale"],  # None: the layout checkpoint's own (spatial_conditions)
-            "segmap_scale": 1.0 if scales["segmap_scale"] is None else scales["segmap_scale"]}
+    segmap_scale = parse_float("--segmap-scale", args.segmap_scale)
+    return {"layout_scale": parse_float("--layout-scale", args.layout_scale),  # None: the checkpoint's own
+            "segmap_scale": 1.0 if segmap_scale is None else segmap_scale}
 
 
 LAYOUT_FOLDERS = ("layout_controlnet", "gligen")  # a model folder's layout checkpoints, the first found is used
