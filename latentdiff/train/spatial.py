@@ -65,6 +65,7 @@ class SpatialTrainConfig:
     gate_init: float = 0.0  # layout: the gates' starting value α (output × tanh α); GLIGEN's is 0, closed
     method: str = "gligen"  # layout: gligen (gated self-attention) | controlnet (a ControlNet on the boxes' picture)
     layout_scale: float = 1.0  # layout ControlNet: the guidance scale generate uses with it unless told (condition.json)
+    init: str = ""  # ControlNet methods: start from this trained ControlNet folder (a later phase) instead of the U-Net
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
@@ -81,6 +82,8 @@ class SpatialTrainConfig:
             raise ConfigError(f"layout_scale: expected 0..50, got {self.layout_scale}")
         if self.gate_init != 0.0 and (self.condition, self.method) != ("layout", "gligen"):
             raise ConfigError("gate_init: only GLIGEN's layout layers have gates (condition: layout, method: gligen)")
+        if self.init and self.condition == "layout" and self.method != "controlnet":
+            raise ConfigError("init: only a ControlNet starts from a trained folder (method: controlnet, or segmap)")
         for name in ("text_dropout", "spatial_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
@@ -198,22 +201,39 @@ class SpatialStage(LatentDenoisingStage):
         return out / "controlnet"
 
 
-def build_model(condition: str, base, gate_init: float = 0.0, method: str = "gligen") -> ConditionedUNet:
+def build_model(condition: str, base, gate_init: float = 0.0, method: str = "gligen", init: str = "") -> ConditionedUNet:
     """The module the loop trains: a gated copy of the frozen U-Net (its gates α set to ``gate_init``), or
     the frozen U-Net and a ControlNet (on the one-hot map, or with ``method`` controlnet on the layout's
-    picture: D + 1 input channels, D the text encoder's width)."""
-    from latentdiff.models.control import controlnet_from_unet
+    picture: D + 1 input channels, D the text encoder's width), copied from the U-Net or, with ``init``,
+    loaded from an earlier phase's ControlNet folder (checked to fit the U-Net and take those channels)."""
+    from latentdiff.models.control import NUM_CLASSES, controlnet_from_unet
     from latentdiff.models.gligen import gated_unet
 
     base.unet.requires_grad_(False)
-    if condition == "layout" and method == "controlnet":
-        channels = base.text_encoder.config.hidden_size + 1
-        net = controlnet_from_unet(base.unet, base.vae_scale_factor, channels).train().requires_grad_(True)
-        return ConditionedUNet(base.unet, layout_controlnet=net).train()
-    if condition == "layout":
+    if condition == "layout" and method != "controlnet":
         return ConditionedUNet(gated_unet(base.unet, gate_init)).train()
-    net = controlnet_from_unet(base.unet, base.vae_scale_factor).train().requires_grad_(True)
+    channels = base.text_encoder.config.hidden_size + 1 if condition == "layout" else NUM_CLASSES
+    net = _init_controlnet(init, base.unet, channels) if init else \
+        controlnet_from_unet(base.unet, base.vae_scale_factor, channels)
+    net = net.train().requires_grad_(True)
+    if condition == "layout":
+        return ConditionedUNet(base.unet, layout_controlnet=net).train()
     return ConditionedUNet(base.unet, net).train()
+
+
+def _init_controlnet(folder: str, unet, channels: int):
+    """An earlier phase's ControlNet in fp32 on the U-Net's device: it must fit ``unet`` and take ``channels``."""
+    from latentdiff.models.control import check_fits, load_controlnet
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"init: {folder} is not a folder (expected a trained ControlNet, e.g. OUT/final/layout_controlnet)")
+    net = load_controlnet(path, dtype=torch.float32)
+    check_fits(net, unet, path)
+    if net.config.conditioning_channels != channels:
+        raise ConfigError(f"init: {folder} takes {net.config.conditioning_channels} input channels, this condition "
+                          f"needs {channels}")
+    return net.to(unet.device)
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -237,7 +257,7 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
                                                                  lambda: load_images(train_recs, size, main)))
     tokens, null = _tokens(base, [r.text for r in train_recs], print if main else (lambda _: None))
     seed_init(cfg.seed, cfg.condition)
-    model = build_model(cfg.condition, base, cfg.gate_init, cfg.method)
+    model = build_model(cfg.condition, base, cfg.gate_init, cfg.method, cfg.init)
     stage = SpatialStage(cfg, base, model, mean, std, tokens, null, train_recs, size, device, hold_recs)
     if main:
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
