@@ -10,7 +10,8 @@ is a scene of 1-3 objects; the prompt is its caption (naming colours and shapes)
 boxes (phrases "a red circle") or its class map. Targets: box accuracy >= 0.90 and mean IoU >= 0.6;
 pixel accuracy >= 0.90 and colours right >= 0.90. Cost: one image per case (25 DPM++ steps, with
 --scale 1 one U-Net pass per step); about 0.2 s per image on 2 CPU cores for the default model. Writes
-a JSON line of metrics to stdout and, with --grid, an input | output grid of the first 16 cases.
+a JSON line of metrics to stdout; with --grid, an input | output grid of the first 16 cases; with
+--cases, one JSON line per case (caption, each box's or object's verdict).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=None, help="text guidance (default: the model's)")
     p.add_argument("--seed", type=int, default=90210)
     p.add_argument("--grid", default=None, help="PNG path for an input | output grid of the first 16 cases")
+    p.add_argument("--cases", default=None, help="JSONL path for one line per case (caption and verdicts)")
     args = p.parse_args()
 
     import numpy as np
@@ -61,11 +63,15 @@ def main() -> None:
         t0 = time.time()
         cond = "layout" if args.condition == "both" else args.condition
         scale = args.scale if args.scale is not None else (pipe.layout_scale if cond == "layout" else 1.0)
+        cases = []
         metrics, tiles = run_cases(pipe, records, cond, size, steps=args.steps, guidance=args.guidance,
-                                   scale=scale, progress=True, both=args.condition == "both")
+                                   scale=scale, progress=True, both=args.condition == "both", cases=cases)
     metrics.update(condition=args.condition, scale=scale, steps=args.steps, seconds=round(time.time() - t0, 1),
                    model=str(model))
     print(json.dumps(metrics))
+    if args.cases:
+        Path(args.cases).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.cases).write_text("".join(json.dumps(c) + "\n" for c in cases))
     if args.grid:
         save_grid(np.stack(tiles[:32]), 4, Path(args.grid))
 

@@ -30,14 +30,22 @@ def draw_segmap(segmap: np.ndarray) -> np.ndarray:
     return CLASS_COLOURS[np.clip(segmap, 0, len(CLASS_COLOURS) - 1)]
 
 
+def _found(obj) -> str | None:
+    """A found object in words ("red circle"), or None."""
+    return None if obj is None else f"{obj.colour} {obj.shape}"
+
+
 def pixel_boxes(layout, size: int) -> list[dict]:
     return [{"phrase": p, "box": [x0 * size, y0 * size, x1 * size, y1 * size]} for p, (x0, y0, x1, y1) in layout]
 
 
 def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: int = 0, guidance=None,
-              scale: float = 1.0, progress: bool = False, both: bool = False) -> tuple[dict, list[np.ndarray]]:
+              scale: float = 1.0, progress: bool = False, both: bool = False,
+              cases: list | None = None) -> tuple[dict, list[np.ndarray]]:
     """Generate and score every record; returns (metrics, tiles: input | output per case). ``both`` gives
-    the other condition too (layout and map together)."""
+    the other condition too (layout and map together). ``cases``, a list, gets one dict per case: the
+    caption, and each box's verdict (phrase, ok, IoU, what was found) or the map's pixel accuracy and each
+    captioned object's colour and shape verdicts."""
     from latentdiff.eval.scorer import score_layout, score_segmap
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.train.spatial import layout_of, segmap_of
@@ -50,15 +58,23 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
                           segmap=seg if use_seg else None, layout_scale=scale, segmap_scale=scale)
         img = np.asarray(pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size,
                                        width=size, spatial=spatial)[0])
+        case = {"index": k, "caption": rec.text}
         if use_layout:
             s = score_layout(img, pixel_boxes(layout, size))
             box_ok += [b.ok for b in s.boxes]
             ious += [b.iou for b in s.boxes]
+            case["boxes"] = [{"phrase": b.phrase, "box": [round(v, 1) for v in b.box], "ok": b.ok,
+                              "iou": round(b.iou, 3), "found": _found(b.found)} for b in s.boxes]
         if use_seg:
             s = score_segmap(img, seg, caption=rec.text)
             pix.append(s.pixel_accuracy)
             blank.append(float((seg == 0).mean()))  # what an image with no object at all would score
             colours.append(bool(s.colour))
+            case.update(pixel_accuracy=round(s.pixel_accuracy, 4), colour=bool(s.colour),
+                        objects=[{"requested": f"{o.requested.colour} {o.requested.shape}", "colour": o.colour,
+                                  "shape": o.shape, "found": _found(o.found)} for o in s.caption_score.objects])
+        if cases is not None:
+            cases.append(case)
         tiles += [draw_layout(layout, size) if condition == "layout" else draw_segmap(seg), img]
     metrics = {"cases": len(records)}
     if box_ok:
