@@ -133,6 +133,31 @@ class Spatial:
         return out
 
 
+def recorded_spatial(record, segmap: np.ndarray | None = None, where: str = "the image") -> Spatial | None:
+    """The layout / segmentation map an image was made with, from its provenance record (``extra.layout``,
+    ``extra.segmap``), or None when it had neither. The record keeps the boxes and scales but only the map's
+    SHA-256, so a map-conditioned image needs ``segmap`` back: it must have the recorded hash."""
+    import hashlib
+
+    layout, seg = record.extra.get("layout"), record.extra.get("segmap")
+    if segmap is not None and seg is None:
+        raise UserError(f"{where} was made without a segmentation map; leave out --segmap")
+    if layout is None and seg is None:
+        return None
+    if seg is not None:
+        if segmap is None:
+            raise UserError(f"{where} was made with a segmentation map; pass it with --segmap PNG "
+                            f"(its sha256 is {seg['sha256'][:12]}…)")
+        digest = hashlib.sha256(np.ascontiguousarray(segmap, np.uint8).tobytes()).hexdigest()
+        if digest != seg["sha256"]:
+            raise UserError(f"--segmap: the map has sha256 {digest[:12]}…, {where} was made with {seg['sha256'][:12]}…")
+    entries = None if layout is None else [LayoutEntry(b["phrase"], tuple(float(v) for v in b["box"]))
+                                           for b in layout["boxes"]]
+    return Spatial(entries, segmap if seg is not None else None,
+                   layout_scale=float(layout["scale"]) if layout else 1.0,
+                   segmap_scale=float(seg["scale"]) if seg else 1.0)
+
+
 def grounding_for(pipe, layout: list[LayoutEntry], batch: int, slots: int) -> Grounding:
     """The GLIGEN tokens of one layout for ``batch`` images."""
     from latentdiff.models.gligen import grounding_tensors, phrase_embeddings

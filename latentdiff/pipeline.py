@@ -532,13 +532,17 @@ class Pipeline:
                                                           **opts, **where))
             for i, px in enumerate(pixels):
                 img = Image.fromarray(px)
-                record = self.record(batch, i, **opts, **where, guide=guide)
-                if spatial is not None:
-                    record.extra.update(spatial.describe())
-                    record.extra["spatial_checkpoints"] = dict(self.spatial_paths)
+                record = self._record_spatial(self.record(batch, i, **opts, **where, guide=guide), spatial)
                 img.info["latentdiff"] = record.to_json()
                 images.append(img)
         return images
+
+    def _record_spatial(self, record, spatial):
+        """``record`` with the layout / map it was drawn with and the checkpoints used, in ``extra``."""
+        if spatial is not None:
+            record.extra.update(spatial.describe())
+            record.extra["spatial_checkpoints"] = dict(self.spatial_paths)
+        return record
 
     def inpaint(self, prompt: str | list[str], image, mask=None, **kwargs) -> list:
         """Repaint ``image`` where ``mask`` is white: see :func:`latentdiff.inpaint.inpaint` (modes model |
@@ -569,14 +573,16 @@ class Pipeline:
                    **({"speed": self.speed.describe()} if self.speed is not None else {})},
         )
 
-    def replay(self, record, guide=None) -> Any:
+    def replay(self, record, guide=None, segmap=None) -> Any:
         """Regenerate the image a record describes: redraw its batch and return its row. An image made with
-        classifier guidance needs its ``guide`` (the CLI rebuilds it from the record)."""
+        classifier guidance needs its ``guide`` (the CLI rebuilds it from the record); one made with a
+        layout or a segmentation map needs those checkpoints attached, and the map itself as ``segmap``
+        ((H, W) class ids, checked against the recorded hash); the boxes and scales come from the record."""
         from PIL import Image
 
-        if "layout" in record.extra or "segmap" in record.extra:
-            raise UserError("an image made with --layout/--segmap: replay cannot redraw it yet; run latentdiff "
-                            "generate again with the settings in its record")
+        from latentdiff.layout import recorded_spatial
+
+        spatial = recorded_spatial(record, segmap)
         if "inpaint" in record.extra:
             raise UserError("an inpainted image: replay cannot redraw it without the input image and mask; "
                             "run latentdiff inpaint again with the settings in its record")
@@ -590,9 +596,10 @@ class Pipeline:
         if "classifier_guidance" in record.extra and guide is None:
             raise UserError("the image was made with classifier guidance; replay needs its classifier")
         opts = self.resolve(record.steps, record.guidance, record.sampler, record.height, record.width)
-        pixels = self.decode_latents(self.sample_rows(rows, guide=guide, **opts))
+        pixels = self.decode_latents(self.sample_rows(rows, guide=guide, spatial=spatial, **opts))
         img = Image.fromarray(pixels[record.batch_index])
-        img.info["latentdiff"] = self.record(rows, record.batch_index, **opts, guide=guide).to_json()
+        img.info["latentdiff"] = self._record_spatial(self.record(rows, record.batch_index, **opts, guide=guide),
+                                                      spatial).to_json()
         return img
 
     def _apply_recorded_loras(self, recorded: list[dict]) -> None:

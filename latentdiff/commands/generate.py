@@ -85,6 +85,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--allow-unsafe-pickle", action="store_true", help="allow loading .ckpt/.pt pickle files")
     r.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     r.add_argument("--device", default=None, metavar="DEV", help="cpu | cuda | auto (default: the recorded one)")
+    r.add_argument("--segmap", default=None, metavar="PNG",
+                   help="the segmentation map an image made with --segmap was drawn with (the record keeps only "
+                        "its SHA-256); boxes and scales come from the record")
+    r.add_argument("--layout-model", default=None, metavar="DIR",
+                   help="layout checkpoint (default: the recorded folder, else MODEL/<its name>)")
+    r.add_argument("--segmap-model", default=None, metavar="DIR",
+                   help="segmentation ControlNet (default: the recorded folder, else MODEL/<its name>)")
     r.set_defaults(handler=run_replay)
 
     e = sub.add_parser("export", help="write a model as a diffusers folder or one LDM .safetensors file",
@@ -350,6 +357,29 @@ def _replay_speed(options: dict, device: str, image: Path) -> dict:
     return {k: v for k, v in options.items() if k not in gpu_only}
 
 
+def _replay_checkpoints(pipe, record, image: Path, args: argparse.Namespace) -> None:
+    """Attach the layout / segmentation checkpoints an image was made with: --layout-model/--segmap-model,
+    else the recorded folder, else the loaded model's folder of the same name (a model moved or installed
+    elsewhere)."""
+    made = record.extra.get("spatial_checkpoints") or {}
+    for kind, flag, explicit in (("layout", "--layout-model", args.layout_model),
+                                 ("segmap", "--segmap-model", args.segmap_model)):
+        if kind not in record.extra:
+            if explicit is not None:
+                raise UserError(f"{flag}: {image} was made without a {'layout' if kind == 'layout' else 'segmentation map'}")
+            continue
+        recorded = made.get(kind)
+        folder = _checkpoint(pipe, flag, explicit, ()) if explicit is not None else None
+        if folder is None and recorded and Path(recorded).is_dir():
+            folder = Path(recorded)
+        if folder is None and recorded:
+            folder = _checkpoint(pipe, flag, None, Path(recorded).name, required=False)
+        if folder is None:
+            raise UserError(f"{image}: made with the {kind} checkpoint {recorded}, which is not there any more; "
+                            f"pass {flag} DIR")
+        (pipe.attach_layout if kind == "layout" else pipe.attach_segmap)(folder)
+
+
 def run_replay(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
@@ -358,6 +388,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
     image = Path(args.image)
     record = read_record(image)
+    if args.segmap is not None and not Path(args.segmap).is_file():
+        raise UserError(f"--segmap {args.segmap}: file not found")
     device = parse_device(args.device) or record.device
     if device.startswith("cuda"):
         import torch
@@ -371,6 +403,12 @@ def run_replay(args: argparse.Namespace) -> int:
     if pipe.weights_sha256 != record.model_sha256:
         raise UserError(f"{image}: the model at {pipe.path} has weights sha256 {pipe.weights_sha256[:12]}…, "
                         f"the image was made with {record.model_sha256[:12]}…")
+    _replay_checkpoints(pipe, record, image, args)  # before the speed options, which must come last
+    segmap = None
+    if args.segmap is not None:
+        from latentdiff.layout import read_segmap
+
+        segmap = read_segmap(args.segmap, record.width, record.height)
     if "speed" in record.extra:
         pipe.optimize(**_replay_speed(record.extra["speed"], pipe.device.type, image))
     guide = None
@@ -379,7 +417,7 @@ def run_replay(args: argparse.Namespace) -> int:
         guide = classifier_guide(pipe, cg.get("class"), float(cg.get("scale", DEFAULT_CLASSIFIER_SCALE)),
                                  cg.get("classifier_path"))
     with _UserWarnings("replay"):
-        img = pipe.replay(record, guide=guide)
+        img = pipe.replay(record, guide=guide, segmap=segmap)
     path = save_png(img, _free_path(out, f"{image.stem}_replay"), Record.from_json(img.info["latentdiff"]))
     print(path)
     with Image.open(image) as orig:
