@@ -3,6 +3,7 @@ nested guidance, inputs, training."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -429,3 +430,120 @@ def test_the_layout_checkpoint_sets_the_default_layout_scale(checkpoints, tmp_pa
         with Image.open(capsys.readouterr().out.strip().splitlines()[-1]) as im:
             scales.append(json.loads(im.text["latentdiff"])["extra"]["layout"]["scale"])
     assert scales == [2.5, 1.0]
+
+
+def test_a_later_phase_starts_from_the_earlier_controlnet(tmp_path):
+    """``init`` loads an earlier phase's ControlNet (layout or segmap) instead of copying the U-Net: the
+    weights are the saved ones, in fp32, trainable; a folder taking other input channels, a missing folder
+    and GLIGEN with init are config errors."""
+    from latentdiff.errors import ConfigError
+    from latentdiff.models.control import controlnet_from_unet, save_layout_controlnet
+    from latentdiff.train.spatial import SpatialTrainConfig, build_model
+
+    pipe = build_tiny_pipeline()
+    lay = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor, 33)
+    seg = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor)
+    with torch.no_grad():
+        for net in (lay, seg):
+            for p in net.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    save_layout_controlnet(lay.half(), tmp_path / "layout_controlnet", 4, {})
+    seg.save_pretrained(str(tmp_path / "controlnet"), safe_serialization=True)
+    for condition, folder, ref in (("layout", "layout_controlnet", lay), ("segmap", "controlnet", seg)):
+        model = build_model(condition, pipe, method="controlnet" if condition == "layout" else "gligen",
+                            init=str(tmp_path / folder))
+        net = model.layout_controlnet if condition == "layout" else model.controlnet
+        assert net.dtype == torch.float32 and all(p.requires_grad for p in net.parameters())
+        for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b.float(), msg=k)
+        assert not any(p.requires_grad for p in model.unet.parameters())
+    with pytest.raises(ConfigError, match="init: .*controlnet takes 33 input channels, this condition needs"):
+        build_model("segmap", pipe, init=str(tmp_path / "layout_controlnet"))
+    with pytest.raises(ConfigError, match="init: .*nowhere is not a folder"):
+        build_model("segmap", pipe, init=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="init: only a ControlNet"):
+        SpatialTrainConfig(condition="layout", init=str(tmp_path / "layout_controlnet"))
+
+
+def test_run_cases_reports_each_case_and_agrees_with_its_totals(checkpoints, shapes_records):
+    """The per-case lines (bench/spatial_eval.py --cases) hold every box's and every captioned object's
+    verdict, and they add up to the run's metrics."""
+    from latentdiff.eval.spatial import run_cases
+    from latentdiff.pipeline import Pipeline
+
+    pipe = Pipeline.load(checkpoints, device="cpu").attach_layout(checkpoints / "layout_controlnet")
+    pipe.attach_segmap(checkpoints / "controlnet")
+    records = [r for r in shapes_records if r.boxes][:3]
+    cases = []
+    metrics, tiles = run_cases(pipe, records, "layout", 32, steps=2, both=True, cases=cases)
+    assert [c["caption"] for c in cases] == [r.text for r in records] and len(tiles) == 6
+    boxes = [b for c in cases for b in c["boxes"]]
+    assert [b["phrase"] for b in boxes] == [b.phrase for r in records for b in r.boxes]
+    assert metrics["boxes"] == len(boxes)
+    assert metrics["box_accuracy"] == pytest.approx(np.mean([b["ok"] for b in boxes]))
+    assert metrics["mean_iou"] == pytest.approx(np.mean([b["iou"] for b in boxes]), abs=1e-3)
+    assert metrics["colour_accuracy"] == pytest.approx(np.mean([c["colour"] for c in cases]))
+    assert metrics["pixel_accuracy"] == pytest.approx(np.mean([c["pixel_accuracy"] for c in cases]), abs=1e-4)
+    for c, r in zip(cases, records):
+        assert len(c["objects"]) == len(r.boxes)
+        assert c["colour"] == all(o["colour"] for o in c["objects"])
+
+
+@pytest.mark.parametrize("layout_kind", ["layout_controlnet", "gligen"])
+def test_replay_redraws_layout_and_segmap_images(checkpoints, tmp_path, capsys, layout_kind):
+    """`latentdiff replay` redraws an image made with --layout and --segmap bit-identically: boxes and
+    scales from the record, the map given back with --segmap (checked against the recorded SHA-256), the
+    checkpoints from the recorded folders or, when those moved, from the model folder's own."""
+    import shutil
+
+    from latentdiff.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoints, model)
+    (tmp_path / "layout.json").write_text('[{"phrase": "a red circle", "box": [2, 2, 14, 14]}, '
+                                          '{"phrase": "a blue square", "box": [16, 18, 30, 30]}]')
+    seg = np.zeros((32, 32), np.uint8)
+    seg[2:14, 2:14] = 1
+    Image.fromarray(seg).save(tmp_path / "seg.png")
+    seg[20:28, 20:28] = 2
+    Image.fromarray(seg).save(tmp_path / "other.png")
+    assert main(["generate", "a red circle and a blue square", "--model", str(model), "--steps", "2",
+                 "--device", "cpu", "--out", str(tmp_path / "out"), "--layout", str(tmp_path / "layout.json"),
+                 "--layout-model", str(model / layout_kind), "--layout-scale", "2", "--segmap",
+                 str(tmp_path / "seg.png"), "--segmap-scale", "1.5", "--num-images", "2"]) == 0
+    png = Path(capsys.readouterr().out.split()[1])
+    replay = ["replay", str(png), "--out", str(tmp_path / "replay")]
+    assert main(replay + ["--segmap", str(tmp_path / "seg.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"identical to {png}" in out
+    with Image.open(out.split()[0]) as again:
+        record = json.loads(again.text["latentdiff"])
+    assert record["extra"]["layout"]["scale"] == 2.0 and record["extra"]["segmap"]["scale"] == 1.5
+    assert record["extra"]["spatial_checkpoints"]["layout"] == str((model / layout_kind).resolve())
+
+    assert main(replay) == 2  # the map is needed
+    assert "was made with a segmentation map; pass it with --segmap PNG" in capsys.readouterr().err
+    assert main(replay + ["--segmap", str(tmp_path / "other.png")]) == 2
+    assert "--segmap: the map has sha256" in capsys.readouterr().err
+
+    moved = tmp_path / "moved"
+    model.rename(moved)  # the recorded folders are gone: the model's own same-named folders are used
+    assert main(replay + ["--model", str(moved), "--segmap", str(tmp_path / "seg.png")]) == 0
+    assert "identical to" in capsys.readouterr().out
+    shutil.rmtree(moved / layout_kind)
+    assert main(replay + ["--model", str(moved), "--segmap", str(tmp_path / "seg.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"made with the layout checkpoint {model / layout_kind}" in err and "pass --layout-model DIR" in err
+
+
+def test_replay_refuses_a_map_for_an_image_made_without_one(checkpoints, tmp_path, capsys):
+    from latentdiff.cli import main
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "seg.png")
+    assert main(["generate", "a red circle", "--model", str(checkpoints), "--steps", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "out")]) == 0
+    png = capsys.readouterr().out.split()[0]
+    assert main(["replay", png, "--out", str(tmp_path), "--segmap", str(tmp_path / "seg.png")]) == 2
+    assert "was made without a segmentation map; leave out --segmap" in capsys.readouterr().err
+    assert main(["replay", png, "--out", str(tmp_path), "--layout-model", str(checkpoints / "gligen")]) == 2
+    assert "--layout-model: " in capsys.readouterr().err
