@@ -10,7 +10,7 @@ is a scene of 1-3 objects; the prompt is its caption (naming colours and shapes)
 boxes (phrases "a red circle") or its class map. Targets: box accuracy >= 0.90 and mean IoU >= 0.6;
 pixel accuracy >= 0.90 and colours right >= 0.90. Cost: one image per case (25 DPM++ steps, with
 --scale 1 one U-Net pass per step); about 0.2 s per image on 2 CPU cores for the default model. Writes
-a JSON line of metrics to stdout; with --grid, an input | output grid of the first 16 cases; with
+a JSON line of metrics to stdout (--text-only: the same cases from the caption alone, the baseline); with --grid, an input | output grid of the first 16 cases; with
 --cases, one JSON line per case (caption, each box's or object's verdict).
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=None, help="text guidance (default: the model's)")
     p.add_argument("--seed", type=int, default=90210)
     p.add_argument("--grid", default=None, help="PNG path for an input | output grid of the first 16 cases")
+    p.add_argument("--text-only", action="store_true",
+                   help="baseline: the caption alone (no layout, no map, no checkpoint), scored the same way")
     p.add_argument("--cases", default=None, help="JSONL path for one line per case (caption and verdicts)")
     args = p.parse_args()
 
@@ -51,10 +53,10 @@ def main() -> None:
 
     pipe = Pipeline.load(args.model, device="auto")
     model = Path(args.model)
-    if args.condition in ("layout", "both"):
+    if args.condition in ("layout", "both") and not args.text_only:
         given = args.checkpoint if args.condition == "layout" else None
         pipe.attach_layout(_checkpoint(pipe, "--checkpoint", given, LAYOUT_FOLDERS))
-    if args.condition in ("segmap", "both"):
+    if args.condition in ("segmap", "both") and not args.text_only:
         pipe.attach_segmap(args.checkpoint if args.condition == "segmap" and args.checkpoint else model / "controlnet")
     size = pipe.resolve()["height"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,9 +67,10 @@ def main() -> None:
         scale = args.scale if args.scale is not None else (pipe.layout_scale if cond == "layout" else 1.0)
         cases = []
         metrics, tiles = run_cases(pipe, records, cond, size, steps=args.steps, guidance=args.guidance,
-                                   scale=scale, progress=True, both=args.condition == "both", cases=cases)
-    metrics.update(condition=args.condition, scale=scale, steps=args.steps, seconds=round(time.time() - t0, 1),
-                   model=str(model))
+                                   scale=scale, progress=True, both=args.condition == "both", cases=cases,
+                                   text_only=args.text_only)
+    metrics.update(condition=args.condition, text_only=args.text_only, scale=scale, steps=args.steps,
+                   seconds=round(time.time() - t0, 1), model=str(model))
     print(json.dumps(metrics))
     if args.cases:
         Path(args.cases).parent.mkdir(parents=True, exist_ok=True)

@@ -487,6 +487,9 @@ def test_run_cases_reports_each_case_and_agrees_with_its_totals(checkpoints, sha
     for c, r in zip(cases, records):
         assert len(c["objects"]) == len(r.boxes)
         assert c["colour"] == all(o["colour"] for o in c["objects"])
+    _, tiles = run_cases(pipe, records[:1], "segmap", 32, steps=2, text_only=True)  # the caption alone
+    plain = pipe.generate(records[0].text, seed=0, steps=2, height=32, width=32)[0]
+    np.testing.assert_array_equal(tiles[1], np.asarray(plain))
 
 
 @pytest.mark.parametrize("layout_kind", ["layout_controlnet", "gligen"])

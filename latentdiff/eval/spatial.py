@@ -41,9 +41,10 @@ def pixel_boxes(layout, size: int) -> list[dict]:
 
 def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: int = 0, guidance=None,
               scale: float = 1.0, progress: bool = False, both: bool = False,
-              cases: list | None = None) -> tuple[dict, list[np.ndarray]]:
+              cases: list | None = None, text_only: bool = False) -> tuple[dict, list[np.ndarray]]:
     """Generate and score every record; returns (metrics, tiles: input | output per case). ``both`` gives
-    the other condition too (layout and map together). ``cases``, a list, gets one dict per case: the
+    the other condition too (layout and map together); ``text_only`` gives neither, the caption alone scored
+    as the condition would be (the baseline the condition adds to). ``cases``, a list, gets one dict per case: the
     caption, and each box's verdict (phrase, ok, IoU, what was found) or the map's pixel accuracy and each
     captioned object's colour and shape verdicts."""
     from latentdiff.eval.scorer import score_layout, score_segmap
@@ -54,8 +55,8 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     for k, rec in enumerate(tqdm(records, desc=f"{condition} cases", disable=not progress)):
         layout, seg = layout_of(rec, size), segmap_of(rec, size)
         use_layout, use_seg = condition == "layout" or both, condition == "segmap" or both
-        spatial = Spatial(layout=[LayoutEntry(p, b) for p, b in layout] if use_layout else None,
-                          segmap=seg if use_seg else None, layout_scale=scale, segmap_scale=scale)
+        spatial = None if text_only else Spatial(layout=[LayoutEntry(p, b) for p, b in layout] if use_layout else None,
+                                                 segmap=seg if use_seg else None, layout_scale=scale, segmap_scale=scale)
         img = np.asarray(pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size,
                                        width=size, spatial=spatial)[0])
         case = {"index": k, "caption": rec.text}
