@@ -10,8 +10,9 @@ is a scene of 1-3 objects; the prompt is its caption (naming colours and shapes)
 boxes (phrases "a red circle") or its class map. Targets: box accuracy >= 0.90 and mean IoU >= 0.6;
 pixel accuracy >= 0.90 and colours right >= 0.90. Cost: one image per case (25 DPM++ steps, with
 --scale 1 one U-Net pass per step); about 0.2 s per image on 2 CPU cores for the default model. Writes
-a JSON line of metrics to stdout (--text-only: the same cases from the caption alone, the baseline); with --grid, an input | output grid of the first 16 cases; with
---cases, one JSON line per case (caption, each box's or object's verdict).
+a JSON line of metrics to stdout (--text-only: the same cases from the caption alone, the baseline);
+with --grid, an input | output grid of the first 16 cases; with --cases, one JSON line per case
+(caption, each box's or object's verdict).
 """
 from __future__ import annotations
 
