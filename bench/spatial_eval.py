@@ -45,7 +45,7 @@ def main() -> None:
 
     import numpy as np
 
-    from latentdiff.commands.generate import LAYOUT_FOLDERS, _checkpoint
+    from latentdiff.commands.generate import LAYOUT_FOLDERS, spatial_checkpoint
     from latentdiff.data.folder import load_folder
     from latentdiff.data.shapes import write_dataset
     from latentdiff.eval.spatial import run_cases
@@ -56,7 +56,7 @@ def main() -> None:
     model = Path(args.model)
     if args.condition in ("layout", "both") and not args.text_only:
         given = args.checkpoint if args.condition == "layout" else None
-        pipe.attach_layout(_checkpoint(pipe, "--checkpoint", given, LAYOUT_FOLDERS))
+        pipe.attach_layout(spatial_checkpoint(pipe, "--checkpoint", given, LAYOUT_FOLDERS))
     if args.condition in ("segmap", "both") and not args.text_only:
         pipe.attach_segmap(args.checkpoint if args.condition == "segmap" and args.checkpoint else model / "controlnet")
     size = pipe.resolve()["height"]

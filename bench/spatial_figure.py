@@ -53,14 +53,14 @@ def main() -> None:
 
     import numpy as np
 
-    from latentdiff.commands.generate import LAYOUT_FOLDERS, _checkpoint
+    from latentdiff.commands.generate import LAYOUT_FOLDERS, spatial_checkpoint
     from latentdiff.eval.spatial import draw_layout, draw_segmap
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.pipeline import Pipeline
     from latentdiff.pixels import save_grid
 
     pipe = Pipeline.load(args.model, device="auto")
-    pipe.attach_layout(_checkpoint(pipe, "--model", None, LAYOUT_FOLDERS))
+    pipe.attach_layout(spatial_checkpoint(pipe, "--model", None, LAYOUT_FOLDERS))
     pipe.attach_segmap(Path(args.model) / "controlnet")
     s = pipe.layout_scale
     size = pipe.resolve()["height"]

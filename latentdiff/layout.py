@@ -150,7 +150,8 @@ def recorded_spatial(record, segmap: np.ndarray | None = None, where: str = "the
                             f"(its sha256 is {seg['sha256'][:12]}…)")
         digest = hashlib.sha256(np.ascontiguousarray(segmap, np.uint8).tobytes()).hexdigest()
         if digest != seg["sha256"]:
-            raise UserError(f"--segmap: the map has sha256 {digest[:12]}…, {where} was made with {seg['sha256'][:12]}…")
+            raise UserError(f"--segmap: the map has sha256 {digest[:12]}…, {where} was made with "
+                            f"{seg['sha256'][:12]}…")
     entries = None if layout is None else [LayoutEntry(b["phrase"], tuple(float(v) for v in b["box"]))
                                            for b in layout["boxes"]]
     return Spatial(entries, segmap if seg is not None else None,

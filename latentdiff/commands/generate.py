@@ -248,7 +248,7 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
 LAYOUT_FOLDERS = ("layout_controlnet", "gligen")  # a model folder's layout checkpoints, the first found is used
 
 
-def _checkpoint(pipe, flag: str, explicit: str | None, names: str | tuple[str, ...],
+def spatial_checkpoint(pipe, flag: str, explicit: str | None, names: str | tuple[str, ...],
                 required: bool = True) -> Path | None:
     """An explicit checkpoint folder, else the first MODEL/<name> of ``names`` that exists; when none does,
     an error (or None when not ``required``)."""
@@ -277,10 +277,10 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
     h, w = size["height"], size["width"]
     layout = segmap = None
     if args.layout is not None:
-        pipe.attach_layout(_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS))
+        pipe.attach_layout(spatial_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS))
         layout = read_layout(args.layout, w, h, args.layout_normalized, pipe.layout_slots)
     if args.segmap is not None:
-        pipe.attach_segmap(_checkpoint(pipe, "--segmap-model", args.segmap_model, "controlnet"))
+        pipe.attach_segmap(spatial_checkpoint(pipe, "--segmap-model", args.segmap_model, "controlnet"))
         segmap = read_segmap(args.segmap, w, h)
     layout_scale = pipe.layout_scale if scales["layout_scale"] is None else scales["layout_scale"]
     return Spatial(layout, segmap, layout_scale=layout_scale, segmap_scale=scales["segmap_scale"])
@@ -366,14 +366,15 @@ def _replay_checkpoints(pipe, record, image: Path, args: argparse.Namespace) -> 
                                  ("segmap", "--segmap-model", args.segmap_model)):
         if kind not in record.extra:
             if explicit is not None:
-                raise UserError(f"{flag}: {image} was made without a {'layout' if kind == 'layout' else 'segmentation map'}")
+                what = "layout" if kind == "layout" else "segmentation map"
+                raise UserError(f"{flag}: {image} was made without a {what}")
             continue
         recorded = made.get(kind)
-        folder = _checkpoint(pipe, flag, explicit, ()) if explicit is not None else None
+        folder = spatial_checkpoint(pipe, flag, explicit, ()) if explicit is not None else None
         if folder is None and recorded and Path(recorded).is_dir():
             folder = Path(recorded)
         if folder is None and recorded:
-            folder = _checkpoint(pipe, flag, None, Path(recorded).name, required=False)
+            folder = spatial_checkpoint(pipe, flag, None, Path(recorded).name, required=False)
         if folder is None:
             raise UserError(f"{image}: made with the {kind} checkpoint {recorded}, which is not there any more; "
                             f"pass {flag} DIR")

@@ -42,11 +42,11 @@ def attach_spatial(pipe, layout_model: str | None, segmap_model: str | None) -> 
     """Attach the layout and segmentation checkpoints the panels need: the folders given, else the model
     folder's layout_controlnet/ (else gligen/) and controlnet/ when they exist (a panel without one says so
     in the page)."""
-    from latentdiff.commands.generate import LAYOUT_FOLDERS, _checkpoint
+    from latentdiff.commands.generate import LAYOUT_FOLDERS, spatial_checkpoint
 
     for flag, given, name, attach in (("--layout-model", layout_model, LAYOUT_FOLDERS, pipe.attach_layout),
                                       ("--segmap-model", segmap_model, "controlnet", pipe.attach_segmap)):
-        folder = _checkpoint(pipe, flag, given, name, required=False)
+        folder = spatial_checkpoint(pipe, flag, given, name, required=False)
         if folder is not None:
             attach(folder)
 

@@ -55,8 +55,9 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     for k, rec in enumerate(tqdm(records, desc=f"{condition} cases", disable=not progress)):
         layout, seg = layout_of(rec, size), segmap_of(rec, size)
         use_layout, use_seg = condition == "layout" or both, condition == "segmap" or both
-        spatial = None if text_only else Spatial(layout=[LayoutEntry(p, b) for p, b in layout] if use_layout else None,
-                                                 segmap=seg if use_seg else None, layout_scale=scale, segmap_scale=scale)
+        boxes = [LayoutEntry(p, b) for p, b in layout] if use_layout else None
+        spatial = None if text_only else Spatial(boxes, seg if use_seg else None, layout_scale=scale,
+                                                 segmap_scale=scale)
         img = np.asarray(pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size,
                                        width=size, spatial=spatial)[0])
         case = {"index": k, "caption": rec.text}

@@ -201,7 +201,8 @@ class SpatialStage(LatentDenoisingStage):
         return out / "controlnet"
 
 
-def build_model(condition: str, base, gate_init: float = 0.0, method: str = "gligen", init: str = "") -> ConditionedUNet:
+def build_model(condition: str, base, gate_init: float = 0.0, method: str = "gligen",
+                init: str = "") -> ConditionedUNet:
     """The module the loop trains: a gated copy of the frozen U-Net (its gates α set to ``gate_init``), or
     the frozen U-Net and a ControlNet (on the one-hot map, or with ``method`` controlnet on the layout's
     picture: D + 1 input channels, D the text encoder's width), copied from the U-Net or, with ``init``,
@@ -227,7 +228,8 @@ def _init_controlnet(folder: str, unet, channels: int):
 
     path = Path(folder)
     if not path.is_dir():
-        raise ConfigError(f"init: {folder} is not a folder (expected a trained ControlNet, e.g. OUT/final/layout_controlnet)")
+        raise ConfigError(f"init: {folder} is not a folder (expected a trained ControlNet, e.g. "
+                          f"OUT/final/layout_controlnet)")
     net = load_controlnet(path, dtype=torch.float32)
     check_fits(net, unet, path)
     if net.config.conditioning_channels != channels:
