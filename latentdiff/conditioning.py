@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from latentdiff.diffusion.schedule import Schedule, prediction_to_eps
+from latentdiff.models.control import control_picture
 
 
 def _cat(values: list):
@@ -143,7 +144,8 @@ def network_output(unet, controlnet, x_t: Tensor, t: Tensor, cond: Conditioning,
             continue
         if net is None:
             raise ValueError(f"{what} was given but no ControlNet for it is attached")
-        d, m = net(x_t.to(dtype), t, encoder_hidden_states=ctx, controlnet_cond=picture.to(dtype), return_dict=False)
+        picture = control_picture(net, picture.to(dtype), ctx)  # + a region binder's channels
+        d, m = net(x_t.to(dtype), t, encoder_hidden_states=ctx, controlnet_cond=picture, return_dict=False)
         down, mid = (d, m) if down is None else ([a + b for a, b in zip(down, d)], mid + m)
     if down is not None:
         kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)

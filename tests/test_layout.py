@@ -283,7 +283,7 @@ def shapes_records(tmp_path_factory):
     return load_folder(folder)
 
 
-def _stage(condition, records, dropout=0.1, method="gligen"):
+def _stage(condition, records, dropout=0.1, method="gligen", binder=False):
     from latentdiff.data.latents import load_images
     from latentdiff.train.config import LoopConfig
     from latentdiff.train.finetune import _tokens
@@ -292,11 +292,11 @@ def _stage(condition, records, dropout=0.1, method="gligen"):
 
     base = build_tiny_pipeline()
     cfg = SpatialTrainConfig(condition=condition, spatial_dropout=dropout, validation_cases=0, method=method,
-                             loop=LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1))
+                             binder=binder, loop=LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1))
     mean, std = vae_latent_stats(base.vae, load_images(records, 32, False), torch.device("cpu"))
     tokens, null = _tokens(base, [r.text for r in records], lambda _: None)
-    return base, cfg, SpatialStage(cfg, base, build_model(condition, base, method=method), mean, std, tokens, null,
-                                   records, 32, torch.device("cpu"))
+    return base, cfg, SpatialStage(cfg, base, build_model(condition, base, method=method, binder=binder), mean, std,
+                                   tokens, null, records, 32, torch.device("cpu"))
 
 
 CASES = [("layout", "gligen"), ("layout", "controlnet"), ("segmap", "gligen")]  # (condition, layout method)
@@ -550,3 +550,84 @@ def test_replay_refuses_a_map_for_an_image_made_without_one(checkpoints, tmp_pat
     assert "was made without a segmentation map; leave out --segmap" in capsys.readouterr().err
     assert main(["replay", png, "--out", str(tmp_path), "--layout-model", str(checkpoints / "gligen")]) == 2
     assert "--layout-model: " in capsys.readouterr().err
+
+
+def _nonzero_controlnet(pipe, channels=5):
+    from latentdiff.models.control import controlnet_from_unet
+
+    torch.manual_seed(0)
+    net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor, channels)
+    with torch.no_grad():  # non-zero zero-convolutions, so the picture reaches the output
+        for p in [*net.controlnet_down_blocks.parameters(), *net.controlnet_mid_block.parameters(),
+                  *net.controlnet_cond_embedding.conv_out.parameters()]:
+            p.normal_(0, 0.1)
+    return net
+
+
+def test_region_binder_starts_with_no_effect_reads_the_caption_and_round_trips(tmp_path):
+    """A ControlNet given a region binder computes the same residuals as before (its new input channels
+    have zero weights); once those weights are non-zero the caption reaches the picture, only on object
+    pixels; saved and loaded back it gives the same output and still takes the one-hot map (5 channels)."""
+    from latentdiff.models.control import (RegionBinder, control_picture, input_channels, load_controlnet,
+                                           one_hot, save_segmap_controlnet, with_binder)
+
+    pipe = build_tiny_pipeline()
+    net = _nonzero_controlnet(pipe).eval()
+    bound = with_binder(net, 32).eval()
+    assert input_channels(bound) == 5 and bound.config.conditioning_channels == 5 + bound.region_binder.out_channels
+    seg = torch.zeros(2, 32, 32, dtype=torch.long)
+    seg[:, 4:14, 4:14], seg[:, 18:30, 18:30] = 1, 2
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    ctx, other = torch.randn(2, 77, 32), torch.randn(2, 77, 32)
+    m = one_hot(seg)
+
+    def run(n, context):
+        with torch.no_grad():
+            return unet_model(pipe.unet, pipe.schedule, controlnet=n)(x, t, Conditioning(context=context, control=m))
+    torch.testing.assert_close(run(bound, ctx), run(net, ctx))
+    with torch.no_grad():
+        bound.controlnet_cond_embedding.conv_in.weight[:, 5:].normal_(0, 0.1)
+    feats = bound.region_binder(m, ctx)  # (B, 128, H, W)
+    assert feats[:, :, 0, 0].abs().max() == 0 and feats[:, :, 8, 8].abs().max() > 0  # objects only
+    assert (bound.region_binder(torch.zeros_like(m), ctx) == 0).all()  # the null map stays null
+    assert control_picture(bound, m, ctx).shape[1] == 5 + 128 and control_picture(net, m, ctx) is m
+    assert (run(bound, ctx) - run(bound, other)).abs().max() > 1e-4  # the caption now reaches the picture
+    save_segmap_controlnet(bound, tmp_path / "controlnet")
+    loaded = load_controlnet(tmp_path / "controlnet")
+    assert isinstance(loaded.region_binder, RegionBinder) and input_channels(loaded) == 5
+    torch.testing.assert_close(run(loaded, ctx), run(bound, ctx))
+
+
+def test_training_a_segmap_controlnet_with_a_region_binder(shapes_records, tmp_path):
+    from accelerate import Accelerator
+
+    from latentdiff.errors import ConfigError
+    from latentdiff.pipeline import Pipeline
+    from latentdiff.train.loop import run_stage
+    from latentdiff.train.spatial import SpatialTrainConfig
+
+    base, cfg, stage = _stage("segmap", shapes_records, binder=True)
+    assert stage.model.controlnet.region_binder.key.weight.requires_grad
+    result = run_stage(stage, cfg.loop, tmp_path / "segmap", 0, Accelerator(cpu=True), False, {})
+    assert (result / "binder.json").is_file()
+    pipe = Pipeline.from_components(base.unet, base.vae, base.text_encoder, base.tokenizer, base.schedule)
+    pipe.attach_segmap(result)
+    assert pipe.controlnet.region_binder is not None
+    seg = np.zeros((32, 32), np.uint8)
+    seg[4:14, 4:14] = 1
+    from latentdiff.layout import Spatial
+
+    assert pipe.generate("a red circle", steps=2, spatial=Spatial(segmap=seg))[0].size == (32, 32)
+    with pytest.raises(ConfigError, match="binder: only the segmentation map"):
+        SpatialTrainConfig(condition="layout", binder=True)
+
+
+def test_train_spatial_init_flag_is_checked_before_any_work(tmp_path, capsys):
+    from latentdiff.cli import build_parser, main
+
+    args = build_parser().parse_args(["train-spatial", "configs/segmap_binder.yaml", "--init", "x/controlnet"])
+    assert args.init == "x/controlnet"
+    assert main(["train-spatial", "configs/segmap_binder.yaml", "--init", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert f"init: {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

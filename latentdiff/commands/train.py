@@ -37,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     s.add_argument("--out", help="output folder (overrides the recipe's 'out')")
     s.add_argument("--model", help="the base model (overrides the recipe's 'base_model')")
+    s.add_argument("--init", metavar="DIR", help="start the ControlNet from this trained folder, a later phase "
+                                               "(overrides the recipe's 'init')")
     s.add_argument("--install", action="store_true", help="copy the result into the base model's folder")
     s.set_defaults(handler=run_spatial)
 
@@ -67,7 +69,7 @@ def run_spatial(args: argparse.Namespace) -> int:
     from latentdiff.config import load_config
     from latentdiff.train.spatial import SpatialTrainConfig, install, train_spatial
 
-    cfg = load_config(args.config, SpatialTrainConfig, out=args.out, base_model=args.model)
+    cfg = load_config(args.config, SpatialTrainConfig, out=args.out, base_model=args.model, init=args.init)
     result = train_spatial(cfg, resume=args.resume)
     print(f"{cfg.condition}: {result}")
     if args.install:

@@ -21,6 +21,7 @@ folder holds ``condition.json`` (``{"condition": "layout", ...}``) beside diffus
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -67,10 +68,14 @@ def load_controlnet(folder: str | Path, dtype=None):
     cfg = json.loads((folder / "config.json").read_text())
     if cfg.get("_class_name") != "ControlNetModel":
         raise UserError(f"{folder}/config.json: _class_name is {cfg.get('_class_name')!r}, expected ControlNetModel")
+    from latentdiff.interop import quiet_libraries
+
     try:
-        net = ControlNetModel.from_pretrained(str(folder), **({} if dtype is None else {"torch_dtype": dtype}))
+        with quiet_libraries():  # a region binder's weights are not diffusers' (loaded next)
+            net = ControlNetModel.from_pretrained(str(folder), **({} if dtype is None else {"torch_dtype": dtype}))
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{folder}: cannot load the ControlNet ({str(exc).splitlines()[0]})") from None
+    _load_binder(net, folder)
     return net.eval().requires_grad_(False)
 
 
@@ -124,3 +129,125 @@ def layout_controlnet_config(folder: str | Path) -> dict | None:
     except (OSError, ValueError):
         raise UserError(f"{marker}: not a readable JSON file") from None
     return cfg if isinstance(cfg, dict) and cfg.get("condition") == "layout" else None
+
+
+# --- the segmentation map's region binder -------------------------------------------------------------------
+
+BINDER_MARKER = "binder.json"
+BINDER_PREFIX = "region_binder."
+
+
+class RegionBinder(torch.nn.Module):
+    """Which words of the caption describe the object at each pixel of a class map.
+
+    The map says where a circle is, the caption says "a red circle at the top left, a blue circle at the
+    bottom": binding colours to regions is left to the ControlNet's cross-attention otherwise, which learns
+    it slowly (docs/layout.md). Here every object pixel asks the caption's token states directly: its query
+    is made from its class (one-hot) and its position (Fourier features of its centre), the keys and values
+    from the text encoder's hidden states; the answer, (heads × head_dim) channels, is appended to the
+    one-hot map as the ControlNet's input, zero on background pixels and for the null (all-zero) map. It
+    starts with no effect: the ControlNet's input convolution gets zero weights for these channels.
+    """
+
+    def __init__(self, text_dim: int, num_classes: int = NUM_CLASSES, heads: int = 4, head_dim: int = 32,
+                 freqs: int = 4):
+        super().__init__()
+        self.settings = dict(text_dim=text_dim, num_classes=num_classes, heads=heads, head_dim=head_dim,
+                             freqs=freqs)
+        self.heads, self.head_dim, self.freqs = heads, head_dim, freqs
+        width = heads * head_dim
+        self.query = torch.nn.Sequential(torch.nn.Linear(num_classes + 4 * freqs, width), torch.nn.SiLU(),
+                                         torch.nn.Linear(width, width))
+        self.key, self.value = torch.nn.Linear(text_dim, width), torch.nn.Linear(text_dim, width)
+
+    @property
+    def out_channels(self) -> int:
+        return self.heads * self.head_dim
+
+    def positions(self, height: int, width: int, like: Tensor) -> Tensor:
+        """(4F, H, W): sin and cos of 2^k π x and 2^k π y at the pixel centres, k < F."""
+        ys = (torch.arange(height, device=like.device, dtype=torch.float32) + 0.5) / height
+        xs = (torch.arange(width, device=like.device, dtype=torch.float32) + 0.5) / width
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, H, W): x, y
+        angles = grid[None] * (math.pi * 2.0 ** torch.arange(self.freqs, device=like.device))[:, None, None, None]
+        return torch.cat([angles.sin(), angles.cos()]).flatten(0, 1).to(like.dtype)  # (4F, H, W)
+
+    def forward(self, onehot: Tensor, context: Tensor) -> Tensor:
+        """One-hot map (B, K, H, W) and the caption's hidden states (B, L, D) → (B, heads × head_dim, H, W)."""
+        b, _, h, w = onehot.shape
+        pos = self.positions(h, w, onehot).expand(b, -1, -1, -1)
+        q = self.query(torch.cat([onehot, pos], 1).flatten(2).transpose(1, 2))  # (B, HW, width)
+        k, v = self.key(context), self.value(context)  # (B, L, width)
+        split = lambda x: x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731  (B, h, ·, d)
+        out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))  # (B, h, HW, d)
+        out = out.transpose(1, 2).flatten(2).transpose(1, 2).unflatten(2, (h, w))  # (B, width, H, W)
+        return out * onehot[:, 1:].sum(1, keepdim=True)  # objects only
+
+
+def with_binder(net, text_dim: int, **settings):
+    """A copy of segmentation ControlNet ``net`` (one-hot input) that also reads a :class:`RegionBinder`'s
+    channels: the input convolution is widened with zero weights, so the output is unchanged at first."""
+    from diffusers import ControlNetModel
+
+    binder = RegionBinder(text_dim, net.config.conditioning_channels, **settings)
+    config = {k: v for k, v in net.config.items() if not k.startswith("_")}
+    config["conditioning_channels"] = net.config.conditioning_channels + binder.out_channels
+    wide = ControlNetModel.from_config(config)
+    state = net.state_dict()
+    key = "controlnet_cond_embedding.conv_in.weight"
+    old = state[key]  # (C_out, K, 3, 3)
+    state[key] = torch.cat([old, old.new_zeros(old.shape[0], binder.out_channels, *old.shape[2:])], 1)
+    wide.load_state_dict(state)
+    wide.region_binder = binder
+    from latentdiff.interop import quiet_libraries
+
+    with quiet_libraries():
+        return wide.to(device=next(net.parameters()).device, dtype=next(net.parameters()).dtype)
+
+
+def input_channels(net) -> int:
+    """The channels of the picture a ControlNet is given (its binder's channels are made inside)."""
+    binder = getattr(net, "region_binder", None)
+    return net.config.conditioning_channels - (binder.out_channels if binder is not None else 0)
+
+
+def control_picture(net, picture: Tensor, context: Tensor) -> Tensor:
+    """What ``net`` reads: the picture, plus its region binder's channels when it has one."""
+    binder = getattr(net, "region_binder", None)
+    return picture if binder is None else torch.cat([picture, binder(picture, context)], 1)
+
+
+def save_segmap_controlnet(net, folder: Path) -> Path:
+    """Write a segmentation ControlNet: diffusers' files (a binder's weights inside, under ``region_binder.``)
+    plus ``binder.json`` when it has one."""
+    net.save_pretrained(str(folder), safe_serialization=True)
+    binder = getattr(net, "region_binder", None)
+    if binder is not None:
+        (Path(folder) / BINDER_MARKER).write_text(json.dumps(binder.settings, indent=1))
+    return Path(folder)
+
+
+def _load_binder(net, folder: Path) -> None:
+    """Attach the region binder a ControlNet folder holds (``binder.json`` + its weights), if any."""
+    from safetensors import safe_open
+
+    marker = folder / BINDER_MARKER
+    if not marker.is_file():
+        return
+    try:
+        settings = json.loads(marker.read_text())
+        binder = RegionBinder(**settings)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{marker}: not a region binder description ({exc})") from None
+    files = sorted(folder.glob("*.safetensors"))
+    state = {}
+    for f in files:
+        with safe_open(str(f), "pt") as s:
+            state.update({k[len(BINDER_PREFIX):]: s.get_tensor(k) for k in s.keys() if k.startswith(BINDER_PREFIX)})
+    try:
+        binder.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"{folder}: the region binder's weights do not match {marker} "
+                        f"({str(exc).splitlines()[0]})") from None
+    p = next(net.parameters())
+    net.region_binder = binder.to(device=p.device, dtype=p.dtype).eval().requires_grad_(False)

@@ -66,6 +66,7 @@ class SpatialTrainConfig:
     method: str = "gligen"  # layout: gligen (gated self-attention) | controlnet (a ControlNet on the boxes' picture)
     layout_scale: float = 1.0  # layout ControlNet: the guidance scale generate uses with it unless told (condition.json)
     init: str = ""  # ControlNet methods: start from this trained ControlNet folder (a later phase) instead of the U-Net
+    binder: bool = False  # segmap: add a region binder (each object pixel reads the caption's words for it)
 
     def __post_init__(self):
         if self.condition not in CONDITIONS:
@@ -82,6 +83,8 @@ class SpatialTrainConfig:
             raise ConfigError(f"layout_scale: expected 0..50, got {self.layout_scale}")
         if self.gate_init != 0.0 and (self.condition, self.method) != ("layout", "gligen"):
             raise ConfigError("gate_init: only GLIGEN's layout layers have gates (condition: layout, method: gligen)")
+        if self.binder and self.condition != "segmap":
+            raise ConfigError("binder: only the segmentation map has a region binder (condition: segmap)")
         if self.init and self.condition == "layout" and self.method != "controlnet":
             raise ConfigError("init: only a ControlNet starts from a trained folder (method: controlnet, or segmap)")
         for name in ("text_dropout", "spatial_dropout"):
@@ -189,7 +192,7 @@ class SpatialStage(LatentDenoisingStage):
         return {"step": step, **metrics}
 
     def finish(self, model, out):
-        from latentdiff.models.control import save_layout_controlnet
+        from latentdiff.models.control import save_layout_controlnet, save_segmap_controlnet
         from latentdiff.models.gligen import MAX_BOXES, save_gligen
 
         if self.cfg.method == "controlnet":
@@ -197,17 +200,18 @@ class SpatialStage(LatentDenoisingStage):
                                           {"layout_scale": self.cfg.layout_scale, "recipe": to_dict(self.cfg)})
         if self.cfg.condition == "layout":
             return save_gligen(model.unet, out / "gligen", {"recipe": to_dict(self.cfg)})
-        model.controlnet.save_pretrained(str(out / "controlnet"), safe_serialization=True)
-        return out / "controlnet"
+        return save_segmap_controlnet(model.controlnet, out / "controlnet")
 
 
 def build_model(condition: str, base, gate_init: float = 0.0, method: str = "gligen",
-                init: str = "") -> ConditionedUNet:
+                init: str = "", binder: bool = False) -> ConditionedUNet:
     """The module the loop trains: a gated copy of the frozen U-Net (its gates α set to ``gate_init``), or
     the frozen U-Net and a ControlNet (on the one-hot map, or with ``method`` controlnet on the layout's
     picture: D + 1 input channels, D the text encoder's width), copied from the U-Net or, with ``init``,
-    loaded from an earlier phase's ControlNet folder (checked to fit the U-Net and take those channels)."""
-    from latentdiff.models.control import NUM_CLASSES, controlnet_from_unet
+    loaded from an earlier phase's ControlNet folder (checked to fit the U-Net and take those channels).
+    ``binder`` (segmap): the ControlNet also reads a region binder's channels
+    (:class:`latentdiff.models.control.RegionBinder`), added with no effect at first unless ``init`` has one."""
+    from latentdiff.models.control import NUM_CLASSES, controlnet_from_unet, with_binder
     from latentdiff.models.gligen import gated_unet
 
     base.unet.requires_grad_(False)
@@ -216,6 +220,8 @@ def build_model(condition: str, base, gate_init: float = 0.0, method: str = "gli
     channels = base.text_encoder.config.hidden_size + 1 if condition == "layout" else NUM_CLASSES
     net = _init_controlnet(init, base.unet, channels) if init else \
         controlnet_from_unet(base.unet, base.vae_scale_factor, channels)
+    if binder and getattr(net, "region_binder", None) is None:
+        net = with_binder(net, base.text_encoder.config.hidden_size)
     net = net.train().requires_grad_(True)
     if condition == "layout":
         return ConditionedUNet(base.unet, layout_controlnet=net).train()
@@ -224,7 +230,7 @@ def build_model(condition: str, base, gate_init: float = 0.0, method: str = "gli
 
 def _init_controlnet(folder: str, unet, channels: int):
     """An earlier phase's ControlNet in fp32 on the U-Net's device: it must fit ``unet`` and take ``channels``."""
-    from latentdiff.models.control import check_fits, load_controlnet
+    from latentdiff.models.control import check_fits, input_channels, load_controlnet
 
     path = Path(folder)
     if not path.is_dir():
@@ -232,8 +238,8 @@ def _init_controlnet(folder: str, unet, channels: int):
                           f"OUT/final/layout_controlnet)")
     net = load_controlnet(path, dtype=torch.float32)
     check_fits(net, unet, path)
-    if net.config.conditioning_channels != channels:
-        raise ConfigError(f"init: {folder} takes {net.config.conditioning_channels} input channels, this condition "
+    if input_channels(net) != channels:
+        raise ConfigError(f"init: {folder} takes {input_channels(net)} input channels, this condition "
                           f"needs {channels}")
     return net.to(unet.device)
 
@@ -250,6 +256,9 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
     from latentdiff.train.stages import vae_latent_stats
 
     out = Path(cfg.out)
+    if cfg.init and not Path(cfg.init).is_dir():  # before any work; build_model checks what it holds
+        raise ConfigError(f"init: {cfg.init} is not a folder (expected a trained ControlNet, e.g. "
+                          f"OUT/final/layout_controlnet)")
     accelerator, base, train_recs, hold_recs = derived_run(cfg, cfg.loop.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
     size = int(base.vae.config.sample_size)
@@ -259,7 +268,7 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
                                                                  lambda: load_images(train_recs, size, main)))
     tokens, null = _tokens(base, [r.text for r in train_recs], print if main else (lambda _: None))
     seed_init(cfg.seed, cfg.condition)
-    model = build_model(cfg.condition, base, cfg.gate_init, cfg.method, cfg.init)
+    model = build_model(cfg.condition, base, cfg.gate_init, cfg.method, cfg.init, cfg.binder)
     stage = SpatialStage(cfg, base, model, mean, std, tokens, null, train_recs, size, device, hold_recs)
     if main:
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
