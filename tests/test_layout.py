@@ -631,3 +631,34 @@ def test_train_spatial_init_flag_is_checked_before_any_work(tmp_path, capsys):
                  "--out", str(tmp_path / "run")]) == 2
     assert f"init: {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_validation_figures_are_kept_beside_their_pictures(shapes_records, tmp_path, capsys):
+    """Every validation of a run (mid-run and final) writes val/stepNNNNNNN.json with its figures next to
+    the grid, and prints them."""
+    from accelerate import Accelerator
+
+    from latentdiff.data.latents import load_images
+    from latentdiff.train.config import LoopConfig
+    from latentdiff.train.finetune import _tokens
+    from latentdiff.train.loop import run_stage
+    from latentdiff.train.spatial import SpatialStage, SpatialTrainConfig, build_model
+    from latentdiff.train.stages import vae_latent_stats
+
+    base = build_tiny_pipeline()
+    records = [r for r in shapes_records if r.boxes]
+    cfg = SpatialTrainConfig(condition="segmap", validation_cases=2, validation_steps=2,
+                             loop=LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1,
+                                             validate_every=1))
+    mean, std = vae_latent_stats(base.vae, load_images(records, 32, False), torch.device("cpu"))
+    tokens, null = _tokens(base, [r.text for r in records], lambda _: None)
+    stage = SpatialStage(cfg, base, build_model("segmap", base), mean, std, tokens, null, records, 32,
+                         torch.device("cpu"), records[:2])
+    run_stage(stage, cfg.loop, tmp_path / "segmap", 0, Accelerator(cpu=True), False, {})
+    for step in (1, 2):
+        figures = json.loads((tmp_path / "segmap" / "val" / f"step{step:07d}.json").read_text())
+        assert figures["step"] == step and 0 <= figures["pixel_accuracy"] <= 1 and figures["cases"] == 2
+        assert (tmp_path / "segmap" / "val" / f"step{step:07d}.png").is_file()
+    final = json.loads((tmp_path / "segmap" / "metrics.json").read_text())
+    assert final["pixel_accuracy"] == figures["pixel_accuracy"]
+    assert "validation at step 1: cases 2, pixel_accuracy" in capsys.readouterr().out

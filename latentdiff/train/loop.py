@@ -212,6 +212,19 @@ class _Log:
                 f.write(json.dumps(row) + "\n")
 
 
+def _save_validation(out: Path, step: int, metrics: dict | None) -> dict:
+    """Keep a validation's figures beside its picture (``val/step0001000.json``; a resumed run rewrites its
+    own) and print them when there are any beyond the step; returns them."""
+    metrics = dict(metrics or {})
+    (out / "val").mkdir(parents=True, exist_ok=True)
+    (out / "val" / f"step{step:07d}.json").write_text(json.dumps({"step": step, **metrics}))
+    shown = {k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
+    if shown:
+        tqdm.write("validation at step {}: {}".format(
+            step, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())))
+    return metrics
+
+
 def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, resume: bool,
               config_dict: dict, on_step: Callable[[int], None] | None = None, final: Path | None = None) -> Path:
     """Train ``stage`` for ``cfg.steps`` steps under ``out`` (checkpoints, log, validation); return what
@@ -277,7 +290,8 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
                                     {**_saved(counters), "ema_step": ema.optimization_step, "config": config_dict},
                                     keep=cfg.keep_checkpoints)
             if validate:
-                _with_ema(stage, accelerator.unwrap_model(model), ema, lambda m: stage.validate(m, n, out))
+                _save_validation(out, n, _with_ema(stage, accelerator.unwrap_model(model), ema,
+                                                   lambda m: stage.validate(m, n, out)))
             if interrupted:
                 accelerator.wait_for_everyone()
                 raise TrainingInterrupted(_interrupted_message(stage.name, ckpt_dir, n, counters))
@@ -293,6 +307,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     if main:
         unwrapped = accelerator.unwrap_model(model)
         metrics = _with_ema(stage, unwrapped, ema, lambda m: stage.validate(m, last, out))
+        metrics = _save_validation(out, last, metrics)
         result = _with_ema(stage, unwrapped, ema, lambda m: stage.finish(m, result))
         (out / "metrics.json").write_text(json.dumps({**metrics, **_saved(counters), "steps": last}, indent=1))
     accelerator.wait_for_everyone()
