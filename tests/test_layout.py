@@ -596,6 +596,9 @@ def test_region_binder_starts_with_no_effect_reads_the_caption_and_round_trips(t
     loaded = load_controlnet(tmp_path / "controlnet")
     assert isinstance(loaded.region_binder, RegionBinder) and input_channels(loaded) == 5
     torch.testing.assert_close(run(loaded, ctx), run(bound, ctx))
+    save_segmap_controlnet(loaded, tmp_path / "again")  # a loaded network records its folder: not saved
+    assert "_name_or_path" not in json.loads((tmp_path / "again" / "config.json").read_text())
+    torch.testing.assert_close(run(load_controlnet(tmp_path / "again"), ctx), run(bound, ctx))
 
 
 def test_training_a_segmap_controlnet_with_a_region_binder(shapes_records, tmp_path):

@@ -111,9 +111,18 @@ def rasterise_layout(boxes: Tensor, embeddings: Tensor, mask: Tensor, height: in
     return torch.cat([feat, count.clamp(max=1)], dim=1)
 
 
+def _save_controlnet(net, folder: Path) -> None:
+    """diffusers' files, without the local path a network loaded from a folder records (``_name_or_path``)."""
+    net.save_pretrained(str(folder), safe_serialization=True)
+    config = Path(folder) / "config.json"
+    data = json.loads(config.read_text())
+    if data.pop("_name_or_path", None) is not None:
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def save_layout_controlnet(net, folder: Path, max_boxes: int, info: dict | None = None) -> Path:
     """Write a layout ControlNet (diffusers folder plus ``condition.json``)."""
-    net.save_pretrained(str(folder), safe_serialization=True)
+    _save_controlnet(net, folder)
     (Path(folder) / LAYOUT_MARKER).write_text(json.dumps({"condition": "layout", "max_boxes": max_boxes,
                                                           **(info or {})}, indent=1))
     return Path(folder)
@@ -220,7 +229,7 @@ def control_picture(net, picture: Tensor, context: Tensor) -> Tensor:
 def save_segmap_controlnet(net, folder: Path) -> Path:
     """Write a segmentation ControlNet: diffusers' files (a binder's weights inside, under ``region_binder.``)
     plus ``binder.json`` when it has one."""
-    net.save_pretrained(str(folder), safe_serialization=True)
+    _save_controlnet(net, folder)
     binder = getattr(net, "region_binder", None)
     if binder is not None:
         (Path(folder) / BINDER_MARKER).write_text(json.dumps(binder.settings, indent=1))
