@@ -12,7 +12,7 @@
 # (ship it with `latentdiff export ... --out latentdiff/assets/inpaint_model`, see the Makefile's
 # inpaint-model target). Time on 2 CPU cores (2026-11-29), each alone: gligen 11 min (0.62 step/s), segmap
 # ~12 min (0.58 step/s), inpaint ~21 min, classifier ~14 min; about 35 min each when two share the cores;
-# layout (3,000 steps) about 40 min on the 2026-12-03 machine (1.3 step/s).
+# layout (3,000 + 4,000 steps) about 90 min on the 2026-12-03 machine (1.3 step/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -32,7 +32,10 @@ ld() { "$PY" -m latentdiff.cli "$@"; }
 for part in "${PARTS[@]}"; do
   echo "== $part (into $RUN-$part)"
   case "$part" in
-    layout) ld train-spatial configs/layout_controlnet.yaml --model "$MODEL" --out "$RUN-$part" --resume --install ;;
+    layout)  # two phases: the second starts from the first's ControlNet
+      ld train-spatial configs/layout_controlnet.yaml --model "$MODEL" --out "$RUN-$part" --resume
+      ld train-spatial configs/layout_controlnet2.yaml --model "$MODEL" --out "$RUN-${part}2" --resume --install \
+        --init "$RUN-$part/layout/final/layout_controlnet" ;;
     gligen) ld train-spatial configs/layout.yaml --model "$MODEL" --out "$RUN-$part" --resume --install ;;
     segmap) ld train-spatial configs/segmap.yaml --model "$MODEL" --out "$RUN-$part" --resume --install ;;
     inpaint) ld train-inpaint configs/inpaint.yaml --model "$MODEL" --out "$RUN-$part" --resume ;;
