@@ -126,19 +126,22 @@ class Spatial:
             out["layout"] = {"boxes": [{"phrase": e.phrase, "box": list(e.box)} for e in self.layout],
                              "scale": self.layout_scale}
         if self.segmap is not None:
-            import hashlib
-
-            out["segmap"] = {"sha256": hashlib.sha256(self.segmap.tobytes()).hexdigest(),
+            out["segmap"] = {"sha256": segmap_sha256(self.segmap),
                              "classes": sorted(np.unique(self.segmap).tolist()), "scale": self.segmap_scale}
         return out
+
+
+def segmap_sha256(segmap: np.ndarray) -> str:
+    """The SHA-256 a provenance record keeps of a class map: over its (H, W) uint8 bytes, row by row."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(segmap, np.uint8).tobytes()).hexdigest()
 
 
 def recorded_spatial(record, segmap: np.ndarray | None = None, where: str = "the image") -> Spatial | None:
     """The layout / segmentation map an image was made with, from its provenance record (``extra.layout``,
     ``extra.segmap``), or None when it had neither. The record keeps the boxes and scales but only the map's
     SHA-256, so a map-conditioned image needs ``segmap`` back: it must have the recorded hash."""
-    import hashlib
-
     layout, seg = record.extra.get("layout"), record.extra.get("segmap")
     if segmap is not None and seg is None:
         raise UserError(f"{where} was made without a segmentation map; leave out --segmap")
@@ -148,7 +151,7 @@ def recorded_spatial(record, segmap: np.ndarray | None = None, where: str = "the
         if segmap is None:
             raise UserError(f"{where} was made with a segmentation map; pass it with --segmap PNG "
                             f"(its sha256 is {seg['sha256'][:12]}…)")
-        digest = hashlib.sha256(np.ascontiguousarray(segmap, np.uint8).tobytes()).hexdigest()
+        digest = segmap_sha256(segmap)
         if digest != seg["sha256"]:
             raise UserError(f"--segmap: the map has sha256 {digest[:12]}…, {where} was made with "
                             f"{seg['sha256'][:12]}…")

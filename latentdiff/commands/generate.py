@@ -249,7 +249,7 @@ LAYOUT_FOLDERS = ("layout_controlnet", "gligen")  # a model folder's layout chec
 
 
 def spatial_checkpoint(pipe, flag: str, explicit: str | None, names: str | tuple[str, ...],
-                required: bool = True) -> Path | None:
+                       required: bool = True) -> Path | None:
     """An explicit checkpoint folder, else the first MODEL/<name> of ``names`` that exists; when none does,
     an error (or None when not ``required``)."""
     if explicit is not None:

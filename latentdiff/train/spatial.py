@@ -228,14 +228,19 @@ def build_model(condition: str, base, gate_init: float = 0.0, method: str = "gli
     return ConditionedUNet(base.unet, net).train()
 
 
+def _init_folder(folder: str) -> Path:
+    """The recipe's ``init`` folder, which must exist (else a ConfigError naming it)."""
+    if not Path(folder).is_dir():
+        raise ConfigError(f"init: {folder} is not a folder (expected a trained ControlNet, e.g. "
+                          f"OUT/final/layout_controlnet)")
+    return Path(folder)
+
+
 def _init_controlnet(folder: str, unet, channels: int):
     """An earlier phase's ControlNet in fp32 on the U-Net's device: it must fit ``unet`` and take ``channels``."""
     from latentdiff.models.control import check_fits, input_channels, load_controlnet
 
-    path = Path(folder)
-    if not path.is_dir():
-        raise ConfigError(f"init: {folder} is not a folder (expected a trained ControlNet, e.g. "
-                          f"OUT/final/layout_controlnet)")
+    path = _init_folder(folder)
     net = load_controlnet(path, dtype=torch.float32)
     check_fits(net, unet, path)
     if input_channels(net) != channels:
@@ -256,9 +261,8 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
     from latentdiff.train.stages import vae_latent_stats
 
     out = Path(cfg.out)
-    if cfg.init and not Path(cfg.init).is_dir():  # before any work; build_model checks what it holds
-        raise ConfigError(f"init: {cfg.init} is not a folder (expected a trained ControlNet, e.g. "
-                          f"OUT/final/layout_controlnet)")
+    if cfg.init:
+        _init_folder(cfg.init)  # before any work; build_model checks what it holds
     accelerator, base, train_recs, hold_recs = derived_run(cfg, cfg.loop.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
     size = int(base.vae.config.sample_size)
