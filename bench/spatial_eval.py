@@ -7,7 +7,10 @@ accuracy and colour accuracy, over held-out shapes-world scenes (seed 90210, nev
 The model folder must hold layout_controlnet/ or gligen/ (layout; the first is used) or controlnet/
 (segmap), or pass --checkpoint DIR. Each case
 is a scene of 1-3 objects; the prompt is its caption (naming colours and shapes) and the condition its
-boxes (phrases "a red circle") or its class map. Targets: box accuracy >= 0.90 and mean IoU >= 0.6;
+boxes (phrases "a red circle") or its class map. With the map, the caption's objects are bound to the map's
+regions and drawn as a layout too (region phrases, as `latentdiff generate --segmap` does; the model's
+layout checkpoint at --region-scale, default its layout_scale, and its region_guidance as the text
+guidance); --no-region-phrases gives the map alone. Targets: box accuracy >= 0.90 and mean IoU >= 0.6;
 pixel accuracy >= 0.90 and colours right >= 0.90. Cost: one image per case (25 DPM++ steps, with
 --scale 1 one U-Net pass per step); about 0.2 s per image on 2 CPU cores for the default model. Writes
 a JSON line of metrics to stdout (--text-only: the same cases from the caption alone, the baseline);
@@ -35,11 +38,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--scale", type=float, default=None,
                    help="layout/segmap guidance scale (default: the layout checkpoint's layout_scale; segmap 1)")
-    p.add_argument("--guidance", type=float, default=None, help="text guidance (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="text guidance (default: the model's; with region phrases the layout "
+                   "checkpoint's region_guidance when it has one)")
     p.add_argument("--seed", type=int, default=90210)
     p.add_argument("--grid", default=None, help="PNG path for an input | output grid of the first 16 cases")
     p.add_argument("--text-only", action="store_true",
                    help="baseline: the caption alone (no layout, no map, no checkpoint), scored the same way")
+    p.add_argument("--no-region-phrases", action="store_true",
+                   help="segmap: the map alone, without binding the caption's objects to its regions as a layout")
+    p.add_argument("--region-scale", type=float, default=None,
+                   help="segmap: the guidance scale of the bound region phrases (default: the layout checkpoint's)")
     p.add_argument("--cases", default=None, help="JSONL path for one line per case (caption and verdicts)")
     args = p.parse_args()
 
@@ -57,6 +65,9 @@ def main() -> None:
     if args.condition in ("layout", "both") and not args.text_only:
         given = args.checkpoint if args.condition == "layout" else None
         pipe.attach_layout(spatial_checkpoint(pipe, "--checkpoint", given, LAYOUT_FOLDERS))
+    regions = args.condition == "segmap" and not args.text_only and not args.no_region_phrases
+    if regions:  # the bound region phrases are drawn by the model's layout checkpoint
+        pipe.attach_layout(spatial_checkpoint(pipe, "--checkpoint", None, LAYOUT_FOLDERS))
     if args.condition in ("segmap", "both") and not args.text_only:
         pipe.attach_segmap(args.checkpoint if args.condition == "segmap" and args.checkpoint else model / "controlnet")
     size = pipe.resolve()["height"]
@@ -69,9 +80,12 @@ def main() -> None:
         cases = []
         metrics, tiles = run_cases(pipe, records, cond, size, steps=args.steps, guidance=args.guidance,
                                    scale=scale, progress=True, both=args.condition == "both", cases=cases,
-                                   text_only=args.text_only)
-    metrics.update(condition=args.condition, text_only=args.text_only, scale=scale, steps=args.steps,
-                   seconds=round(time.time() - t0, 1), model=str(model))
+                                   text_only=args.text_only, region_phrases=regions,
+                                   region_scale=args.region_scale)
+    region_scale = (pipe.layout_scale if args.region_scale is None else args.region_scale) if regions else None
+    metrics.update(condition=args.condition, text_only=args.text_only, region_phrases=regions, scale=scale,
+                   region_scale=region_scale, steps=args.steps, guidance=args.guidance if args.guidance is not None
+                   else (pipe.region_guidance if regions and pipe.region_guidance is not None else pipe.resolve()["guidance"]), seconds=round(time.time() - t0, 1), model=str(model))
     print(json.dumps(metrics))
     if args.cases:
         Path(args.cases).parent.mkdir(parents=True, exist_ok=True)

@@ -119,12 +119,15 @@ class Spatial:
     segmap: np.ndarray | None = None  # (H, W) uint8 class indices
     layout_scale: float = 1.0
     segmap_scale: float = 1.0
+    region_phrases: bool = False  # the layout was bound from the prompt to the map's regions (latentdiff.regions)
 
     def describe(self) -> dict:
         out = {}
         if self.layout is not None:
             out["layout"] = {"boxes": [{"phrase": e.phrase, "box": list(e.box)} for e in self.layout],
                              "scale": self.layout_scale}
+            if self.region_phrases:
+                out["layout"]["region_phrases"] = True
         if self.segmap is not None:
             out["segmap"] = {"sha256": segmap_sha256(self.segmap),
                              "classes": sorted(np.unique(self.segmap).tolist()), "scale": self.segmap_scale}
@@ -159,7 +162,8 @@ def recorded_spatial(record, segmap: np.ndarray | None = None, where: str = "the
                                            for b in layout["boxes"]]
     return Spatial(entries, segmap if seg is not None else None,
                    layout_scale=float(layout["scale"]) if layout else 1.0,
-                   segmap_scale=float(seg["scale"]) if seg else 1.0)
+                   segmap_scale=float(seg["scale"]) if seg else 1.0,
+                   region_phrases=bool(layout and layout.get("region_phrases")))
 
 
 def grounding_for(pipe, layout: list[LayoutEntry], batch: int, slots: int) -> Grounding:

@@ -138,6 +138,7 @@ class Pipeline:
         self.layout_controlnet = None  # a layout ControlNet (attach_layout), or None: GLIGEN or no layout
         self.layout_slots = 0  # boxes the layout checkpoint takes (attach_layout); 0: no layout conditioning
         self.layout_scale = 1.0  # the layout checkpoint's default guidance scale (its condition.json), else 1
+        self.region_guidance = None  # its text guidance for region phrases (condition.json), else the model's
         self.spatial_paths: dict[str, str] = {}  # "layout" / "segmap" -> checkpoint folder
         self.speed = None  # Speed options applied by optimize()
         self._unet_call = None  # what the denoiser calls in place of self.unet once optimized
@@ -261,11 +262,14 @@ class Pipeline:
             self.layout_controlnet = self._load_controlnet(folder, want, "layout ControlNet",
                                                            f"this model's text encoder needs {want}")
             self.layout_scale = float(cfg.get("layout_scale", 1.0))
+            g = cfg.get("region_guidance")
+            self.region_guidance = None if g is None else float(g)
         else:
             if self._loras:
                 raise UserError("attach the layout checkpoint before applying LoRA files")
             self.unet, cfg = load_gligen(self.unet, folder)
             self.layout_controlnet, self.layout_scale = None, 1.0  # GLIGEN replaces a layout ControlNet
+            self.region_guidance = None
         self.layout_slots = int(cfg.get("max_boxes", MAX_BOXES))
         self.spatial_paths["layout"] = str(Path(folder).resolve())
         return self

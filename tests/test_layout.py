@@ -370,6 +370,15 @@ def test_the_default_model_ships_its_checkpoints_and_picks_them_up(tmp_path, cap
     assert record["extra"]["layout"]["scale"] == 3.0
     assert paths == {"layout": str((DEFAULT_MODEL_DIR / "layout_controlnet").resolve()),
                      "segmap": str((DEFAULT_MODEL_DIR / "controlnet").resolve())}
+    assert marker["region_guidance"] == 2.0 and record["guidance"] == 4.0  # a layout file: the model's guidance
+    # the map alone: the prompt's circle is bound to the map's circle, at the checkpoint's region guidance
+    assert main(["generate", "a red circle", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "out2"),
+                 "--segmap", str(tmp_path / "seg.png")]) == 0
+    with Image.open(capsys.readouterr().out.strip().splitlines()[-1]) as im:
+        record = json.loads(im.text["latentdiff"])
+    assert record["extra"]["layout"] == {"boxes": [{"phrase": "a red circle", "box": [4 / 64, 4 / 64, 28 / 64, 28 / 64]}],
+                                         "scale": 3.0, "region_phrases": True}
+    assert record["guidance"] == 2.0
 
 
 def test_gate_init_opens_the_gates_and_the_layout_then_changes_the_output():

@@ -348,11 +348,26 @@ def test_layout_and_segmap_requests_give_the_library_pixels_and_record(spatial_s
     assert job["state"] == "done", job
     record = job["images"][0]["record"]
     assert record["extra"]["segmap"]["classes"] == [0, 1] and (record["width"], record["height"]) == (32, 32)
+    # "a red circle" binds to the map's one circle region (region phrases, on by default): a layout too
+    region = LayoutEntry("a red circle", (2 / 32, 2 / 32, 14 / 32, 14 / 32))
+    assert record["extra"]["layout"] == {"boxes": [{"phrase": region.phrase, "box": list(region.box)}],
+                                         "scale": pipe.layout_scale, "region_phrases": True}
+    bound = pipe.generate(spatial=Spatial([region], np.asarray(_segmap()), layout_scale=pipe.layout_scale,
+                                          region_phrases=True), **common)[0]
+    with Image.open(io.BytesIO(fetch(spatial_server, job["images"][0]["url"]))) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(bound))
+
+    _, reply = call(spatial_server, "/api/jobs", {"kind": "segmap", "segmap": data_url(_segmap()),
+                                                  "region_phrases": False, **common})
+    job = wait(spatial_server, reply["id"])
+    assert job["state"] == "done", job
+    assert "layout" not in job["images"][0]["record"]["extra"]
     ref = pipe.generate(spatial=Spatial(segmap=np.asarray(_segmap())), **common)[0]
     with Image.open(io.BytesIO(fetch(spatial_server, job["images"][0]["url"]))) as png:
         assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(ref))
     plain = pipe.generate(**common)[0]
     assert not np.array_equal(np.asarray(plain), np.asarray(ref))  # the map reached the network
+    assert not np.array_equal(np.asarray(bound), np.asarray(ref))  # and so did the region phrase
 
 
 @pytest.mark.parametrize("request_, message", [
@@ -366,10 +381,11 @@ def test_layout_and_segmap_requests_give_the_library_pixels_and_record(spatial_s
     ({"kind": "segmap", "segmap": "unknown ids"}, "segmap: unknown class ids [7]; expected 0..4"),
     ({"kind": "segmap", "segmap": "rgb"}, "segmap: mode RGB: expected a single-channel (L) or palette (P) PNG"),
     ({"kind": "segmap", "segmap": "odd size"}, "segmap: the image is generated at the map's size, 32x30: height 30: expected a positive multiple of 4"),
+    ({"kind": "segmap", "segmap": "ok", "region_phrases": "yes"}, "region_phrases 'yes': expected true or false"),
 ])
 def test_bad_layouts_and_maps_are_refused_with_a_message(spatial_server, request_, message):
     uploads = {"unknown ids": data_url(_segmap(value=7)), "rgb": data_url(_segmap().convert("RGB")),
-               "odd size": data_url(_segmap((32, 30)))}
+               "odd size": data_url(_segmap((32, 30))), "ok": data_url(_segmap())}
     if request_.get("segmap") in uploads:
         request_ = {**request_, "segmap": uploads[request_["segmap"]]}
     status, reply = call(spatial_server, "/api/jobs", {"prompt": "x", "steps": 1, **request_})

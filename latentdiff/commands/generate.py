@@ -62,11 +62,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         '--layout-model)')
     g.add_argument("--layout-normalized", action="store_true", help="the layout's boxes are in [0, 1]")
     g.add_argument("--layout-scale", default=None, metavar="S",
-                   help="guidance scale of the layout (1 = no extra guidance; default: the layout checkpoint's "
-                        "layout_scale, 3 for the default model's, else 1)")
+                   help="guidance scale of the layout or of --segmap's region phrases (1 = no extra guidance; "
+                        "default: the layout checkpoint's layout_scale, 3 for the default model's, else 1)")
     g.add_argument("--layout-model", default=None, metavar="DIR",
-                   help="layout checkpoint folder, a layout ControlNet or GLIGEN layers (default: "
-                        "MODEL/layout_controlnet, else MODEL/gligen)")
+                   help="layout checkpoint folder, a layout ControlNet or GLIGEN layers, for --layout or --segmap's "
+                        "region phrases (default: MODEL/layout_controlnet, else MODEL/gligen)")
     g.add_argument("--segmap", default=None, metavar="PNG",
                    help="segmentation map: single-channel or palette PNG of class ids (0 background, 1 circle, "
                         "2 square, 3 triangle, 4 star) of the image's size; needs MODEL/controlnet or --segmap-model")
@@ -74,6 +74,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="guidance scale of the segmentation map (1 = no extra guidance, default: 1)")
     g.add_argument("--segmap-model", default=None, metavar="DIR",
                    help="segmentation ControlNet folder (default: MODEL/controlnet)")
+    g.add_argument("--no-region-phrases", action="store_true",
+                   help="with --segmap and no --layout: draw the map alone. By default the objects a shapes-world "
+                        "prompt names are bound to the map's regions of their class (by the positions, sizes and "
+                        "relation it states) and each drawn as a layout phrase in its region's box, when the model "
+                        "has a layout checkpoint (see docs/layout.md)")
     g.set_defaults(handler=run_generate)
 
     r = sub.add_parser("replay", help="regenerate an image from the record inside its PNG",
@@ -232,11 +237,13 @@ def classifier_guide(pipe, name: str | None, scale: float | None, path_text: str
 
 def check_spatial_flags(args: argparse.Namespace) -> dict:
     """Check --layout/--segmap flags before any model is loaded; the scales."""
-    for main, given in (("--layout", args.layout), ("--segmap", args.segmap)):
-        for flag in (f"{main}-normalized", f"{main}-scale", f"{main}-model"):
-            value = getattr(args, flag[2:].replace("-", "_"), None)
-            if value not in (None, False) and given is None:
-                raise UserError(f"{flag} needs {main} FILE")
+    needs = {"--layout-normalized": ("--layout",), "--layout-scale": ("--layout", "--segmap"),
+             "--layout-model": ("--layout", "--segmap"), "--segmap-scale": ("--segmap",),
+             "--segmap-model": ("--segmap",), "--no-region-phrases": ("--segmap",)}
+    for flag, mains in needs.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value not in (None, False) and all(getattr(args, m[2:]) is None for m in mains):
+            raise UserError(f"{flag} needs {' or '.join(f'{m} FILE' for m in mains)}")
     for flag, path in (("--layout", args.layout), ("--segmap", args.segmap)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path}: file not found")
@@ -282,8 +289,36 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
     if args.segmap is not None:
         pipe.attach_segmap(spatial_checkpoint(pipe, "--segmap-model", args.segmap_model, "controlnet"))
         segmap = read_segmap(args.segmap, w, h)
+    bound = layout is None and segmap is not None and not args.no_region_phrases and args.prompt.strip() != ""
+    if bound:
+        layout = region_phrases(pipe, args, segmap)
+        bound = layout is not None
     layout_scale = pipe.layout_scale if scales["layout_scale"] is None else scales["layout_scale"]
-    return Spatial(layout, segmap, layout_scale=layout_scale, segmap_scale=scales["segmap_scale"])
+    return Spatial(layout, segmap, layout_scale=layout_scale, segmap_scale=scales["segmap_scale"],
+                   region_phrases=bound)
+
+
+def region_phrases(pipe, args: argparse.Namespace, segmap):
+    """The layout binding the prompt's objects to the map's regions (latentdiff.regions), with the layout
+    checkpoint attached; None, with a line on stderr saying why, when the prompt does not bind or the model
+    has no layout checkpoint."""
+    from latentdiff.regions import bind_regions
+
+    binding = bind_regions(args.prompt, segmap)
+    if binding.layout is None:
+        print(f"--segmap: the prompt's colours are left to the text, {binding.reason}; "
+              "--layout gives a phrase per box", file=sys.stderr)
+        return None
+    folder = spatial_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS, required=False)
+    if folder is None:
+        print(f"--segmap: {pipe.name} has no layout checkpoint to draw the prompt's objects in their regions; "
+              "the map is drawn alone (--layout-model DIR gives one)", file=sys.stderr)
+        return None
+    pipe.attach_layout(folder)
+    guidance = "" if args.guidance is not None or pipe.region_guidance is None else (
+        f"; text guidance {pipe.region_guidance:g}, the layout checkpoint's region_guidance (--guidance overrides)")
+    print(f"--segmap: region phrases from the prompt: {binding.describe()}{guidance}", file=sys.stderr)
+    return binding.layout
 
 
 def _load(args: argparse.Namespace, model: str | None, device: str | None):
@@ -316,6 +351,8 @@ def run_generate(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
     pipe = _load(args, args.model, device)
     spatial = spatial_conditions(pipe, args, spatial_flags, height, width)
+    if guidance is None and spatial is not None and spatial.region_phrases:
+        guidance = pipe.region_guidance  # None: the model's own
     if loras:
         pipe.load_loras(loras)
     guide = classifier_guide(pipe, args.classifier_guidance, cg_scale, args.classifier)

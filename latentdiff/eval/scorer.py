@@ -150,7 +150,7 @@ def _pad1(array: np.ndarray, value) -> np.ndarray:
     return out
 
 
-def _label_components(mask: np.ndarray) -> np.ndarray:
+def label_components(mask: np.ndarray) -> np.ndarray:
     """8-connected component labels of a bool (H, W) mask: int32 (H, W), 0 = background, 1.. = components.
 
     Min-label propagation with pointer jumping; a few vectorised passes for 64x64 images.
@@ -243,7 +243,7 @@ def _find(image: Any, min_pixels: int = MIN_PIXELS) -> tuple[list[FoundObject], 
     rgb = as_rgb_array(image)
     background = _background(rgb)  # (3,)
     distance = np.linalg.norm(rgb.astype(np.float32) - background, axis=-1)  # (H, W)
-    labels = _label_components(distance > FOREGROUND_DISTANCE)
+    labels = label_components(distance > FOREGROUND_DISTANCE)
     counts = np.bincount(labels.ravel())
     keep = [i for i in np.argsort(-counts, kind="stable") if i != 0 and counts[i] >= min_pixels]
     found, label_map = [], np.zeros(labels.shape, np.int32)

@@ -41,24 +41,36 @@ def pixel_boxes(layout, size: int) -> list[dict]:
 
 def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: int = 0, guidance=None,
               scale: float = 1.0, progress: bool = False, both: bool = False,
-              cases: list | None = None, text_only: bool = False) -> tuple[dict, list[np.ndarray]]:
+              cases: list | None = None, text_only: bool = False,
+              region_phrases: bool = False, region_scale: float | None = None) -> tuple[dict, list[np.ndarray]]:
     """Generate and score every record; returns (metrics, tiles: input | output per case). ``both`` gives
     the other condition too (layout and map together); ``text_only`` gives neither, the caption alone scored
     as the condition would be (the baseline the condition adds to). ``cases``, a list, gets one dict per case: the
     caption, and each box's verdict (phrase, ok, IoU, what was found) or the map's pixel accuracy and each
-    captioned object's colour and shape verdicts."""
+    captioned object's colour and shape verdicts. ``region_phrases`` (map alone): the caption's objects are
+    bound to the map's regions (:func:`latentdiff.regions.bind_regions`) and drawn as a layout too, at
+    ``region_scale`` (default: the layout checkpoint's scale) and, unless ``guidance`` is given, the
+    checkpoint's ``region_guidance``, as ``latentdiff generate --segmap`` does."""
     from latentdiff.eval.scorer import score_layout, score_segmap
     from latentdiff.layout import LayoutEntry, Spatial
+    from latentdiff.regions import bind_regions
     from latentdiff.train.spatial import layout_of, segmap_of
 
-    box_ok, ious, pix, blank, colours, tiles = [], [], [], [], [], []
+    box_ok, ious, pix, blank, colours, tiles, bound = [], [], [], [], [], [], []
     for k, rec in enumerate(tqdm(records, desc=f"{condition} cases", disable=not progress)):
         layout, seg = layout_of(rec, size), segmap_of(rec, size)
         use_layout, use_seg = condition == "layout" or both, condition == "segmap" or both
         boxes = [LayoutEntry(p, b) for p, b in layout] if use_layout else None
-        spatial = None if text_only else Spatial(boxes, seg if use_seg else None, layout_scale=scale,
-                                                 segmap_scale=scale)
-        img = np.asarray(pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size,
+        layout_scale, w = scale, guidance
+        if region_phrases and use_seg and boxes is None:
+            boxes = bind_regions(rec.text, seg).layout
+            bound.append(boxes is not None)
+            if boxes is not None:  # as generate: the layout checkpoint's scale and region guidance
+                layout_scale = pipe.layout_scale if region_scale is None else region_scale
+                w = pipe.region_guidance if guidance is None else guidance
+        spatial = None if text_only else Spatial(boxes, seg if use_seg else None, layout_scale=layout_scale,
+                                                 segmap_scale=scale, region_phrases=boxes is not None and not use_layout)
+        img = np.asarray(pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=w, height=size,
                                        width=size, spatial=spatial)[0])
         case = {"index": k, "caption": rec.text}
         if use_layout:
@@ -84,4 +96,6 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     if pix:
         metrics.update(pixel_accuracy=float(np.mean(pix)), pixel_accuracy_of_an_empty_image=float(np.mean(blank)),
                        colour_accuracy=float(np.mean(colours)))
+    if bound:
+        metrics.update(region_phrases_bound=int(np.sum(bound)))
     return metrics, tiles

@@ -65,6 +65,8 @@ class SpatialTrainConfig:
     gate_init: float = 0.0  # layout: the gates' starting value α (output × tanh α); GLIGEN's is 0, closed
     method: str = "gligen"  # layout: gligen (gated self-attention) | controlnet (a ControlNet on the boxes' picture)
     layout_scale: float = 1.0  # layout ControlNet: the guidance scale generate uses with it unless told (condition.json)
+    region_guidance: float | None = None  # layout ControlNet: the text guidance generate uses with --segmap's
+    # region phrases unless told (condition.json); None: the model's own
     init: str = ""  # ControlNet methods: start from this trained ControlNet folder (a later phase) instead of the U-Net
     binder: bool = False  # segmap: add a region binder (each object pixel reads the caption's words for it)
 
@@ -81,6 +83,10 @@ class SpatialTrainConfig:
             raise ConfigError("layout_scale: only a layout ControlNet records its scale (method: controlnet)")
         if not 0 <= self.layout_scale <= 50:
             raise ConfigError(f"layout_scale: expected 0..50, got {self.layout_scale}")
+        if self.region_guidance is not None and self.method != "controlnet":
+            raise ConfigError("region_guidance: only a layout ControlNet records it (method: controlnet)")
+        if self.region_guidance is not None and not 0 <= self.region_guidance <= 50:
+            raise ConfigError(f"region_guidance: expected 0..50, got {self.region_guidance}")
         if self.gate_init != 0.0 and (self.condition, self.method) != ("layout", "gligen"):
             raise ConfigError("gate_init: only GLIGEN's layout layers have gates (condition: layout, method: gligen)")
         if self.binder and self.condition != "segmap":
@@ -196,8 +202,10 @@ class SpatialStage(LatentDenoisingStage):
         from latentdiff.models.gligen import MAX_BOXES, save_gligen
 
         if self.cfg.method == "controlnet":
+            g = self.cfg.region_guidance
+            region = {} if g is None else {"region_guidance": g}
             return save_layout_controlnet(model.layout_controlnet, out / "layout_controlnet", MAX_BOXES,
-                                          {"layout_scale": self.cfg.layout_scale, "recipe": to_dict(self.cfg)})
+                                          {"layout_scale": self.cfg.layout_scale, **region, "recipe": to_dict(self.cfg)})
         if self.cfg.condition == "layout":
             return save_gligen(model.unet, out / "gligen", {"recipe": to_dict(self.cfg)})
         return save_segmap_controlnet(model.controlnet, out / "controlnet")

@@ -230,7 +230,9 @@ def plan_layout(pipe, req: dict, limits: Limits) -> Plan:
 
 
 def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
-    """A class-index PNG (its size is the image's) → ``Pipeline.generate(prompt, spatial=Spatial(segmap=…))``."""
+    """A class-index PNG (its size is the image's) → ``Pipeline.generate(prompt, spatial=Spatial(segmap=…))``.
+    With ``region_phrases`` (default true) and a layout checkpoint attached, a shapes-world prompt's objects
+    are bound to the map's regions and drawn as a layout too (:mod:`latentdiff.regions`), as the CLI does."""
     from latentdiff.layout import Spatial, segmap_array
 
     if not layout_support(pipe)["segmap"]:
@@ -242,6 +244,20 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
     except UserError as exc:  # the size comes from the upload: say so
         raise UserError(f"segmap: the image is generated at the map's size, {image.width}x{image.height}: {exc}") from None
     spatial = Spatial(segmap=segmap, segmap_scale=_scale(req, "segmap_scale"))
+    regions = req.get("region_phrases", True)
+    if not isinstance(regions, bool):
+        raise UserError(f"region_phrases {regions!r}: expected true or false")
+    if regions and layout_support(pipe)["layout"] and opts["prompt"].strip():
+        from dataclasses import replace
+
+        from latentdiff.regions import bind_regions
+
+        bound = bind_regions(opts["prompt"], segmap).layout  # None: the prompt does not bind; the map alone
+        if bound is not None:
+            spatial = replace(spatial, layout=bound, layout_scale=getattr(pipe, "layout_scale", 1.0),
+                              region_phrases=True)
+            if _float(req, "guidance") is None and getattr(pipe, "region_guidance", None) is not None:
+                opts["guidance"] = pipe.region_guidance
     return Plan("segmap", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
 
 

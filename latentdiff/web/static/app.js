@@ -291,7 +291,8 @@ const EXTRA = {
     return { image: inpaint.imageData, mask };
   },
   layout: () => ({ boxes: layout.boxes.map(b => ({ ...b })), layout_scale: $("#layout-scale").value }),
-  segmap: () => ({ segmap: segmap.data, segmap_scale: $("#segmap-scale").value }),
+  segmap: () => ({ segmap: segmap.data, segmap_scale: $("#segmap-scale").value,
+                   region_phrases: $("#segmap-regions").checked }),
 };
 
 function markUnavailable() {
