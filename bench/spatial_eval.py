@@ -38,8 +38,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--scale", type=float, default=None,
                    help="layout/segmap guidance scale (default: the layout checkpoint's layout_scale; segmap 1)")
-    p.add_argument("--guidance", type=float, default=None, help="text guidance (default: the model's; with region phrases the layout "
-                   "checkpoint's region_guidance when it has one)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="text guidance (default: the model's; with region phrases the layout checkpoint's "
+                        "region_guidance when it has one)")
     p.add_argument("--seed", type=int, default=90210)
     p.add_argument("--grid", default=None, help="PNG path for an input | output grid of the first 16 cases")
     p.add_argument("--text-only", action="store_true",
@@ -62,12 +63,10 @@ def main() -> None:
 
     pipe = Pipeline.load(args.model, device="auto")
     model = Path(args.model)
-    if args.condition in ("layout", "both") and not args.text_only:
+    regions = args.condition == "segmap" and not args.text_only and not args.no_region_phrases
+    if (args.condition in ("layout", "both") or regions) and not args.text_only:  # regions: the model's own
         given = args.checkpoint if args.condition == "layout" else None
         pipe.attach_layout(spatial_checkpoint(pipe, "--checkpoint", given, LAYOUT_FOLDERS))
-    regions = args.condition == "segmap" and not args.text_only and not args.no_region_phrases
-    if regions:  # the bound region phrases are drawn by the model's layout checkpoint
-        pipe.attach_layout(spatial_checkpoint(pipe, "--checkpoint", None, LAYOUT_FOLDERS))
     if args.condition in ("segmap", "both") and not args.text_only:
         pipe.attach_segmap(args.checkpoint if args.condition == "segmap" and args.checkpoint else model / "controlnet")
     size = pipe.resolve()["height"]
@@ -82,10 +81,9 @@ def main() -> None:
                                    scale=scale, progress=True, both=args.condition == "both", cases=cases,
                                    text_only=args.text_only, region_phrases=regions,
                                    region_scale=args.region_scale)
-    region_scale = (pipe.layout_scale if args.region_scale is None else args.region_scale) if regions else None
+    metrics.setdefault("guidance", pipe.resolve(guidance=args.guidance)["guidance"])  # region phrases: as drawn
     metrics.update(condition=args.condition, text_only=args.text_only, region_phrases=regions, scale=scale,
-                   region_scale=region_scale, steps=args.steps, guidance=args.guidance if args.guidance is not None
-                   else (pipe.region_guidance if regions and pipe.region_guidance is not None else pipe.resolve()["guidance"]), seconds=round(time.time() - t0, 1), model=str(model))
+                   steps=args.steps, seconds=round(time.time() - t0, 1), model=str(model))
     print(json.dumps(metrics))
     if args.cases:
         Path(args.cases).parent.mkdir(parents=True, exist_ok=True)

@@ -510,6 +510,14 @@ class Pipeline:
         return torch.cat([self.sample_rows(rows[i:i + bs], progress=progress, guide=guide, **opts)
                           for i in range(0, len(rows), bs)])
 
+    def text_guidance(self, guidance: float | None, spatial=None) -> float | None:
+        """The text guidance a call asks for: ``guidance`` when given; for region phrases (a layout bound from
+        the prompt to the map, :mod:`latentdiff.regions`) the layout checkpoint's ``region_guidance`` when it
+        has one; else None, the model's default."""
+        if guidance is None and spatial is not None and spatial.region_phrases:
+            return self.region_guidance
+        return guidance
+
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, steps: int | None = None, guidance: float | None = None,
                  sampler: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
@@ -525,7 +533,7 @@ class Pipeline:
         """
         from PIL import Image
 
-        opts = self.resolve(steps, guidance, sampler, height, width)
+        opts = self.resolve(steps, self.text_guidance(guidance, spatial), sampler, height, width)
         rows = self.plan(prompt, negative_prompt, num_images, seed)
         bs = batch_size or MAX_BATCH
         where = dict(device=self.device, dtype=self.dtype)  # diffusers' .dtype walks every module: ask once

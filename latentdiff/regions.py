@@ -18,10 +18,13 @@ why): give the phrases yourself with ``--layout`` (boxes and phrases, any wordin
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
+from latentdiff.data.shapes import CANVAS, SEG_LABELS, SIZE_THRESHOLD, position_of, relation_holds
+from latentdiff.eval.scorer import CaptionError, label_components, parse_caption
 from latentdiff.layout import LayoutEntry
 
 MIN_PIXELS = 4  # smaller connected pieces of a class are specks, not regions
@@ -62,8 +65,6 @@ class Binding:
 def map_regions(segmap: np.ndarray, min_pixels: int = MIN_PIXELS) -> list[Region]:
     """The connected regions (8-connected) of every class of an (H, W) class map, background 0 left out,
     in reading order of their centres."""
-    from latentdiff.eval.scorer import label_components
-
     h, w = segmap.shape
     regions = []
     for label in sorted(set(np.unique(segmap).tolist()) - {0}):
@@ -80,8 +81,6 @@ def map_regions(segmap: np.ndarray, min_pixels: int = MIN_PIXELS) -> list[Region
 
 def _agreement(spec, chosen: tuple[Region, ...]) -> tuple[int, int]:
     """(agreed, stated): how many of the prompt's positions, sizes and relation the regions satisfy."""
-    from latentdiff.data.shapes import CANVAS, SIZE_THRESHOLD, position_of, relation_holds
-
     agreed = stated = 0
     for obj, region in zip(spec.objects, chosen):
         x, y = region.centre
@@ -101,32 +100,27 @@ def _agreement(spec, chosen: tuple[Region, ...]) -> tuple[int, int]:
 
 def bind_regions(prompt: str, segmap: np.ndarray) -> Binding:
     """Bind the objects a shapes-world prompt names to regions of ``segmap`` (see the module docstring)."""
-    from latentdiff.data.shapes import SEG_LABELS
-    from latentdiff.eval.scorer import CaptionError, parse_caption
-
     try:
         spec = parse_caption(prompt)
     except CaptionError:
         return Binding(None, "the prompt is not a shapes-world caption ('a red circle left of a blue square', ...)")
     regions = map_regions(np.asarray(segmap))
+    named = Counter(o.shape for o in spec.objects)
     candidates = []
     for obj in spec.objects:
         mine = [k for k, r in enumerate(regions) if r.label == SEG_LABELS[obj.shape]]
         if not mine:
             return Binding(None, f"the prompt names a {obj.colour} {obj.shape} and the map has no {obj.shape} region")
+        if len(mine) < named[obj.shape]:
+            return Binding(None, f"the prompt names {named[obj.shape]} {obj.shape}s and the map has fewer "
+                                 f"{obj.shape} regions")
         candidates.append(mine)
-    best = None
+    best = None  # (agreed, stated, combo); every shape has enough regions, so some combo is one-to-one
     for combo in itertools.product(*candidates):
-        if len(set(combo)) < len(combo):
-            continue
-        agreed, stated = _agreement(spec, tuple(regions[k] for k in combo))
-        if best is None or agreed > best[0]:
-            best = (agreed, stated, combo)
-    if best is None:
-        counts = {o.shape: sum(p.shape == o.shape for p in spec.objects) for o in spec.objects}
-        shape, n = next((s, n) for s, n in counts.items()
-                        if n > sum(r.label == SEG_LABELS[s] for r in regions))
-        return Binding(None, f"the prompt names {n} {shape}s and the map has fewer {shape} regions")
+        if len(set(combo)) == len(combo):
+            agreed, stated = _agreement(spec, tuple(regions[k] for k in combo))
+            if best is None or agreed > best[0]:
+                best = (agreed, stated, combo)
     agreed, stated, combo = best
     layout = [LayoutEntry(f"a {o.colour} {o.shape}", regions[k].box) for o, k in zip(spec.objects, combo)]
     return Binding(layout, agreed=agreed, stated=stated)

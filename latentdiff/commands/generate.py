@@ -289,13 +289,13 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
     if args.segmap is not None:
         pipe.attach_segmap(spatial_checkpoint(pipe, "--segmap-model", args.segmap_model, "controlnet"))
         segmap = read_segmap(args.segmap, w, h)
-    bound = layout is None and segmap is not None and not args.no_region_phrases and args.prompt.strip() != ""
-    if bound:
+    regions = False
+    if layout is None and segmap is not None and not args.no_region_phrases and args.prompt.strip():
         layout = region_phrases(pipe, args, segmap)
-        bound = layout is not None
+        regions = layout is not None
     layout_scale = pipe.layout_scale if scales["layout_scale"] is None else scales["layout_scale"]
     return Spatial(layout, segmap, layout_scale=layout_scale, segmap_scale=scales["segmap_scale"],
-                   region_phrases=bound)
+                   region_phrases=regions)
 
 
 def region_phrases(pipe, args: argparse.Namespace, segmap):
@@ -351,8 +351,6 @@ def run_generate(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
     pipe = _load(args, args.model, device)
     spatial = spatial_conditions(pipe, args, spatial_flags, height, width)
-    if guidance is None and spatial is not None and spatial.region_phrases:
-        guidance = pipe.region_guidance  # None: the model's own
     if loras:
         pipe.load_loras(loras)
     guide = classifier_guide(pipe, args.classifier_guidance, cg_scale, args.classifier)

@@ -50,28 +50,32 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     captioned object's colour and shape verdicts. ``region_phrases`` (map alone): the caption's objects are
     bound to the map's regions (:func:`latentdiff.regions.bind_regions`) and drawn as a layout too, at
     ``region_scale`` (default: the layout checkpoint's scale) and, unless ``guidance`` is given, the
-    checkpoint's ``region_guidance``, as ``latentdiff generate --segmap`` does."""
+    checkpoint's ``region_guidance`` (:meth:`Pipeline.text_guidance`), as ``latentdiff generate --segmap``
+    does; the metrics then hold the text guidance the images were drawn with (a list when it varied)."""
     from latentdiff.eval.scorer import score_layout, score_segmap
     from latentdiff.layout import LayoutEntry, Spatial
+    from latentdiff.provenance import Record
     from latentdiff.regions import bind_regions
     from latentdiff.train.spatial import layout_of, segmap_of
 
-    box_ok, ious, pix, blank, colours, tiles, bound = [], [], [], [], [], [], []
+    box_ok, ious, pix, blank, colours, tiles, bound, used = [], [], [], [], [], [], [], set()
+    region_scale = pipe.layout_scale if region_scale is None else region_scale  # as generate: the checkpoint's
     for k, rec in enumerate(tqdm(records, desc=f"{condition} cases", disable=not progress)):
         layout, seg = layout_of(rec, size), segmap_of(rec, size)
         use_layout, use_seg = condition == "layout" or both, condition == "segmap" or both
         boxes = [LayoutEntry(p, b) for p, b in layout] if use_layout else None
-        layout_scale, w = scale, guidance
+        layout_scale, regioned = scale, False
         if region_phrases and use_seg and boxes is None:
             boxes = bind_regions(rec.text, seg).layout
-            bound.append(boxes is not None)
-            if boxes is not None:  # as generate: the layout checkpoint's scale and region guidance
-                layout_scale = pipe.layout_scale if region_scale is None else region_scale
-                w = pipe.region_guidance if guidance is None else guidance
+            regioned = boxes is not None
+            bound.append(regioned)
+            layout_scale = region_scale
         spatial = None if text_only else Spatial(boxes, seg if use_seg else None, layout_scale=layout_scale,
-                                                 segmap_scale=scale, region_phrases=boxes is not None and not use_layout)
-        img = np.asarray(pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=w, height=size,
-                                       width=size, spatial=spatial)[0])
+                                                 segmap_scale=scale, region_phrases=regioned)
+        image = pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size, width=size,
+                              spatial=spatial)[0]
+        img = np.asarray(image)
+        used.add(Record.from_json(image.info["latentdiff"]).guidance)  # the region guidance, for region phrases
         case = {"index": k, "caption": rec.text}
         if use_layout:
             s = score_layout(img, pixel_boxes(layout, size))
@@ -96,6 +100,8 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     if pix:
         metrics.update(pixel_accuracy=float(np.mean(pix)), pixel_accuracy_of_an_empty_image=float(np.mean(blank)),
                        colour_accuracy=float(np.mean(colours)))
-    if bound:
-        metrics.update(region_phrases_bound=int(np.sum(bound)))
+    if region_phrases and pix:
+        metrics.update(region_phrases_bound=int(np.sum(bound)),
+                       region_scale=region_scale,
+                       guidance=sorted(used)[0] if len(used) == 1 else sorted(used))
     return metrics, tiles

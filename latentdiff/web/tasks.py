@@ -256,8 +256,7 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
         if bound is not None:
             spatial = replace(spatial, layout=bound, layout_scale=getattr(pipe, "layout_scale", 1.0),
                               region_phrases=True)
-            if _float(req, "guidance") is None and getattr(pipe, "region_guidance", None) is not None:
-                opts["guidance"] = pipe.region_guidance
+            opts["guidance"] = pipe.resolve(guidance=pipe.text_guidance(_float(req, "guidance"), spatial))["guidance"]
     return Plan("segmap", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
 
 
