@@ -289,13 +289,11 @@ class Pipeline:
     def _load_controlnet(self, folder: str | Path, channels: int, what: str, expected: str):
         """A saved ControlNet that fits this model's U-Net and takes ``channels`` input channels (else a
         one-line error: "{folder}: {what} takes N input channels; {expected}"), on the pipeline's device."""
-        from latentdiff.models.control import check_fits, input_channels, load_controlnet
+        from latentdiff.models.control import load_fitting_controlnet
 
-        net = load_controlnet(folder, dtype=self.dtype)
-        check_fits(net, self.unet, Path(folder))
-        if input_channels(net) != channels:
-            raise UserError(f"{folder}: {what} takes {input_channels(net)} input channels; {expected}")
-        return net.to(self.device)  # already in self.dtype (loaded so: .to(dtype) warns)
+        # loaded in self.dtype (a later .to(dtype) warns); the U-Net is on self.device
+        return load_fitting_controlnet(folder, self.unet, channels, self.dtype,
+                                       lambda n: UserError(f"{folder}: {what} takes {n} input channels; {expected}"))
 
     @property
     def loras(self) -> list[dict]:

@@ -220,6 +220,17 @@ def input_channels(net) -> int:
     return net.config.conditioning_channels - (binder.out_channels if binder is not None else 0)
 
 
+def load_fitting_controlnet(folder: str | Path, unet, channels: int, dtype, wrong_channels):
+    """A saved ControlNet (:func:`load_controlnet`) that fits ``unet`` (:func:`check_fits`) and takes
+    ``channels`` input channels, on the U-Net's device; when it takes n others, ``wrong_channels(n)`` is
+    the error raised (the caller words it: a flag, a recipe field)."""
+    net = load_controlnet(folder, dtype=dtype)
+    check_fits(net, unet, Path(folder))
+    if input_channels(net) != channels:
+        raise wrong_channels(input_channels(net))
+    return net.to(unet.device)
+
+
 def control_picture(net, picture: Tensor, context: Tensor) -> Tensor:
     """What ``net`` reads: the picture, plus its region binder's channels when it has one."""
     binder = getattr(net, "region_binder", None)

@@ -246,15 +246,10 @@ def _init_folder(folder: str) -> Path:
 
 def _init_controlnet(folder: str, unet, channels: int):
     """An earlier phase's ControlNet in fp32 on the U-Net's device: it must fit ``unet`` and take ``channels``."""
-    from latentdiff.models.control import check_fits, input_channels, load_controlnet
+    from latentdiff.models.control import load_fitting_controlnet
 
-    path = _init_folder(folder)
-    net = load_controlnet(path, dtype=torch.float32)
-    check_fits(net, unet, path)
-    if input_channels(net) != channels:
-        raise ConfigError(f"init: {folder} takes {input_channels(net)} input channels, this condition "
-                          f"needs {channels}")
-    return net.to(unet.device)
+    return load_fitting_controlnet(_init_folder(folder), unet, channels, torch.float32, lambda n: ConfigError(
+        f"init: {folder} takes {n} input channels, this condition needs {channels}"))
 
 
 # --- the run ---------------------------------------------------------------------------------------------
