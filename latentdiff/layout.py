@@ -12,6 +12,12 @@ with :func:`~latentdiff.diffusion.guidance.nested_guidance` over the chain
 ∅ → + segmentation → + layout → + text. The layout enters as a picture for a layout ControlNet
 (:func:`layout_picture`) or as GLIGEN's grounding tokens (:func:`grounding_for`), whichever checkpoint the
 pipeline has attached.
+
+Regional text (``Spatial.regional_text``, a share in [0, 1]): in the text branch of the chain, each box takes
+that share of its text from its own phrase alone and the rest from the prompt, mixed per latent pixel
+(:func:`region_weights`, :class:`~latentdiff.diffusion.guidance.Regional`). The prompt "a orange square
+left of a white circle" then cannot pull the square towards white: inside the square's box half the text
+is "a orange square".
 """
 from __future__ import annotations
 
@@ -120,6 +126,7 @@ class Spatial:
     layout_scale: float = 1.0
     segmap_scale: float = 1.0
     region_phrases: bool = False  # the layout was bound from the prompt to the map's regions (latentdiff.regions)
+    regional_text: float = 0.0  # the share of each box's text that is its phrase alone (region_weights); 0: none
 
     def describe(self) -> dict:
         out = {}
@@ -128,6 +135,8 @@ class Spatial:
                              "scale": self.layout_scale}
             if self.region_phrases:
                 out["layout"]["region_phrases"] = True
+            if self.regional_text:
+                out["layout"]["regional_text"] = self.regional_text
         if self.segmap is not None:
             out["segmap"] = {"sha256": segmap_sha256(self.segmap),
                              "classes": sorted(np.unique(self.segmap).tolist()), "scale": self.segmap_scale}
@@ -163,7 +172,8 @@ def recorded_spatial(record, segmap: np.ndarray | None = None, where: str = "the
     return Spatial(entries, segmap if seg is not None else None,
                    layout_scale=float(layout["scale"]) if layout else 1.0,
                    segmap_scale=float(seg["scale"]) if seg else 1.0,
-                   region_phrases=bool(layout and layout.get("region_phrases")))
+                   region_phrases=bool(layout and layout.get("region_phrases")),
+                   regional_text=float(layout.get("regional_text", 0.0)) if layout else 0.0)
 
 
 def grounding_for(pipe, layout: list[LayoutEntry], batch: int, slots: int) -> Grounding:
@@ -206,13 +216,55 @@ def guidance_chain(pipe, spatial: Spatial, cond: Conditioning, uncond: Condition
     zeros = lambda v: None if v is None else torch.zeros_like(v)  # noqa: E731
     current = replace(base, grounding=None if full.grounding is None else full.grounding.null(),
                       control=zeros(full.control), layout_control=zeros(full.layout_control))
-    chain, scales = [current], []
+    text = lambda c: c  # noqa: E731  (the prompt's text as it is)
+    if spatial.regional_text and spatial.layout is not None:
+        if size is None:
+            raise ValueError("guidance_chain: regional text needs the image size")
+        text = regional_text(pipe, spatial.layout, b, pipe.latent_shape(1, *size)[2:], spatial.regional_text)
+    chain, scales = [current if uncond is not None else text(current)], []
     if full.control is not None:
         current = replace(current, control=full.control)
-        chain.append(current), scales.append(spatial.segmap_scale)
+        chain.append(current if uncond is not None else text(current)), scales.append(spatial.segmap_scale)
     if full.grounding is not None or full.layout_control is not None:
         current = replace(current, grounding=full.grounding, layout_control=full.layout_control)
-        chain.append(current), scales.append(spatial.layout_scale)
+        chain.append(current if uncond is not None else text(current)), scales.append(spatial.layout_scale)
     if uncond is not None:
-        chain.append(replace(current, context=cond.context)), scales.append(guidance)
+        chain.append(text(replace(current, context=cond.context))), scales.append(guidance)
     return chain, scales
+
+
+def region_weights(layout: list[LayoutEntry], height: int, width: int, share: float = 1.0) -> torch.Tensor:
+    """Weight maps (P + 1, height, width) on a grid of the image (the latent's) for regional text: map p + 1 is
+    ``share`` times the part of each cell that box p covers, map 0 the rest (the whole prompt's). Where boxes
+    overlap they split the cell in proportion to their cover; every cell's weights sum to 1. With share 1
+    a cell inside a box takes its text from the box's phrase alone; with 0.5 half from the phrase and half
+    from the prompt."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"region_weights: share {share} is outside [0, 1]")
+
+    def cover(lo: float, hi: float, n: int) -> torch.Tensor:  # (n,) fraction of each cell inside [lo, hi]
+        edges = torch.arange(n + 1, dtype=torch.float64) / n
+        return ((torch.minimum(edges[1:], torch.tensor(hi)) - torch.maximum(edges[:-1], torch.tensor(lo)))
+                .clamp(min=0) * n)
+
+    boxes = torch.stack([cover(y0, y1, height)[:, None] * cover(x0, x1, width)[None, :]
+                         for x0, y0, x1, y1 in (e.box for e in layout)])  # (P, h, w)
+    boxes = (boxes / boxes.sum(0).clamp(min=1.0)).float()
+    return torch.cat([1.0 - share * boxes.sum(0, keepdim=True), share * boxes])
+
+
+def regional_text(pipe, layout: list[LayoutEntry], batch: int, latent_size: tuple[int, int], share: float = 1.0):
+    """``text(branch)``: the :class:`~latentdiff.diffusion.guidance.Regional` condition in which each box of
+    ``layout`` takes ``share`` of its text from its own phrase (the branch with the phrase's tokens) and the
+    rest, like the remainder of the image, from the branch's own text; mixed by :func:`region_weights` on the
+    latent grid. Regional prompting: a phrase's colour cannot leak into another box through the prompt."""
+    from latentdiff.diffusion.guidance import Regional
+
+    phrases = pipe.conditioning([e.phrase for e in layout]).context  # (P, L, D)
+    weights = region_weights(layout, *latent_size, share)[:, None, None].to(pipe.device)  # (P + 1, 1, 1, h, w)
+
+    def text(branch: Conditioning) -> Regional:
+        return Regional([branch] + [replace(branch, context=phrases[p:p + 1].expand(batch, -1, -1))
+                                    for p in range(len(layout))], weights)
+
+    return text

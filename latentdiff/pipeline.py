@@ -139,6 +139,7 @@ class Pipeline:
         self.layout_slots = 0  # boxes the layout checkpoint takes (attach_layout); 0: no layout conditioning
         self.layout_scale = 1.0  # the layout checkpoint's default guidance scale (its condition.json), else 1
         self.region_guidance = None  # its text guidance for region phrases (condition.json), else the model's
+        self.regional_text = 0.0  # its share of a region phrase's text that is the phrase alone (condition.json)
         self.spatial_paths: dict[str, str] = {}  # "layout" / "segmap" -> checkpoint folder
         self.speed = None  # Speed options applied by optimize()
         self._unet_call = None  # what the denoiser calls in place of self.unet once optimized
@@ -264,12 +265,13 @@ class Pipeline:
             self.layout_scale = float(cfg.get("layout_scale", 1.0))
             g = cfg.get("region_guidance")
             self.region_guidance = None if g is None else float(g)
+            self.regional_text = float(cfg.get("regional_text", 0.0))
         else:
             if self._loras:
                 raise UserError("attach the layout checkpoint before applying LoRA files")
             self.unet, cfg = load_gligen(self.unet, folder)
             self.layout_controlnet, self.layout_scale = None, 1.0  # GLIGEN replaces a layout ControlNet
-            self.region_guidance = None
+            self.region_guidance, self.regional_text = None, 0.0
         self.layout_slots = int(cfg.get("max_boxes", MAX_BOXES))
         self.spatial_paths["layout"] = str(Path(folder).resolve())
         return self
@@ -515,6 +517,13 @@ class Pipeline:
         if guidance is None and spatial is not None and spatial.region_phrases:
             return self.region_guidance
         return guidance
+
+    def regional_share(self, share: float | None, region_phrases: bool) -> float:
+        """The share of each box's text that is its phrase alone (:func:`latentdiff.layout.region_weights`):
+        ``share`` when given; for region phrases the layout checkpoint's ``regional_text``; else 0."""
+        if share is not None:
+            return float(share)
+        return self.regional_text if region_phrases else 0.0
 
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, steps: int | None = None, guidance: float | None = None,

@@ -11,9 +11,11 @@ So when the prompt is in the shapes-world grammar (:func:`latentdiff.eval.scorer
 all the one-to-one assignments, the one that agrees with most of what the prompt says of positions
 ("in the top left"), sizes ("small") and the relation ("left of"); ties go to the first in reading
 order. It returns a layout, each bound region's bounding box with the phrase "a red circle", which the
-layout checkpoint draws together with the map. Regions no object is bound to keep the map alone. A prompt
-outside the grammar, or one naming a shape the map lacks, is not bound (:attr:`Binding.reason` says
-why): give the phrases yourself with ``--layout`` (boxes and phrases, any wording).
+layout checkpoint draws together with the map, with the checkpoint's regional text (each box takes part
+of its text from its phrase alone: :func:`latentdiff.layout.region_weights`). Regions no object is bound
+to keep the map alone. A prompt outside the grammar, or one naming a shape the map lacks, is not bound
+(:attr:`Binding.reason` says why): give the phrases yourself with ``--layout`` (boxes and phrases, any
+wording).
 """
 from __future__ import annotations
 

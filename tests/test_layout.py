@@ -3,6 +3,7 @@ nested guidance, inputs, training."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,9 @@ from PIL import Image
 
 from conftest import build_tiny_pipeline
 from latentdiff.conditioning import Conditioning, Grounding, unet_model
-from latentdiff.diffusion.guidance import classifier_free_guidance, nested_guidance
+from latentdiff.diffusion.guidance import Regional, classifier_free_guidance, nested_guidance
 from latentdiff.errors import UserError
-from latentdiff.layout import LayoutEntry, Spatial, read_layout, read_segmap
+from latentdiff.layout import LayoutEntry, Spatial, read_layout, read_segmap, region_weights
 
 
 # --- nested multi-condition guidance ------------------------------------------------------------------
@@ -66,6 +67,47 @@ def test_nested_guidance_all_ones_is_one_conditional_pass():
     x, t = torch.randn(2, 4, 3, 3), torch.tensor([5.0, 7.0])
     torch.testing.assert_close(nested_guidance(model, chain, [1.0, 1.0])(x, t), base(x, t, chain[2]))
     assert calls == [2]
+
+
+def test_a_regional_condition_mixes_its_parts_eps_by_its_weights():
+    calls = []
+    base = _toy_model()
+
+    def model(x, t, c):
+        calls.append(x.shape[0])
+        return base(x, t, c)
+    c0, c1, c2, c3 = _chain(k=3)
+    x, t = torch.randn(2, 4, 3, 3), torch.tensor([5.0, 7.0])
+    w = torch.rand(3, 1, 1, 3, 3, generator=torch.Generator().manual_seed(2))
+    w = w / w.sum(0)
+    regional = Regional([c1, c2, c3], w)
+    eps = [base(x, t, c) for c in (c0, c1, c2, c3)]
+    mixed = w[0] * eps[1] + w[1] * eps[2] + w[2] * eps[3]
+    torch.testing.assert_close(nested_guidance(model, [c0, regional], [2.5])(x, t), eps[0] + 2.5 * (mixed - eps[0]))
+    assert calls == [8]  # one batched forward: C_0 and the three parts
+    # all the weight on one part is that part as a plain condition
+    one = torch.zeros(3, 1, 1, 3, 3)
+    one[1] = 1.0
+    torch.testing.assert_close(nested_guidance(base, [c0, Regional([c1, c2, c3], one)], [2.5])(x, t),
+                               nested_guidance(base, [c0, c2], [2.5])(x, t))
+    with pytest.raises(ValueError, match="3 parts and 2 weight maps"):
+        Regional([c1, c2, c3], w[:2])
+
+
+def test_region_weights_give_each_box_its_cells_and_the_prompt_the_rest():
+    w = region_weights([LayoutEntry("a", (0.0, 0.0, 0.5, 0.5)), LayoutEntry("b", (0.5, 0.25, 1.0, 0.625))], 4, 4)
+    assert w.shape == (3, 4, 4)
+    torch.testing.assert_close(w.sum(0), torch.ones(4, 4))
+    torch.testing.assert_close(w[1], torch.tensor([[1., 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]))
+    torch.testing.assert_close(w[2], torch.tensor([[0., 0, 0, 0], [0, 0, 1, 1], [0, 0, .5, .5], [0, 0, 0, 0]]))
+    # overlapping boxes share a cell in proportion to their cover; the prompt keeps nothing there
+    w = region_weights([LayoutEntry("a", (0.0, 0.0, 1.0, 1.0)), LayoutEntry("b", (0.0, 0.0, 0.5, 1.0))], 1, 2)
+    torch.testing.assert_close(w, torch.tensor([[[0., 0]], [[.5, 1]], [[.5, 0]]]))
+    # a share of 0.5 leaves half of every covered cell to the prompt
+    half = region_weights([LayoutEntry("a", (0.0, 0.0, 0.5, 1.0))], 1, 2, share=0.5)
+    torch.testing.assert_close(half, torch.tensor([[[.5, 1]], [[.5, 0]]]))
+    with pytest.raises(ValueError, match="share 1.5 is outside"):
+        region_weights([LayoutEntry("a", (0.0, 0.0, 0.5, 1.0))], 1, 2, share=1.5)
 
 
 # --- routes --------------------------------------------------------------------------------------------
@@ -233,6 +275,38 @@ def test_text_layout_and_segmap_together(checkpoints, layout_kind):
     assert np.abs(np.asarray(other).astype(int) - np.asarray(both).astype(int)).max() > 0  # the box matters
 
 
+@pytest.mark.parametrize("guidance", [2.0, 1.0])
+def test_regional_text_draws_each_box_from_its_own_phrase(checkpoints, guidance):
+    """Regional text: inside each box a share of the text branch is the box's phrase alone. With every phrase
+    equal to the prompt it is the plain layout (up to float rounding); with other phrases the image changes,
+    more with a larger share; the record keeps the share and gives it back."""
+    from latentdiff.layout import recorded_spatial
+    from latentdiff.pipeline import Pipeline, Row
+    from latentdiff.provenance import Record
+
+    pipe = Pipeline.load(checkpoints, device="cpu").attach_layout(checkpoints / "layout_controlnet")
+    prompt = "a red circle left of a blue square"
+    boxes = [(0.05, 0.3, 0.4, 0.7), (0.55, 0.25, 0.95, 0.7)]
+    rows, opts = [Row(prompt, "", 3)], dict(steps=2, guidance=guidance, sampler="ddim", height=32, width=32)
+
+    def latents(phrases, share):
+        layout = [LayoutEntry(p, b) for p, b in zip(phrases, boxes)]
+        return pipe.sample_rows(rows, spatial=Spatial(layout, layout_scale=2.0, regional_text=share), **opts)
+    # (the batch differs in size, so its matrix products round differently: 1e-5, not 0)
+    torch.testing.assert_close(latents([prompt, prompt], 1.0), latents([prompt, prompt], 0.0), atol=1e-4, rtol=1e-4)
+    phrases = ["a red circle", "a blue square"]
+    plain, half, whole = (latents(phrases, a) for a in (0.0, 0.5, 1.0))
+    assert 1e-3 < (half - plain).abs().max() < (whole - plain).abs().max()  # the phrases reach the boxes
+    spatial = Spatial([LayoutEntry(p, b) for p, b in zip(phrases, boxes)], regional_text=0.5)
+    image = pipe.generate(prompt, seed=3, steps=2, guidance=guidance, spatial=spatial)[0]
+    record = Record.from_json(image.info["latentdiff"])
+    assert record.extra["layout"]["regional_text"] == 0.5
+    again = pipe.generate(prompt, seed=3, steps=2, guidance=guidance, spatial=recorded_spatial(record))[0]
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(image))
+    no_share = pipe.generate(prompt, seed=3, steps=2, guidance=guidance, spatial=replace(spatial, regional_text=0.0))[0]
+    assert "regional_text" not in json.loads(no_share.info["latentdiff"])["extra"]["layout"]
+
+
 def test_a_controlnet_attached_as_the_wrong_condition_is_refused(checkpoints):
     from latentdiff.pipeline import Pipeline
 
@@ -371,13 +445,14 @@ def test_the_default_model_ships_its_checkpoints_and_picks_them_up(tmp_path, cap
     assert paths == {"layout": str((DEFAULT_MODEL_DIR / "layout_controlnet").resolve()),
                      "segmap": str((DEFAULT_MODEL_DIR / "controlnet").resolve())}
     assert marker["region_guidance"] == 2.0 and record["guidance"] == 4.0  # a layout file: the model's guidance
+    assert marker["regional_text"] == 0.5 and "regional_text" not in record["extra"]["layout"]  # and no regional text
     # the map alone: the prompt's circle is bound to the map's circle, at the checkpoint's region guidance
     assert main(["generate", "a red circle", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "out2"),
                  "--segmap", str(tmp_path / "seg.png")]) == 0
     with Image.open(capsys.readouterr().out.strip().splitlines()[-1]) as im:
         record = json.loads(im.text["latentdiff"])
     assert record["extra"]["layout"] == {"boxes": [{"phrase": "a red circle", "box": [4 / 64, 4 / 64, 28 / 64, 28 / 64]}],
-                                         "scale": 3.0, "region_phrases": True}
+                                         "scale": 3.0, "region_phrases": True, "regional_text": 0.5}
     assert record["guidance"] == 2.0
 
 

@@ -192,9 +192,9 @@ def test_run_cases_binds_the_captions_as_the_cli_does(spatial_model_dir, tmp_pat
 
 def test_the_layout_checkpoints_region_guidance_is_the_text_guidance_of_region_phrases(spatial_model_dir, tmp_path,
                                                                                        capsys):
-    """A layout ControlNet whose condition.json has region_guidance sets the text guidance of images drawn
-    with region phrases (recorded, so replay agrees); --guidance overrides it; without region phrases the
-    model's own guidance stays."""
+    """A layout ControlNet whose condition.json has region_guidance and regional_text sets the text guidance
+    and the regional-text share of images drawn with region phrases (recorded, so replay agrees);
+    --guidance and --regional-text override them; without region phrases the model's own guidance stays."""
     import shutil
 
     from latentdiff.cli import main
@@ -204,13 +204,16 @@ def test_the_layout_checkpoints_region_guidance_is_the_text_guidance_of_region_p
     model = tmp_path / "model"
     shutil.copytree(spatial_model_dir, model)
     cond = json.loads((model / "layout_controlnet" / "condition.json").read_text())
-    (model / "layout_controlnet" / "condition.json").write_text(json.dumps({**cond, "region_guidance": 1.5}))
+    (model / "layout_controlnet" / "condition.json").write_text(json.dumps({**cond, "region_guidance": 1.5, "regional_text": 0.25}))
     seg = _two_object_map(tmp_path)
     base = ["generate", PROMPT, "--model", str(model), "--steps", "2", "--device", "cpu", "--segmap", str(seg)]
     png, record, _, err = _run(main, capsys, base + ["--out", str(tmp_path / "a")])
     assert record["guidance"] == 1.5 and "text guidance 1.5, the layout checkpoint's region_guidance" in err
-    _, record, _, err = _run(main, capsys, base + ["--out", str(tmp_path / "b"), "--guidance", "3"])
-    assert record["guidance"] == 3.0 and "region_guidance" not in err
+    assert record["extra"]["layout"]["regional_text"] == 0.25 and "regional text 0.25, the checkpoint's" in err
+    _, record, _, err = _run(main, capsys, base + ["--out", str(tmp_path / "b"), "--guidance", "3",
+                                                   "--regional-text", "0"])
+    assert record["guidance"] == 3.0 and "region_guidance" not in err and "regional text" not in err
+    assert "regional_text" not in record["extra"]["layout"]
     _, record, _, _ = _run(main, capsys, base + ["--out", str(tmp_path / "c"), "--no-region-phrases"])
     assert record["guidance"] == 4.0  # the model's
     assert main(["replay", str(png), "--segmap", str(seg), "--out", str(tmp_path / "r")]) == 0
@@ -219,3 +222,11 @@ def test_the_layout_checkpoints_region_guidance_is_the_text_guidance_of_region_p
         SpatialTrainConfig(condition="segmap", region_guidance=2.0)
     with pytest.raises(ConfigError, match="region_guidance: expected 0..50"):
         SpatialTrainConfig(condition="layout", method="controlnet", region_guidance=-1.0)
+    with pytest.raises(ConfigError, match="regional_text: only a layout ControlNet records it"):
+        SpatialTrainConfig(condition="segmap", regional_text=0.5)
+    with pytest.raises(ConfigError, match=r"regional_text: expected a share in \[0, 1\]"):
+        SpatialTrainConfig(condition="layout", method="controlnet", regional_text=1.5)
+    assert main(base + ["--regional-text", "2"]) == 2
+    assert "--regional-text 2: expected a share in [0, 1]" in capsys.readouterr().err
+    assert main(["generate", PROMPT, "--model", str(model), "--regional-text", "0.5"]) == 2
+    assert "--regional-text needs --layout FILE or --segmap FILE" in capsys.readouterr().err

@@ -79,6 +79,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "prompt names are bound to the map's regions of their class (by the positions, sizes and "
                         "relation it states) and each drawn as a layout phrase in its region's box, when the model "
                         "has a layout checkpoint (see docs/layout.md)")
+    g.add_argument("--regional-text", default=None, metavar="A",
+                   help="the share in [0, 1] of each layout box's text that is its phrase alone, the prompt's "
+                        "elsewhere (regional text: keeps one object's colour out of another's box; default: with "
+                        "--segmap's region phrases the layout checkpoint's regional_text, 0.5 for the default "
+                        "model's, else 0)")
     g.set_defaults(handler=run_generate)
 
     r = sub.add_parser("replay", help="regenerate an image from the record inside its PNG",
@@ -239,7 +244,8 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
     """Check --layout/--segmap flags before any model is loaded; the scales."""
     needs = {"--layout-normalized": ("--layout",), "--layout-scale": ("--layout", "--segmap"),
              "--layout-model": ("--layout", "--segmap"), "--segmap-scale": ("--segmap",),
-             "--segmap-model": ("--segmap",), "--no-region-phrases": ("--segmap",)}
+             "--segmap-model": ("--segmap",), "--no-region-phrases": ("--segmap",),
+             "--regional-text": ("--layout", "--segmap")}
     for flag, mains in needs.items():
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if value not in (None, False) and all(getattr(args, m[2:]) is None for m in mains):
@@ -248,8 +254,12 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path}: file not found")
     segmap_scale = parse_float("--segmap-scale", args.segmap_scale)
+    share = parse_float("--regional-text", args.regional_text)
+    if share is not None and not 0.0 <= share <= 1.0:
+        raise UserError(f"--regional-text {args.regional_text}: expected a share in [0, 1]")
     return {"layout_scale": parse_float("--layout-scale", args.layout_scale),  # None: the checkpoint's own
-            "segmap_scale": 1.0 if segmap_scale is None else segmap_scale}
+            "segmap_scale": 1.0 if segmap_scale is None else segmap_scale,
+            "regional_text": share}  # None: the checkpoint's for region phrases, else 0
 
 
 LAYOUT_FOLDERS = ("layout_controlnet", "gligen")  # a model folder's layout checkpoints, the first found is used
@@ -295,7 +305,7 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
         regions = layout is not None
     layout_scale = pipe.layout_scale if scales["layout_scale"] is None else scales["layout_scale"]
     return Spatial(layout, segmap, layout_scale=layout_scale, segmap_scale=scales["segmap_scale"],
-                   region_phrases=regions)
+                   region_phrases=regions, regional_text=pipe.regional_share(scales["regional_text"], regions))
 
 
 def region_phrases(pipe, args: argparse.Namespace, segmap):
@@ -317,7 +327,9 @@ def region_phrases(pipe, args: argparse.Namespace, segmap):
     pipe.attach_layout(folder)
     guidance = "" if args.guidance is not None or pipe.region_guidance is None else (
         f"; text guidance {pipe.region_guidance:g}, the layout checkpoint's region_guidance (--guidance overrides)")
-    print(f"--segmap: region phrases from the prompt: {binding.describe()}{guidance}", file=sys.stderr)
+    share = "" if args.regional_text is not None or not pipe.regional_text else (
+        f"; regional text {pipe.regional_text:g}, the checkpoint's (--regional-text overrides)")
+    print(f"--segmap: region phrases from the prompt: {binding.describe()}{guidance}{share}", file=sys.stderr)
     return binding.layout
 
 

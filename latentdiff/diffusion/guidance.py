@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -94,6 +96,22 @@ def classifier_guidance(denoiser: Denoiser, log_prob: LogProb, schedule, scale: 
     return denoise
 
 
+@dataclass(frozen=True)
+class Regional:
+    """A condition that differs across the image: ``parts`` are conditions (each batched like x_t) and
+    ``weights`` (P, 1 or B, 1, h, w) their per-latent-pixel weights, summing to 1 at every pixel. Its ε is
+    the weighted sum of the parts' ε, Σ_p weights_p · ε(x_t, part_p) (regional prompting: for example a
+    phrase's text inside its box and the whole prompt elsewhere). A :func:`nested_guidance` chain may hold it
+    in place of a plain condition."""
+
+    parts: list[Any]
+    weights: Tensor
+
+    def __post_init__(self):
+        if len(self.parts) != self.weights.shape[0]:
+            raise ValueError(f"Regional: {len(self.parts)} parts and {self.weights.shape[0]} weight maps")
+
+
 def nested_guidance(model: CondModel, chain: list[Any], scales: list[float]) -> Denoiser:
     """Multi-condition classifier-free guidance in the nested form of InstructPix2Pix (Brooks et al. 2023,
     eq. 3), for conditions c_1, …, c_k added one at a time:
@@ -105,20 +123,31 @@ def nested_guidance(model: CondModel, chain: list[Any], scales: list[float]) -> 
     routes, with absent conditions at their null values) and ``scales`` the k scales s_i. The second form
     shows what a scale means: s_i = 1 removes c_i's guidance term and leaves the others unchanged (c_i is
     then an ordinary condition, present in every branch after it); with k = 1 this is
-    :func:`classifier_free_guidance` with w = s_1. Only the branches a non-unit scale needs are run, as one
-    batched forward.
+    :func:`classifier_free_guidance` with w = s_1. A C_j may be :class:`Regional`, whose ε is its parts' ε
+    mixed by their weight maps. Only the branches a non-unit scale needs are run, as one batched forward.
     """
     if len(chain) != len(scales) + 1:
         raise ValueError(f"nested_guidance: {len(chain)} conditions need {len(chain) - 1} scales, got {len(scales)}")
     scales = [float(s) for s in scales]
     k = len(scales)
     needed = sorted({k} | {j for i, s in enumerate(scales, 1) if s != 1.0 for j in (i - 1, i)})
-    conds = cat_conditions([chain[j] for j in needed])  # once, not at every step
+    parts, spans = [], {}  # spans: C_j -> (first part, its Regional weights or None)
+    for j in needed:
+        regional = isinstance(chain[j], Regional)
+        spans[j] = (len(parts), chain[j].weights if regional else None)
+        parts += chain[j].parts if regional else [chain[j]]
+    conds = cat_conditions(parts)  # once, not at every step
 
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-        n = len(needed)
-        out = model(torch.cat([x_t] * n), torch.cat([t] * n), conds)
-        eps = dict(zip(needed, out.chunk(n)))  # C_j -> (B, C, H, W)
+        n = len(parts)
+        out = model(torch.cat([x_t] * n), torch.cat([t] * n), conds).chunk(n)  # n × (B, C, H, W)
+        eps = {}
+        for j, (first, weights) in spans.items():
+            if weights is None:
+                eps[j] = out[first]
+            else:
+                w = weights.to(out[first])
+                eps[j] = sum(w[p] * out[first + p] for p in range(w.shape[0]))
         result = eps[k]
         for i, s in enumerate(scales, 1):
             if s != 1.0:

@@ -42,7 +42,8 @@ def pixel_boxes(layout, size: int) -> list[dict]:
 def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: int = 0, guidance=None,
               scale: float = 1.0, progress: bool = False, both: bool = False,
               cases: list | None = None, text_only: bool = False,
-              region_phrases: bool = False, region_scale: float | None = None) -> tuple[dict, list[np.ndarray]]:
+              region_phrases: bool = False, region_scale: float | None = None,
+              regional_text: float | None = None) -> tuple[dict, list[np.ndarray]]:
     """Generate and score every record; returns (metrics, tiles: input | output per case). ``both`` gives
     the other condition too (layout and map together); ``text_only`` gives neither, the caption alone scored
     as the condition would be (the baseline the condition adds to). ``cases``, a list, gets one dict per case: the
@@ -51,7 +52,10 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     bound to the map's regions (:func:`latentdiff.regions.bind_regions`) and drawn as a layout too, at
     ``region_scale`` (default: the layout checkpoint's scale) and, unless ``guidance`` is given, the
     checkpoint's ``region_guidance`` (:meth:`Pipeline.text_guidance`), as ``latentdiff generate --segmap``
-    does; the metrics then hold the text guidance the images were drawn with (a list when it varied)."""
+    does; the metrics then hold the text guidance the images were drawn with (a list when it varied).
+    ``regional_text``: the share of each box's text that is its phrase alone
+    (:func:`latentdiff.layout.region_weights`); default: for region phrases the layout checkpoint's
+    (:meth:`Pipeline.regional_share`), else 0."""
     from latentdiff.eval.scorer import score_layout, score_segmap
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.provenance import Record
@@ -71,7 +75,8 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
             bound.append(regioned)
             layout_scale = region_scale
         spatial = None if text_only else Spatial(boxes, seg if use_seg else None, layout_scale=layout_scale,
-                                                 segmap_scale=scale, region_phrases=regioned)
+                                                 segmap_scale=scale, region_phrases=regioned,
+                                                 regional_text=pipe.regional_share(regional_text, regioned))
         image = pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size, width=size,
                               spatial=spatial)[0]
         img = np.asarray(image)
@@ -102,6 +107,6 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
                        colour_accuracy=float(np.mean(colours)))
     if region_phrases and pix:
         metrics.update(region_phrases_bound=int(np.sum(bound)),
-                       region_scale=region_scale,
+                       region_scale=region_scale, regional_text=pipe.regional_share(regional_text, True),
                        guidance=sorted(used)[0] if len(used) == 1 else sorted(used))
     return metrics, tiles

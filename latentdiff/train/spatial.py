@@ -67,6 +67,8 @@ class SpatialTrainConfig:
     layout_scale: float = 1.0  # layout ControlNet: the guidance scale generate uses with it unless told (condition.json)
     region_guidance: float | None = None  # layout ControlNet: the text guidance generate uses with --segmap's
     # region phrases unless told (condition.json); None: the model's own
+    regional_text: float | None = None  # layout ControlNet: the share of a region phrase's text that is the phrase
+    # alone, which generate uses with --segmap's region phrases unless told (condition.json); None: 0
     init: str = ""  # ControlNet methods: start from this trained ControlNet folder (a later phase) instead of the U-Net
     binder: bool = False  # segmap: add a region binder (each object pixel reads the caption's words for it)
 
@@ -87,6 +89,10 @@ class SpatialTrainConfig:
             raise ConfigError("region_guidance: only a layout ControlNet records it (method: controlnet)")
         if self.region_guidance is not None and not 0 <= self.region_guidance <= 50:
             raise ConfigError(f"region_guidance: expected 0..50, got {self.region_guidance}")
+        if self.regional_text is not None and self.method != "controlnet":
+            raise ConfigError("regional_text: only a layout ControlNet records it (method: controlnet)")
+        if self.regional_text is not None and not 0 <= self.regional_text <= 1:
+            raise ConfigError(f"regional_text: expected a share in [0, 1], got {self.regional_text}")
         if self.gate_init != 0.0 and (self.condition, self.method) != ("layout", "gligen"):
             raise ConfigError("gate_init: only GLIGEN's layout layers have gates (condition: layout, method: gligen)")
         if self.binder and self.condition != "segmap":
@@ -202,8 +208,8 @@ class SpatialStage(LatentDenoisingStage):
         from latentdiff.models.gligen import MAX_BOXES, save_gligen
 
         if self.cfg.method == "controlnet":
-            g = self.cfg.region_guidance
-            region = {} if g is None else {"region_guidance": g}
+            region = {k: v for k in ("region_guidance", "regional_text")
+                      if (v := getattr(self.cfg, k)) is not None}
             return save_layout_controlnet(model.layout_controlnet, out / "layout_controlnet", MAX_BOXES,
                                           {"layout_scale": self.cfg.layout_scale, **region, "recipe": to_dict(self.cfg)})
         if self.cfg.condition == "layout":

@@ -255,7 +255,7 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
         bound = bind_regions(opts["prompt"], segmap).layout  # None: the prompt does not bind; the map alone
         if bound is not None:
             spatial = replace(spatial, layout=bound, layout_scale=getattr(pipe, "layout_scale", 1.0),
-                              region_phrases=True)
+                              region_phrases=True, regional_text=pipe.regional_share(None, True))
             opts["guidance"] = pipe.resolve(guidance=pipe.text_guidance(_float(req, "guidance"), spatial))["guidance"]
     return Plan("segmap", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
 
