@@ -27,6 +27,16 @@ def _toy_model():
     return model
 
 
+def _counting(model):
+    """``model`` and the list of batch sizes it is called with."""
+    calls = []
+
+    def counted(x, t, c):
+        calls.append(x.shape[0])
+        return model(x, t, c)
+    return counted, calls
+
+
 def _chain(b=2, k=3):
     g = torch.Generator().manual_seed(0)
     return [torch.randn(b, 2, generator=g) for _ in range(k + 1)]
@@ -57,12 +67,7 @@ def test_nested_guidance_scale_one_removes_only_that_term():
 
 
 def test_nested_guidance_all_ones_is_one_conditional_pass():
-    calls = []
-    base = _toy_model()
-
-    def model(x, t, c):
-        calls.append(x.shape[0])
-        return base(x, t, c)
+    base, (model, calls) = _toy_model(), _counting(_toy_model())
     chain = _chain(k=2)
     x, t = torch.randn(2, 4, 3, 3), torch.tensor([5.0, 7.0])
     torch.testing.assert_close(nested_guidance(model, chain, [1.0, 1.0])(x, t), base(x, t, chain[2]))
@@ -70,12 +75,7 @@ def test_nested_guidance_all_ones_is_one_conditional_pass():
 
 
 def test_a_regional_condition_mixes_its_parts_eps_by_its_weights():
-    calls = []
-    base = _toy_model()
-
-    def model(x, t, c):
-        calls.append(x.shape[0])
-        return base(x, t, c)
+    base, (model, calls) = _toy_model(), _counting(_toy_model())
     c0, c1, c2, c3 = _chain(k=3)
     x, t = torch.randn(2, 4, 3, 3), torch.tensor([5.0, 7.0])
     w = torch.rand(3, 1, 1, 3, 3, generator=torch.Generator().manual_seed(2))
