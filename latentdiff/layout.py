@@ -221,13 +221,14 @@ def guidance_chain(pipe, spatial: Spatial, cond: Conditioning, uncond: Condition
         if size is None:
             raise ValueError("guidance_chain: regional text needs the image size")
         text = regional_text(pipe, spatial.layout, b, pipe.latent_shape(1, *size)[2:], spatial.regional_text)
-    chain, scales = [current if uncond is not None else text(current)], []
+    branch = text if uncond is None else (lambda c: c)  # guidance 1: every branch has the prompt's text
+    chain, scales = [branch(current)], []
     if full.control is not None:
         current = replace(current, control=full.control)
-        chain.append(current if uncond is not None else text(current)), scales.append(spatial.segmap_scale)
+        chain.append(branch(current)), scales.append(spatial.segmap_scale)
     if full.grounding is not None or full.layout_control is not None:
         current = replace(current, grounding=full.grounding, layout_control=full.layout_control)
-        chain.append(current if uncond is not None else text(current)), scales.append(spatial.layout_scale)
+        chain.append(branch(current)), scales.append(spatial.layout_scale)
     if uncond is not None:
         chain.append(text(replace(current, context=cond.context))), scales.append(guidance)
     return chain, scales

@@ -259,13 +259,17 @@ class Pipeline:
         self._check_not_optimized("a layout checkpoint")
         cfg = layout_controlnet_config(folder)
         if cfg is not None:
+            share = cfg.get("regional_text", 0.0)
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+                raise UserError(f"{Path(folder) / 'condition.json'}: regional_text {share!r}: expected a share in "
+                                "[0, 1]")
             want = self.text_encoder.config.hidden_size + 1
             self.layout_controlnet = self._load_controlnet(folder, want, "layout ControlNet",
                                                            f"this model's text encoder needs {want}")
             self.layout_scale = float(cfg.get("layout_scale", 1.0))
             g = cfg.get("region_guidance")
             self.region_guidance = None if g is None else float(g)
-            self.regional_text = float(cfg.get("regional_text", 0.0))
+            self.regional_text = float(share)
         else:
             if self._loras:
                 raise UserError("attach the layout checkpoint before applying LoRA files")

@@ -204,7 +204,8 @@ def test_the_layout_checkpoints_region_guidance_is_the_text_guidance_of_region_p
     model = tmp_path / "model"
     shutil.copytree(spatial_model_dir, model)
     cond = json.loads((model / "layout_controlnet" / "condition.json").read_text())
-    (model / "layout_controlnet" / "condition.json").write_text(json.dumps({**cond, "region_guidance": 1.5, "regional_text": 0.25}))
+    marker = model / "layout_controlnet" / "condition.json"
+    marker.write_text(json.dumps({**cond, "region_guidance": 1.5, "regional_text": 0.25}))
     seg = _two_object_map(tmp_path)
     base = ["generate", PROMPT, "--model", str(model), "--steps", "2", "--device", "cpu", "--segmap", str(seg)]
     png, record, _, err = _run(main, capsys, base + ["--out", str(tmp_path / "a")])
@@ -230,3 +231,6 @@ def test_the_layout_checkpoints_region_guidance_is_the_text_guidance_of_region_p
     assert "--regional-text 2: expected a share in [0, 1]" in capsys.readouterr().err
     assert main(["generate", PROMPT, "--model", str(model), "--regional-text", "0.5"]) == 2
     assert "--regional-text needs --layout FILE or --segmap FILE" in capsys.readouterr().err
+    marker.write_text(json.dumps({**cond, "regional_text": 2}))
+    assert main(base + ["--out", str(tmp_path / "d")]) == 2
+    assert f"{marker}: regional_text 2: expected a share in [0, 1]" in capsys.readouterr().err

@@ -370,6 +370,36 @@ def test_layout_and_segmap_requests_give_the_library_pixels_and_record(spatial_s
     assert not np.array_equal(np.asarray(bound), np.asarray(ref))  # and so did the region phrase
 
 
+def test_the_map_panel_uses_the_layout_checkpoints_regional_text(spatial_model_dir, tmp_path):
+    """Region phrases in the web app take the layout checkpoint's regional_text, as the CLI does; without
+    region phrases there is no layout and no regional text."""
+    import shutil
+
+    from latentdiff.commands.serve import attach_spatial
+    from latentdiff.pipeline import Pipeline
+    from latentdiff.web.tasks import plan_segmap
+
+    model = tmp_path / "model"
+    shutil.copytree(spatial_model_dir, model)
+    marker = model / "layout_controlnet" / "condition.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "regional_text": 0.25}))
+    pipe = Pipeline.load(model, device="cpu")
+    attach_spatial(pipe, None, None)
+    calls = []
+
+    class Spy:
+        def generate(self, **kwargs):
+            calls.append(kwargs)
+            return []
+    for regions in (True, False):
+        req = {"kind": "segmap", "prompt": "a red circle", "segmap": data_url(_segmap()), "steps": 1,
+               "region_phrases": regions}
+        plan_segmap(pipe, req, Limits()).run(Spy())
+    bound, alone = (c["spatial"] for c in calls)
+    assert bound.region_phrases and bound.regional_text == 0.25 and [e.phrase for e in bound.layout] == ["a red circle"]
+    assert alone.layout is None and alone.regional_text == 0.0
+
+
 @pytest.mark.parametrize("request_, message", [
     ({"kind": "layout", "boxes": []}, "boxes: draw at least one box on the canvas"),
     ({"kind": "layout", "boxes": [BOX] * 11}, "boxes: 11 boxes; this model supports at most 10"),

@@ -1,9 +1,8 @@
 """Guidance as wrappers that turn a conditional model into a denoiser ``(x_t, t) -> ε̂``."""
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
