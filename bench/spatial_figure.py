@@ -3,9 +3,11 @@
     nice python bench/spatial_figure.py --model latentdiff/assets/default_model --out docs/img/spatial.png
 
 For a few scenes it draws, in one row each: the layout (boxes), the segmentation map, then the images for
-text only, text + layout, text + segmentation map, and text + layout + map (seed fixed per row). The
-model folder must hold layout_controlnet/ (or gligen/) and controlnet/; the layout uses its checkpoint's
-default scale. Cost: 4 images per row, 4 rows (a few seconds on CPU).
+text only, text + layout, text + segmentation map, and text + layout + map (seed fixed per row). Text +
+map is what `latentdiff generate --segmap` does by default: the prompt's objects bound to the map's regions
+and drawn as region phrases with the layout checkpoint's regional text (docs/layout.md). The model folder
+must hold layout_controlnet/ (or gligen/) and controlnet/; the layout uses its checkpoint's default scale.
+Cost: 4 images per row, 4 rows (a few seconds on CPU).
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def main() -> None:
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.pipeline import Pipeline
     from latentdiff.pixels import save_grid
+    from latentdiff.regions import bind_regions
 
     pipe = Pipeline.load(args.model, device="auto")
     pipe.attach_layout(spatial_checkpoint(pipe, "--model", None, LAYOUT_FOLDERS))
@@ -69,7 +72,10 @@ def main() -> None:
         layout = [LayoutEntry(ph, tuple(v / 64 for v in box)) for ph, box in boxes]
         seg = segmap_for(boxes, classes, size)
         tiles += [draw_layout([(e.phrase, e.box) for e in layout], size), draw_segmap(seg)]
-        for spatial in (None, Spatial(layout=layout, layout_scale=s), Spatial(segmap=seg), Spatial(layout, seg, s)):
+        bound = bind_regions(prompt, seg).layout  # as generate --segmap; None: the prompt does not bind
+        regions = Spatial(segmap=seg) if bound is None else Spatial(
+            bound, seg, s, region_phrases=True, regional_text=pipe.regional_share(None, True))
+        for spatial in (None, Spatial(layout=layout, layout_scale=s), regions, Spatial(layout, seg, s)):
             img = pipe.generate(prompt, seed=args.seed + i, steps=args.steps, spatial=spatial)[0]
             tiles.append(np.asarray(img))
     save_grid(np.stack(tiles), len(SCENES), Path(args.out), scale=3)
