@@ -9,9 +9,10 @@ The model folder must hold layout_controlnet/ or gligen/ (layout; the first is u
 is a scene of 1-3 objects; the prompt is its caption (naming colours and shapes) and the condition its
 boxes (phrases "a red circle") or its class map. With the map, the caption's objects are bound to the map's
 regions and drawn as a layout too (region phrases, as `latentdiff generate --segmap` does; the model's
-layout checkpoint at --region-scale, default its layout_scale, its region_guidance as the text
-guidance and its regional_text as the share of each box's text that is its phrase alone, --regional-text);
---no-region-phrases gives the map alone. Targets: box accuracy >= 0.90 and mean IoU >= 0.6;
+layout checkpoint at --region-scale, default its layout_scale, and its region_guidance as the text
+guidance); --no-region-phrases gives the map alone. Every layout, given or bound, gets the layout
+checkpoint's regional text (its regional_text: the share of each box's text that is its phrase alone;
+--regional-text overrides). Targets: box accuracy >= 0.90 and mean IoU >= 0.6;
 pixel accuracy >= 0.90 and colours right >= 0.90. Cost: one image per case (25 DPM++ steps, one batched
 U-Net forward per step of one row per guidance branch and, with regional text, one more per box); for
 the default model on one thread about 1.9 s per segmap case with region phrases, 2.6 s with regional text. Writes

@@ -139,7 +139,7 @@ class Pipeline:
         self.layout_slots = 0  # boxes the layout checkpoint takes (attach_layout); 0: no layout conditioning
         self.layout_scale = 1.0  # the layout checkpoint's default guidance scale (its condition.json), else 1
         self.region_guidance = None  # its text guidance for region phrases (condition.json), else the model's
-        self.regional_text = 0.0  # its share of a region phrase's text that is the phrase alone (condition.json)
+        self.regional_text = 0.0  # its share of a layout box's text that is the box's phrase alone (condition.json)
         self.spatial_paths: dict[str, str] = {}  # "layout" / "segmap" -> checkpoint folder
         self.speed = None  # Speed options applied by optimize()
         self._unet_call = None  # what the denoiser calls in place of self.unet once optimized
@@ -522,12 +522,13 @@ class Pipeline:
             return self.region_guidance
         return guidance
 
-    def regional_share(self, share: float | None, region_phrases: bool) -> float:
-        """The share of each box's text that is its phrase alone (:func:`latentdiff.layout.region_weights`):
-        ``share`` when given; for region phrases the layout checkpoint's ``regional_text``; else 0."""
-        if share is not None:
-            return float(share)
-        return self.regional_text if region_phrases else 0.0
+    def regional_share(self, share: float | None, layout) -> float:
+        """The share of each layout box's text that is its phrase alone (regional text,
+        :func:`latentdiff.layout.region_weights`) for a call with ``layout`` (None: no layout, so 0):
+        ``share`` when given, else the layout checkpoint's ``regional_text`` (0 when it has none)."""
+        if layout is None:
+            return 0.0
+        return self.regional_text if share is None else float(share)
 
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, steps: int | None = None, guidance: float | None = None,

@@ -445,7 +445,7 @@ def test_the_default_model_ships_its_checkpoints_and_picks_them_up(tmp_path, cap
     assert paths == {"layout": str((DEFAULT_MODEL_DIR / "layout_controlnet").resolve()),
                      "segmap": str((DEFAULT_MODEL_DIR / "controlnet").resolve())}
     assert marker["region_guidance"] == 2.0 and record["guidance"] == 4.0  # a layout file: the model's guidance
-    assert marker["regional_text"] == 0.5 and "regional_text" not in record["extra"]["layout"]  # and no regional text
+    assert marker["regional_text"] == 0.5 and record["extra"]["layout"]["regional_text"] == 0.5
     # the map alone: the prompt's circle is bound to the map's circle, at the checkpoint's region guidance
     assert main(["generate", "a red circle", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "out2"),
                  "--segmap", str(tmp_path / "seg.png")]) == 0

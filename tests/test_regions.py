@@ -193,8 +193,9 @@ def test_run_cases_binds_the_captions_as_the_cli_does(spatial_model_dir, tmp_pat
 def test_the_layout_checkpoints_region_guidance_is_the_text_guidance_of_region_phrases(spatial_model_dir, tmp_path,
                                                                                        capsys):
     """A layout ControlNet whose condition.json has region_guidance and regional_text sets the text guidance
-    and the regional-text share of images drawn with region phrases (recorded, so replay agrees);
-    --guidance and --regional-text override them; without region phrases the model's own guidance stays."""
+    of images drawn with region phrases and the regional-text share of every layout, bound or from a file
+    (recorded, so replay agrees); --guidance and --regional-text override them; without region phrases the
+    model's own guidance stays."""
     import shutil
 
     from latentdiff.cli import main
@@ -217,7 +218,14 @@ def test_the_layout_checkpoints_region_guidance_is_the_text_guidance_of_region_p
     assert "regional_text" not in record["extra"]["layout"]
     _, record, _, _ = _run(main, capsys, base + ["--out", str(tmp_path / "c"), "--no-region-phrases"])
     assert record["guidance"] == 4.0  # the model's
+    assert "layout" not in record["extra"]  # no layout, so no regional text either
     assert main(["replay", str(png), "--segmap", str(seg), "--out", str(tmp_path / "r")]) == 0
+    assert "identical to" in capsys.readouterr().out
+    (tmp_path / "layout.json").write_text(json.dumps([{"phrase": "a red circle", "box": [2, 10, 12, 20]}]))
+    layout_png, record, _, _ = _run(main, capsys, base[:8] + ["--layout", str(tmp_path / "layout.json"),
+                                                              "--out", str(tmp_path / "e")])
+    assert record["extra"]["layout"]["regional_text"] == 0.25 and record["guidance"] == 4.0
+    assert main(["replay", str(layout_png), "--out", str(tmp_path / "r2")]) == 0
     assert "identical to" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="region_guidance: only a layout ControlNet records it"):
         SpatialTrainConfig(condition="segmap", region_guidance=2.0)

@@ -370,19 +370,20 @@ def test_layout_and_segmap_requests_give_the_library_pixels_and_record(spatial_s
     assert not np.array_equal(np.asarray(bound), np.asarray(ref))  # and so did the region phrase
 
 
-def test_the_map_panel_uses_the_layout_checkpoints_regional_text(spatial_model_dir, tmp_path):
-    """Region phrases in the web app take the layout checkpoint's regional_text, as the CLI does; without
-    region phrases there is no layout and no regional text."""
+def test_the_layout_and_map_panels_use_the_layout_checkpoints_regional_text(spatial_model_dir, tmp_path):
+    """Layouts in the web app, drawn boxes or region phrases, take the layout checkpoint's regional_text, as
+    the CLI does; without region phrases the map has no layout and no regional text."""
     import shutil
 
     from latentdiff.commands.serve import attach_spatial
     from latentdiff.pipeline import Pipeline
-    from latentdiff.web.tasks import plan_segmap
+    from latentdiff.web.server import App
+    from latentdiff.web.tasks import plan_layout, plan_segmap
 
     model = tmp_path / "model"
     shutil.copytree(spatial_model_dir, model)
     marker = model / "layout_controlnet" / "condition.json"
-    marker.write_text(json.dumps({**json.loads(marker.read_text()), "regional_text": 0.25}))
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "regional_text": 0.25, "region_guidance": 1.5}))
     pipe = Pipeline.load(model, device="cpu")
     attach_spatial(pipe, None, None)
     calls = []
@@ -393,11 +394,15 @@ def test_the_map_panel_uses_the_layout_checkpoints_regional_text(spatial_model_d
             return []
     for regions in (True, False):
         req = {"kind": "segmap", "prompt": "a red circle", "segmap": data_url(_segmap()), "steps": 1,
-               "region_phrases": regions}
+               "region_phrases": regions, "guidance": ""}  # a blank field, as the page sends it
         plan_segmap(pipe, req, Limits()).run(Spy())
-    bound, alone = (c["spatial"] for c in calls)
+    plan_layout(pipe, {"kind": "layout", "prompt": "a red circle", "boxes": [BOX], "steps": 1}, Limits()).run(Spy())
+    bound, alone, drawn = (c["spatial"] for c in calls)
+    assert drawn.regional_text == 0.25 and [e.phrase for e in drawn.layout] == ["a red circle"]
     assert bound.region_phrases and bound.regional_text == 0.25 and [e.phrase for e in bound.layout] == ["a red circle"]
     assert alone.layout is None and alone.regional_text == 0.0
+    assert [c["guidance"] for c in calls] == [1.5, 4.0, 4.0]  # region phrases: the checkpoint's region_guidance
+    assert App(pipe).info()["region_guidance"] == 1.5  # the page leaves the map panel's guidance blank for it
 
 
 @pytest.mark.parametrize("request_, message", [

@@ -81,9 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "has a layout checkpoint (see docs/layout.md)")
     g.add_argument("--regional-text", default=None, metavar="A",
                    help="the share in [0, 1] of each layout box's text that is its phrase alone, the prompt's "
-                        "elsewhere (regional text: keeps one object's colour out of another's box; default: with "
-                        "--segmap's region phrases the layout checkpoint's regional_text, 0.5 for the default "
-                        "model's, else 0)")
+                        "elsewhere (regional text: keeps one object's colour out of another's box; default: the "
+                        "layout checkpoint's regional_text, 0.5 for the default model's, else 0)")
     g.set_defaults(handler=run_generate)
 
     r = sub.add_parser("replay", help="regenerate an image from the record inside its PNG",
@@ -259,7 +258,7 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
         raise UserError(f"--regional-text {args.regional_text}: expected a share in [0, 1]")
     return {"layout_scale": parse_float("--layout-scale", args.layout_scale),  # None: the checkpoint's own
             "segmap_scale": 1.0 if segmap_scale is None else segmap_scale,
-            "regional_text": share}  # None: the checkpoint's for region phrases, else 0
+            "regional_text": share}  # None: the layout checkpoint's
 
 
 LAYOUT_FOLDERS = ("layout_controlnet", "gligen")  # a model folder's layout checkpoints, the first found is used
@@ -305,7 +304,7 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
         regions = layout is not None
     layout_scale = pipe.layout_scale if scales["layout_scale"] is None else scales["layout_scale"]
     return Spatial(layout, segmap, layout_scale=layout_scale, segmap_scale=scales["segmap_scale"],
-                   region_phrases=regions, regional_text=pipe.regional_share(scales["regional_text"], regions))
+                   region_phrases=regions, regional_text=pipe.regional_share(scales["regional_text"], layout))
 
 
 def region_phrases(pipe, args: argparse.Namespace, segmap):

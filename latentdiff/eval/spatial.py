@@ -54,8 +54,8 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     checkpoint's ``region_guidance`` (:meth:`Pipeline.text_guidance`), as ``latentdiff generate --segmap``
     does; the metrics then hold the text guidance the images were drawn with (a list when it varied).
     ``regional_text``: the share of each box's text that is its phrase alone
-    (:func:`latentdiff.layout.region_weights`); default: for region phrases the layout checkpoint's
-    (:meth:`Pipeline.regional_share`), else 0."""
+    (:func:`latentdiff.layout.region_weights`); default: the layout checkpoint's
+    (:meth:`Pipeline.regional_share`), as generate does."""
     from latentdiff.eval.scorer import score_layout, score_segmap
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.provenance import Record
@@ -76,7 +76,7 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
             layout_scale = region_scale
         spatial = None if text_only else Spatial(boxes, seg if use_seg else None, layout_scale=layout_scale,
                                                  segmap_scale=scale, region_phrases=regioned,
-                                                 regional_text=pipe.regional_share(regional_text, regioned))
+                                                 regional_text=pipe.regional_share(regional_text, boxes))
         image = pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size, width=size,
                               spatial=spatial)[0]
         img = np.asarray(image)
@@ -107,6 +107,6 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
                        colour_accuracy=float(np.mean(colours)))
     if region_phrases and pix:
         metrics.update(region_phrases_bound=int(np.sum(bound)),
-                       region_scale=region_scale, regional_text=pipe.regional_share(regional_text, True),
+                       region_scale=region_scale,
                        guidance=sorted(used)[0] if len(used) == 1 else sorted(used))
     return metrics, tiles

@@ -67,8 +67,8 @@ class SpatialTrainConfig:
     layout_scale: float = 1.0  # layout ControlNet: the guidance scale generate uses with it unless told (condition.json)
     region_guidance: float | None = None  # layout ControlNet: the text guidance generate uses with --segmap's
     # region phrases unless told (condition.json); None: the model's own
-    regional_text: float | None = None  # layout ControlNet: the share of a region phrase's text that is the phrase
-    # alone, which generate uses with --segmap's region phrases unless told (condition.json); None: 0
+    regional_text: float | None = None  # layout ControlNet: the share of a layout box's text that is its phrase
+    # alone, which generate uses with every layout (a file or region phrases) unless told (condition.json); None: 0
     init: str = ""  # ControlNet methods: start from this trained ControlNet folder (a later phase) instead of the U-Net
     binder: bool = False  # segmap: add a region binder (each object pixel reads the caption's words for it)
 

@@ -48,6 +48,7 @@ class App:
                 "unavailable": {k: UNAVAILABLE[k] for k, ok in features.items() if not ok},
                 "max_boxes": getattr(self.pipe, "layout_slots", 0), "vae_factor": self.pipe.vae_scale_factor,
                 "layout_scale": getattr(self.pipe, "layout_scale", 1.0),
+                "region_guidance": getattr(self.pipe, "region_guidance", None),
                 "inpaint_model": self.inpaint_pipe.name, "inpaint_dedicated": self.inpaint_pipe.is_inpainting}
 
     def submit(self, request) -> dict:

@@ -218,13 +218,15 @@ def _scale(req: dict, name: str, default: float = 1.0) -> float:
 
 
 def plan_layout(pipe, req: dict, limits: Limits) -> Plan:
-    """Boxes + phrases → ``Pipeline.generate(prompt, spatial=Spatial(layout=…))`` (issue #7)."""
+    """Boxes + phrases → ``Pipeline.generate(prompt, spatial=Spatial(layout=…))`` (issue #7), with the layout
+    checkpoint's regional text."""
     from latentdiff.layout import Spatial
 
     if not layout_support(pipe)["layout"]:
         raise UserError(UNAVAILABLE["layout"])
-    spatial = Spatial(layout=_boxes(req, min(MAX_BOXES, pipe.layout_slots)),
-                      layout_scale=_scale(req, "layout_scale", getattr(pipe, "layout_scale", 1.0)))
+    layout = _boxes(req, min(MAX_BOXES, pipe.layout_slots))
+    spatial = Spatial(layout=layout, layout_scale=_scale(req, "layout_scale", getattr(pipe, "layout_scale", 1.0)),
+                      regional_text=pipe.regional_share(None, layout))  # the checkpoint's, as the CLI
     opts = _common(pipe, req, limits)
     return Plan("layout", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
 
@@ -255,7 +257,7 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
         bound = bind_regions(opts["prompt"], segmap).layout  # None: the prompt does not bind; the map alone
         if bound is not None:
             spatial = replace(spatial, layout=bound, layout_scale=getattr(pipe, "layout_scale", 1.0),
-                              region_phrases=True, regional_text=pipe.regional_share(None, True))
+                              region_phrases=True, regional_text=pipe.regional_share(None, bound))
             opts["guidance"] = pipe.resolve(guidance=pipe.text_guidance(_float(req, "guidance"), spatial))["guidance"]
     return Plan("segmap", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
 

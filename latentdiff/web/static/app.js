@@ -313,6 +313,12 @@ async function main() {
     ? `Repainted by the inpainting model ${INFO.inpaint_model}.`
     : `Repainted by ${INFO.inpaint_model}, blending its samples into the image (no dedicated inpainting model).`;
   document.querySelectorAll(".opts").forEach(buildOptions);
+  if (INFO.region_guidance != null) {  // blank: the server picks region phrases' own guidance, as the CLI does
+    const g = $("#segmap-guidance");
+    g.value = "";
+    g.placeholder = "auto";
+    g.title = `blank: ${INFO.region_guidance} when region phrases are drawn, else ${INFO.defaults.guidance}`;
+  }
   document.querySelectorAll(".tab").forEach(t => { t.onclick = () => showPanel(t.dataset.panel); });
   setupInpaint(); setupLayout(); setupSegmap(); markUnavailable();
   showPanel((location.hash || "#txt2img").slice(1) in EXTRA ? location.hash.slice(1) || "txt2img" : "txt2img");
