@@ -5,7 +5,8 @@
 For a few scenes it draws, in one row each: the layout (boxes), the segmentation map, then the images for
 text only, text + layout, text + segmentation map, and text + layout + map (seed fixed per row). Text +
 map is what `latentdiff generate --segmap` does by default: the prompt's objects bound to the map's regions
-and drawn as region phrases with the layout checkpoint's regional text (docs/layout.md). The model folder
+and drawn as region phrases; every layout gets the layout checkpoint's regional text (docs/layout.md),
+as `latentdiff generate` gives it. The model folder
 must hold layout_controlnet/ (or gligen/) and controlnet/; the layout uses its checkpoint's default scale.
 Cost: 4 images per row, 4 rows (a few seconds on CPU).
 """
@@ -72,10 +73,12 @@ def main() -> None:
         layout = [LayoutEntry(ph, tuple(v / 64 for v in box)) for ph, box in boxes]
         seg = segmap_for(boxes, classes, size)
         tiles += [draw_layout([(e.phrase, e.box) for e in layout], size), draw_segmap(seg)]
+        share = pipe.regional_share(None, layout)  # every layout as generate draws it: the checkpoint's
         bound = bind_regions(prompt, seg).layout  # as generate --segmap; None: the prompt does not bind
-        regions = Spatial(segmap=seg) if bound is None else Spatial(
-            bound, seg, s, region_phrases=True, regional_text=pipe.regional_share(None, True))
-        for spatial in (None, Spatial(layout=layout, layout_scale=s), regions, Spatial(layout, seg, s)):
+        regions = Spatial(segmap=seg) if bound is None else Spatial(bound, seg, s, region_phrases=True,
+                                                                    regional_text=share)
+        for spatial in (None, Spatial(layout, None, s, regional_text=share), regions,
+                        Spatial(layout, seg, s, regional_text=share)):
             img = pipe.generate(prompt, seed=args.seed + i, steps=args.steps, spatial=spatial)[0]
             tiles.append(np.asarray(img))
     save_grid(np.stack(tiles), len(SCENES), Path(args.out), scale=3)
