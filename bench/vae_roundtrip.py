@@ -6,7 +6,8 @@
 A LoRA (or any U-Net fine-tune) can only draw what the VAE's decoder can draw from latents its encoder
 makes. This encodes 200 fresh star scenes and 200 base scenes (1–3 objects each), decodes the posterior
 means and counts the objects the scorer finds again with their colour, shape and box (IoU ≥ 0.5), small
-and large apart; plus the per-pixel MSE (0–255 scale).
+and large apart, and ("outline") with their shape and box in any colour; plus the per-pixel MSE (0–255
+scale). ``--model`` may be any folder with a vae/ in it, such as an earlier run's ``--out``.
 
 ``--finetune-decoder generic|concave|stars --steps N`` is the experiment that asks *where* the information
 is lost: only the decoder (and ``post_quant_conv``) is trained, on half base scenes and half either generic
@@ -43,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--finetune-decoder", choices=("generic", "concave", "stars"), default=None)
     p.add_argument("--with-encoder", action="store_true", help="train the encoder too (the latents change)")
     p.add_argument("--kl-weight", type=float, default=1e-6, help="with --with-encoder: the VAE stage's KL weight")
+    p.add_argument("--f2", action="store_true",
+                   help="first turn the model's f = 4 VAE into an f = 2 one (one downsampling less; see halve_factor)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=32)
@@ -56,6 +59,42 @@ def load_vae(model: str | None):
     from latentdiff.pipeline import DEFAULT_MODEL_DIR
 
     return AutoencoderKL.from_pretrained(str(Path(model or DEFAULT_MODEL_DIR) / "vae"), torch_dtype=torch.float32)
+
+
+def halve_factor(vae):
+    """An AutoencoderKL with one down/up-sampling less (f = 4 → 2: a 64-px image gives 32×32 latents),
+    warm-started from ``vae``: the encoder keeps all but its last block (whose input the new last block takes
+    without downsampling), the decoder all but its second block, so every kept weight has its old shape."""
+    from diffusers import AutoencoderKL
+
+    cfg = dict(vae.config)
+    n = len(cfg["block_out_channels"])
+    if n < 3:
+        raise SystemExit(f"--f2: the VAE has {n} blocks; need at least 3")
+    keep = list(cfg["block_out_channels"][:-1])
+    if keep[-1] != cfg["block_out_channels"][-1]:
+        raise SystemExit("--f2: the last two blocks must have the same width")
+    new = AutoencoderKL(**{**{k: v for k, v in cfg.items() if not k.startswith("_")}, "block_out_channels": keep,
+                           "down_block_types": cfg["down_block_types"][:-1],
+                           "up_block_types": cfg["up_block_types"][:-1]})
+    old, state = vae.state_dict(), {}
+    for key, value in old.items():
+        parts = key.split(".")
+        if parts[0] == "encoder" and parts[1] == "down_blocks":
+            block = int(parts[2])
+            if block == n - 1 or (block == n - 2 and parts[3] == "downsamplers"):
+                continue  # the old last block goes; the new last one does not downsample
+        if parts[0] == "decoder" and parts[1] == "up_blocks":
+            block = int(parts[2])
+            if block == 1:
+                continue  # the old second up block goes; later ones move up by one
+            if block > 1:
+                parts[2] = str(block - 1)
+        state[".".join(parts)] = value
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SystemExit(f"--f2: weights do not fit: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return new
 
 
 def roundtrip(vae, images: np.ndarray) -> np.ndarray:
@@ -79,9 +118,11 @@ def recall(vae, n: int, out: Path, tag: str) -> dict:
         for scene, image in zip(scenes, decoded):
             found = find_objects(image)
             for o in scene.objects:
-                ok = any(f.colour == o.colour and f.shape == o.shape and box_iou(f.box, o.box) >= 0.5 for f in found)
-                hit = res.setdefault(f"{kind} {o.size}", [0, 0])
-                hit[0], hit[1] = hit[0] + ok, hit[1] + 1
+                shaped = [f for f in found if f.shape == o.shape and box_iou(f.box, o.box) >= 0.5]
+                for key, ok in ((f"{kind} {o.size}", any(f.colour == o.colour for f in shaped)),
+                                (f"{kind} {o.size} outline", bool(shaped))):  # outline: shape and box, any colour
+                    hit = res.setdefault(key, [0, 0])
+                    hit[0], hit[1] = hit[0] + ok, hit[1] + 1
         res[f"{kind} mse"] = float(((decoded.astype(np.float64) - images) ** 2).mean())
         strip = np.concatenate([np.concatenate(list(images[:8]), 1), np.concatenate(list(decoded[:8]), 1)])
         Image.fromarray(strip).resize((strip.shape[1] * 3, strip.shape[0] * 3), Image.NEAREST).save(
@@ -171,6 +212,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     vae = load_vae(args.model)
+    if args.f2:
+        vae = halve_factor(vae)
     results = {"command": "python " + " ".join(sys.argv), "before": recall(vae, args.n, out, "before")}
     if args.finetune_decoder:
         finetune_decoder(vae, args.finetune_decoder, args.steps, args.lr, args.batch_size, args.with_encoder,
