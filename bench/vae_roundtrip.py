@@ -132,8 +132,9 @@ def recall(vae, n: int, out: Path, tag: str) -> dict:
     return res
 
 
-def generic_scene(rng: np.random.Generator) -> np.ndarray:
-    """1–3 convex polygons (3–8 sides) or ellipses, 8–24 px, palette colours, on a world background."""
+def _scene(rng: np.random.Generator, draw_object) -> np.ndarray:
+    """1–3 objects, 8–24 px, palette colours, on a world background; ``draw_object(draw, rng, cx, cy, side,
+    fill)`` draws each."""
     from latentdiff.data.shapes import BACKGROUND_MAX, CANVAS, PALETTE
 
     grey = int(rng.integers(0, BACKGROUND_MAX + 1))
@@ -143,33 +144,32 @@ def generic_scene(rng: np.random.Generator) -> np.ndarray:
         side = int(rng.integers(8, 25))
         cx, cy = rng.integers(side // 2, CANVAS - side // 2, 2)
         fill = tuple(int(c) for c in colours[rng.integers(len(colours))])
+        draw_object(draw, rng, cx, cy, side, fill)
+    return np.asarray(image)
+
+
+def generic_scene(rng: np.random.Generator) -> np.ndarray:
+    """1–3 convex polygons (3–8 sides) or ellipses (:func:`_scene`)."""
+    def convex(draw, rng, cx, cy, side, fill):
         rx, ry = side / 2 * rng.uniform(0.6, 1.0), side / 2 * rng.uniform(0.6, 1.0)
         if rng.random() < 0.3:
             draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill)
-            continue
+            return
         angles, turn = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 9)))), rng.uniform(0, 2 * np.pi)
         x, y = rx * np.cos(angles), ry * np.sin(angles)  # sorted angles on an ellipse: a convex polygon
         draw.polygon([(cx + a * np.cos(turn) - b * np.sin(turn), cy + a * np.sin(turn) + b * np.cos(turn))
                       for a, b in zip(x, y)], fill=fill)
-    return np.asarray(image)
+    return _scene(rng, convex)
 
 
 def concave_scene(rng: np.random.Generator) -> np.ndarray:
     """1–3 irregular polygons of 5–12 vertices at random angles whose radii vary independently (30–100 % of
-    the size), so most are concave; 8–24 px, palette colours, on a world background. Never a regular star."""
-    from latentdiff.data.shapes import BACKGROUND_MAX, CANVAS, PALETTE
-
-    grey = int(rng.integers(0, BACKGROUND_MAX + 1))
-    image = Image.new("RGB", (CANVAS, CANVAS), (grey,) * 3)
-    draw, colours = ImageDraw.Draw(image), list(PALETTE.values())
-    for _ in range(int(rng.integers(1, 4))):
-        side = int(rng.integers(8, 25))
-        cx, cy = rng.integers(side // 2, CANVAS - side // 2, 2)
-        fill = tuple(int(c) for c in colours[rng.integers(len(colours))])
+    the size), so most are concave (:func:`_scene`). Never a regular star."""
+    def concave(draw, rng, cx, cy, side, fill):
         angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(5, 13))))
         radii = side / 2 * rng.uniform(0.3, 1.0, len(angles))
         draw.polygon([(cx + r * np.cos(a), cy + r * np.sin(a)) for r, a in zip(radii, angles)], fill=fill)
-    return np.asarray(image)
+    return _scene(rng, concave)
 
 
 def finetune_decoder(vae, data: str, steps: int, lr: float, batch: int, with_encoder: bool = False,
