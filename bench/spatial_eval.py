@@ -54,7 +54,7 @@ def main() -> None:
                    help="segmap: the guidance scale of the bound region phrases (default: the layout checkpoint's)")
     p.add_argument("--regional-text", type=float, default=None, metavar="A",
                    help="the share in [0, 1] of each box's text that is its phrase alone, the caption's elsewhere "
-                        "(regional text; default: with region phrases the layout checkpoint's regional_text, else 0)")
+                        "(regional text; default: the layout checkpoint's regional_text, 0 when it has none)")
     p.add_argument("--cases", default=None, help="JSONL path for one line per case (caption and verdicts)")
     args = p.parse_args()
 

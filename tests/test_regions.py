@@ -181,13 +181,16 @@ def test_run_cases_binds_the_captions_as_the_cli_does(spatial_model_dir, tmp_pat
     pipe = Pipeline.load(spatial_model_dir, device="cpu").attach_layout(spatial_model_dir / "layout_controlnet")
     pipe.attach_segmap(spatial_model_dir / "controlnet")
     metrics, tiles = run_cases(pipe, records, "segmap", 32, steps=2, region_phrases=True)
-    assert metrics["region_phrases_bound"] == 2
+    assert metrics["region_phrases_bound"] == 2 and metrics["regional_text"] == 0.0  # the fixture's checkpoint: none
     seg = segmap_of(records[1], 32)
     spatial = Spatial(bind_regions(records[1].text, seg).layout, seg, layout_scale=pipe.layout_scale)
     ref = pipe.generate(records[1].text, seed=1, steps=2, height=32, width=32, spatial=spatial)[0]
     np.testing.assert_array_equal(tiles[3], np.asarray(ref))
-    _, alone = run_cases(pipe, records, "segmap", 32, steps=2)
+    alone_metrics, alone = run_cases(pipe, records, "segmap", 32, steps=2)
     assert not np.array_equal(alone[3], tiles[3])
+    assert "regional_text" not in alone_metrics  # no layout, no regional text
+    shared, _ = run_cases(pipe, records[:1], "segmap", 32, steps=2, region_phrases=True, regional_text=0.5)
+    assert shared["regional_text"] == 0.5  # as the images were drawn: from their records
 
 
 def test_the_layout_checkpoints_region_guidance_is_the_text_guidance_of_region_phrases(spatial_model_dir, tmp_path,

@@ -55,14 +55,15 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     does; the metrics then hold the text guidance the images were drawn with (a list when it varied).
     ``regional_text``: the share of each box's text that is its phrase alone
     (:func:`latentdiff.layout.region_weights`); default: the layout checkpoint's
-    (:meth:`Pipeline.regional_share`), as generate does."""
+    (:meth:`Pipeline.regional_share`), as generate does; the metrics hold the share the images with a layout
+    were drawn with, read from their records like the guidance."""
     from latentdiff.eval.scorer import score_layout, score_segmap
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.provenance import Record
     from latentdiff.regions import bind_regions
     from latentdiff.train.spatial import layout_of, segmap_of
 
-    box_ok, ious, pix, blank, colours, tiles, bound, used = [], [], [], [], [], [], [], set()
+    box_ok, ious, pix, blank, colours, tiles, bound, used, shares = [], [], [], [], [], [], [], set(), set()
     region_scale = pipe.layout_scale if region_scale is None else region_scale  # as generate: the checkpoint's
     for k, rec in enumerate(tqdm(records, desc=f"{condition} cases", disable=not progress)):
         layout, seg = layout_of(rec, size), segmap_of(rec, size)
@@ -80,7 +81,10 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
         image = pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size, width=size,
                               spatial=spatial)[0]
         img = np.asarray(image)
-        used.add(Record.from_json(image.info["latentdiff"]).guidance)  # the region guidance, for region phrases
+        record = Record.from_json(image.info["latentdiff"])
+        used.add(record.guidance)  # the region guidance, for region phrases
+        if "layout" in record.extra:
+            shares.add(record.extra["layout"].get("regional_text", 0.0))
         case = {"index": k, "caption": rec.text}
         if use_layout:
             s = score_layout(img, pixel_boxes(layout, size))
@@ -106,7 +110,12 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
         metrics.update(pixel_accuracy=float(np.mean(pix)), pixel_accuracy_of_an_empty_image=float(np.mean(blank)),
                        colour_accuracy=float(np.mean(colours)))
     if region_phrases and pix:
-        metrics.update(region_phrases_bound=int(np.sum(bound)),
-                       region_scale=region_scale,
-                       guidance=sorted(used)[0] if len(used) == 1 else sorted(used))
+        metrics.update(region_phrases_bound=int(np.sum(bound)), region_scale=region_scale, guidance=_as_drawn(used))
+    if shares:
+        metrics.update(regional_text=_as_drawn(shares))
     return metrics, tiles
+
+
+def _as_drawn(values: set):
+    """One setting the images were drawn with, or the sorted list when it varied between them."""
+    return sorted(values)[0] if len(values) == 1 else sorted(values)
