@@ -253,12 +253,17 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- captions ------------------------------------------------------------------------------------
+def with_article(words: str) -> str:
+    """``words`` after the English indefinite article: "an orange circle", "a large orange circle"."""
+    return ("an " if words[:1] in ("a", "e", "i", "o", "u") else "a ") + words
+
+
 def object_phrase(obj: ShapeObject, size: bool = True, position: bool = True, preposition: str = "in the") -> str:
     """``a {size} {colour} {shape} {in the|at the} {position}``; size and position can be left out."""
-    words = ["a"] + ([obj.size] if size else []) + [obj.colour, obj.shape]
+    words = ([obj.size] if size else []) + [obj.colour, obj.shape]
     if position:
         words += [preposition, obj.position]
-    return " ".join(words)
+    return with_article(" ".join(words))
 
 
 def caption(scene: Scene, rng: np.random.Generator, training: bool = True) -> str:
@@ -302,7 +307,7 @@ def held_out_prompts() -> list[str]:
     ]
     for pair in HELD_OUT_PAIRS:
         for (c1, s1), (c2, s2) in (pair, pair[::-1]):
-            prompts += [f"a {c1} {s1} {rel} a {c2} {s2}" for rel in RELATIONS]
+            prompts += [f"{with_article(f'{c1} {s1}')} {rel} {with_article(f'{c2} {s2}')}" for rel in RELATIONS]
     return prompts
 
 

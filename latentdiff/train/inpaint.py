@@ -116,7 +116,7 @@ def object_captions(phrase: str, box, canvas: int = 64) -> list[str]:
     """Captions that name one object. For a shapes-world phrase ("a red circle") the size and position are
     read off its box (in the image's own pixels; the shapes canvas is 64) and it is written in the four
     training forms (with or without size and position); any other phrase is used as it is."""
-    from latentdiff.data.shapes import COLOURS, SHAPES, SIZE_THRESHOLD, position_of
+    from latentdiff.data.shapes import COLOURS, SHAPES, SIZE_THRESHOLD, position_of, with_article
 
     m = _SHAPES_PHRASE.fullmatch(phrase.strip().lower())
     if m is None or m[1] not in COLOURS or m[2] not in SHAPES:
@@ -125,7 +125,7 @@ def object_captions(phrase: str, box, canvas: int = 64) -> list[str]:
     size = "large" if max(x1 - x0, y1 - y0) >= SIZE_THRESHOLD * canvas / 64 else "small"
     where = f"in the {position_of((x0 + x1) / 2 * 64 / canvas, (y0 + y1) / 2 * 64 / canvas)}"
     core = f"{m[1]} {m[2]}"
-    return [f"a {core}", f"a {size} {core}", f"a {core} {where}", f"a {size} {core} {where}"]
+    return [with_article(core), f"a {size} {core}", with_article(f"{core} {where}"), f"a {size} {core} {where}"]
 
 
 @dataclass
