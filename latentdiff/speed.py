@@ -244,3 +244,38 @@ class GraphedUNet:
             output = self._forward(*static)
         self.pool = graph.pool()
         return _Captured(graph, static, output)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports (/proc/cpuinfo), empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_bf16_kind(flags: frozenset[str] | None = None) -> str | None:
+    """How this CPU computes bf16 matrix products natively: "amx" (AMX-BF16 tiles), "avx512" (AVX-512-BF16
+    dot products), or None (no native bf16: autocast to bf16 would emulate it and run slower than fp32)."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512"
+    return None
+
+
+def classic_attention(module: torch.nn.Module) -> int:
+    """Give every diffusers attention layer inside ``module`` the classic processor (baddbmm + softmax +
+    bmm) in place of SDPA, and return how many were changed. In bf16 autocast on a CPU it trains about
+    twice as fast as SDPA, whose bf16 backward is slow there (bench/cpu_train.py); the maths is the same."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    layers = [m for m in module.modules() if isinstance(m, Attention) and not isinstance(m.processor, AttnProcessor)]
+    for layer in layers:  # a classic processor already there (say, one that also keeps the maps) stays
+        layer.set_processor(AttnProcessor())
+    return len(layers)

@@ -220,3 +220,47 @@ def test_cuda_sampling_loop_makes_no_host_sync_per_step():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out).all()
+
+
+def test_cpu_bf16_kind_reads_the_flags_and_falls_back():
+    from latentdiff.speed import cpu_bf16_kind
+
+    assert cpu_bf16_kind(frozenset({"avx2", "fma"})) is None  # an AVX2-only CPU: no native bf16
+    assert cpu_bf16_kind(frozenset({"avx512f", "avx512_bf16"})) == "avx512"
+    assert cpu_bf16_kind(frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})) == "amx"
+
+
+@pytest.mark.parametrize("kind, expected", [(None, "no"), ("avx512", "bf16"), ("amx", "bf16")])
+def test_training_precision_auto_follows_the_cpu(monkeypatch, kind, expected):
+    """mixed_precision: auto trains in bf16 only on a CPU that computes it natively, else in fp32."""
+    import latentdiff.speed as speed
+    from latentdiff.train.run import make_accelerator
+
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setattr(speed, "cpu_bf16_kind", lambda flags=None: kind)
+    try:
+        for precision, want in (("auto", expected), ("no", "no")):
+            AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one state per process
+            assert make_accelerator("cpu", precision).mixed_precision == want
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_classic_attention_replaces_sdpa_and_keeps_the_output():
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from latentdiff.speed import classic_attention
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 32), layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=8, norm_num_groups=8).eval()
+    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([3]), torch.randn(1, 5, 16)
+    ref = unet(x, t, encoder_hidden_states=ctx).sample
+    assert classic_attention(unet) > 0
+    assert all(isinstance(p, AttnProcessor) for p in unet.attn_processors.values())
+    assert classic_attention(unet) == 0  # already classic: nothing to change
+    torch.testing.assert_close(unet(x, t, encoder_hidden_states=ctx).sample, ref, atol=1e-5, rtol=1e-4)

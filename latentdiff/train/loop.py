@@ -243,6 +243,10 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
         stage.place_data(where)
     if cfg.channels_last:
         stage.model.to(memory_format=torch.channels_last)
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
+        from latentdiff.speed import classic_attention
+
+        classic_attention(stage.model)  # SDPA's bf16 backward is the slow part on a CPU (BENCHMARKS.md)
     if cfg.compile != "none":
         stage.model.compile(mode=None if cfg.compile == "default" else cfg.compile)  # in place: same weights' names
     opt = make_optimizer(stage.model, cfg)

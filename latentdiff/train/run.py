@@ -28,14 +28,19 @@ DONE = "DONE"
 
 
 def make_accelerator(device: str, mixed_precision: str):
-    """An Accelerator on CUDA unless device is "cpu" (or none is there); "auto" precision = bf16 where supported."""
+    """An Accelerator on CUDA unless device is "cpu" (or none is there). "auto" precision is bf16 autocast
+    where the device computes bf16 natively: a GPU that supports it, or a CPU with AMX-BF16 or AVX-512-BF16
+    (:func:`latentdiff.speed.cpu_bf16_kind`); elsewhere fp32, since emulated bf16 is slower than fp32."""
     from accelerate import Accelerator
+
+    from latentdiff.speed import cpu_bf16_kind
 
     cuda = torch.cuda.is_available() and device != "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was asked for but no CUDA device is available")
     if mixed_precision == "auto":
-        mixed_precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+        native = torch.cuda.is_bf16_supported() if cuda else cpu_bf16_kind() is not None
+        mixed_precision = "bf16" if native else "no"
     return Accelerator(cpu=not cuda, mixed_precision=mixed_precision)
 
 
@@ -236,6 +241,8 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
     assemble = lambda unet, dest: assemble_model(dest, unet, vae, text_encoder, tokenizer, cfg, out)  # noqa: E731
     seed_init(cfg.seed, "unet")
     stage = UNetTrainStage(cfg.unet, mean, std, tokens, null, text_encoder, vae.config.scaling_factor, device, assemble)
+    if cfg.unet.grounding_loss > 0:
+        stage.set_grounding(cfg.unet.grounding_loss, *grounding_data(train_recs, tokenizer, size))
     _timed("unet", folder, resume, timer,
            lambda: run_stage(stage, cfg.unet.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.unet)),
            cfg.unet.loop.steps)
@@ -245,6 +252,32 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
 
     unet = UNet2DConditionModel.from_pretrained(str(folder / "final" / "unet"))
     return assemble_model(out / "model", unet, vae, text_encoder, tokenizer, cfg, out)
+
+
+def grounding_data(records, tokenizer, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the grounding loss needs of each record: the object each caption token names, (N, L) int8, and
+    the objects' pixels, (N, size, size) uint8 (:mod:`latentdiff.train.grounding`). Every record needs boxes
+    and a segmentation map (the shapes world writes both)."""
+    import numpy as np
+    from PIL import Image
+
+    from latentdiff.train.grounding import instance_map, token_objects
+
+    length = tokenizer.model_max_length
+    token_obj = np.full((len(records), length), -1, np.int8)
+    instances = np.zeros((len(records), size, size), np.uint8)
+    for i, rec in enumerate(records):
+        if not rec.boxes or rec.segmap_path is None:
+            raise UserError(f"unet.grounding_loss needs boxes and a segmap for every image; "
+                            f"{rec.image_path.name} (metadata.jsonl line {rec.line}) has "
+                            f"{'no boxes' if not rec.boxes else 'no segmap'}")
+        kinds = [tuple(b.phrase.split()[-2:]) for b in rec.boxes]  # "a red circle" -> ("red", "circle")
+        token_obj[i] = token_objects(tokenizer, rec.text, kinds, length)
+        with Image.open(rec.segmap_path) as im:
+            scale = size / im.width  # boxes are in the image's pixels
+            seg = np.asarray(im if im.size == (size, size) else im.resize((size, size), Image.NEAREST))
+        instances[i] = instance_map(seg, [tuple(c * scale for c in b.box) for b in rec.boxes])
+    return torch.from_numpy(token_obj), torch.from_numpy(instances)
 
 
 def assemble_model(dest: Path, unet, vae, text_encoder, tokenizer, cfg: TrainConfig, out: Path) -> Path:
