@@ -83,6 +83,7 @@ class UNetStage:
     loop: LoopConfig = LoopConfig()
     cond_dropout: float = 0.1
     min_snr_gamma: float | None = 5.0
+    grounding_loss: float = 0.0  # weight of the cross-attention grounding loss (latentdiff.train.grounding)
     validation_prompts: tuple[str, ...] = (
         "a small red circle in the top left", "a large blue square in the center",
         "a green triangle left of a yellow circle", "",
@@ -91,6 +92,8 @@ class UNetStage:
     def __post_init__(self):
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
+        if not self.grounding_loss >= 0.0:
+            raise ConfigError(f"grounding_loss: expected a weight >= 0, got {self.grounding_loss}")
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,10 @@ class LatentDenoisingStage(OnDevice):
 
     cond_dropout: float
     min_snr_gamma: float | None
-    data_names = ("mean", "std", "unique_tokens", "caption_index", "null_tokens", "contexts", "null_context")
+    grounding_weight: float = 0.0  # > 0: add the cross-attention grounding loss (set_grounding)
+    token_obj = instances = capture = None
+    data_names = ("mean", "std", "unique_tokens", "caption_index", "null_tokens", "contexts", "null_context",
+                  "token_obj", "instances")
 
     def _setup(self, latent_mean, latent_std, scaling_factor: float, schedule: Schedule, tokens, null_tokens,
                text_encoder, device, encode_captions: bool = True) -> None:
@@ -194,9 +197,19 @@ class LatentDenoisingStage(OnDevice):
         return torch.cat([self.text_encoder(c.to(self.device)).last_hidden_state.float().cpu()
                           for c in tokens.split(batch)])
 
+    def set_grounding(self, weight: float, token_obj: torch.Tensor, instances: torch.Tensor) -> None:
+        """Add ``weight`` × the grounding loss of :mod:`latentdiff.train.grounding`: token_obj (N, L) int8,
+        the object each caption token names (−1: none); instances (N, H, W) uint8, each image's objects."""
+        from latentdiff.train.grounding import CrossAttnCapture
+
+        self.grounding_weight, self.token_obj, self.instances = float(weight), token_obj, instances
+        self.capture = CrossAttnCapture.attach(self.model)
+
     def drop_mask(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """Which captions of the batch become the empty prompt: Bernoulli(cond_dropout) per sample, (B,)."""
-        return torch.rand(batch, generator=generator, device=self.data_device) < self.cond_dropout
+        """Which captions of the batch become the empty prompt: Bernoulli(cond_dropout) per sample, (B,).
+        The last mask drawn is kept in ``self.dropped`` (the grounding loss leaves those captions out)."""
+        self.dropped = torch.rand(batch, generator=generator, device=self.data_device) < self.cond_dropout
+        return self.dropped
 
     def context(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Cross-attention context of a batch, (B, L, D), with conditioning dropout applied."""
@@ -224,7 +237,19 @@ class LatentDenoisingStage(OnDevice):
         t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator, device=where).to(self.device)
         noise = torch.randn(x0.shape, generator=generator, device=where).to(self.device)
         fn = lambda x_t, tt: self.predict(model, x_t, tt, cond)  # noqa: E731
-        return diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma)
+        if not self.grounding_weight:
+            return diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma)
+        from latentdiff.train.grounding import grounding_loss
+
+        self.capture.active = True
+        try:
+            loss = diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma)
+        finally:
+            self.capture.active = False
+        keep = ~self.dropped.to(self.device)
+        ground = grounding_loss(self.capture.take(), self.token_obj[index].to(self.device),
+                                self.instances[index].to(self.device), keep)
+        return loss + self.grounding_weight * ground
 
 
 class UNetTrainStage(LatentDenoisingStage):
