@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--kl-weight", type=float, default=1e-6, help="with --with-encoder: the VAE stage's KL weight")
     p.add_argument("--f2", action="store_true",
                    help="first turn the model's f = 4 VAE into an f = 2 one (one downsampling less; see halve_factor)")
+    p.add_argument("--latent-channels", type=int, default=None,
+                   help="first widen the latent to N channels (see widen_latent); the factor stays")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=32)
@@ -97,6 +99,56 @@ def halve_factor(vae):
     return new
 
 
+def widen_latent(vae, channels: int):
+    """An AutoencoderKL like ``vae`` with ``channels`` latent channels, warm-started from it: every weight
+    keeps its value; the four convolutions that face the latent (the encoder's output, both quant convs,
+    the decoder's input) keep the old channels in the first slots of the new ones (for the moments, in each
+    of the mean and log-variance halves); the quant convs are the identity on the new channels, the decoder
+    starts blind to them, and they start with the old mean log-variance bias: so the widened VAE's round
+    trip starts as the old one's."""
+    from diffusers import AutoencoderKL
+
+    cfg = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+    c_old, n = cfg["latent_channels"], min(cfg["latent_channels"], channels)
+    new = AutoencoderKL(**{**cfg, "latent_channels": channels})
+    state = new.state_dict()
+    latent = list(range(n))  # (old index = new index) in a C-channel dimension
+    moments_old = latent + [c_old + i for i in latent]  # in a 2C-channel (mean, logvar) dimension
+    moments_new = latent + [channels + i for i in latent]
+    dims = {"encoder.conv_out": ("moments", None), "quant_conv": ("moments", "moments"),
+            "post_quant_conv": ("latent", "latent"), "decoder.conv_in": (None, "latent")}
+    pick = {"moments": (moments_old, moments_new), "latent": (latent, latent), None: (None, None)}
+    for key, value in vae.state_dict().items():
+        target = state[key]
+        layer = next((name for name in dims if key.startswith(name + ".")), None)
+        if layer is None:
+            if target.shape != value.shape:
+                raise SystemExit(f"--latent-channels: unexpected shape change of {key}")
+            state[key] = value
+            continue
+        (o_old, o_new), (i_old, i_new) = pick[dims[layer][0]], pick[dims[layer][1]]
+        if layer in ("quant_conv", "post_quant_conv"):  # 1×1: identity on the new channels, none mixed in
+            target.zero_()
+            if value.ndim == 4:
+                target[:, :, 0, 0] = torch.eye(target.shape[0])
+        elif layer == "decoder.conv_in" and value.ndim == 4:
+            target[:, n:] = 0  # the decoder starts as before; the new channels' weights grow from zero
+        outs = zip(o_new, o_old) if o_old is not None else ((k, k) for k in range(value.shape[0]))
+        for a_new, a_old in outs:
+            if value.ndim == 1:
+                dst_value = value[a_old]
+                target[a_new] = dst_value
+                continue
+            ins = zip(i_new, i_old) if i_old is not None else ((k, k) for k in range(value.shape[1]))
+            for b_new, b_old in ins:
+                target[a_new, b_new] = value[a_old, b_old]
+        dst = target
+        if key.endswith("bias") and dims[layer][0] == "moments":  # new log-variance channels: old mean
+            dst[channels + n:] = value[c_old:].mean()
+    new.load_state_dict(state)
+    return new
+
+
 def roundtrip(vae, images: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 → decoded posterior means, (N, H, W, 3) uint8 (the VAE stage's reconstruction)."""
     from latentdiff.pixels import to_uint8
@@ -124,6 +176,7 @@ def recall(vae, n: int, out: Path, tag: str) -> dict:
                     hit = res.setdefault(key, [0, 0])
                     hit[0], hit[1] = hit[0] + ok, hit[1] + 1
         res[f"{kind} mse"] = float(((decoded.astype(np.float64) - images) ** 2).mean())
+        res[f"{kind} psnr_db"] = float(10 * np.log10(255.0 ** 2 / max(res[f"{kind} mse"], 1e-12)))
         strip = np.concatenate([np.concatenate(list(images[:8]), 1), np.concatenate(list(decoded[:8]), 1)])
         Image.fromarray(strip).resize((strip.shape[1] * 3, strip.shape[0] * 3), Image.NEAREST).save(
             out / f"{tag}-{kind}.png")
@@ -176,6 +229,7 @@ def finetune_decoder(vae, data: str, steps: int, lr: float, batch: int, with_enc
                      kl_weight: float = 1e-6) -> None:
     from latentdiff.data.shapes import STAR, render, sample_scene
     from latentdiff.pixels import to_unit_hwc
+    from latentdiff.speed import classic_attention, cpu_bf16_kind
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -188,15 +242,19 @@ def finetune_decoder(vae, data: str, steps: int, lr: float, batch: int, with_enc
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    bf16 = cpu_bf16_kind() is not None  # the training recipe's precision path (bench/cpu_train.py)
+    if bf16:
+        classic_attention(vae)
     t0 = time.time()
     for step in range(1, steps + 1):
         for group in opt.param_groups:  # 20-step warm-up, cosine to 0
             group["lr"] = lr * min(1.0, step / 20) * 0.5 * (1 + np.cos(np.pi * (step - 1) / steps))
         x = to_unit_hwc(np.stack([render(sample_scene(rng))[0] if i % 2 == 0 else other() for i in range(batch)]))
-        with torch.set_grad_enabled(with_encoder):
-            posterior = vae.encode(x).latent_dist
-            z = posterior.sample()
-        decoded = vae.decode(z).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.set_grad_enabled(with_encoder):
+                posterior = vae.encode(x).latent_dist
+                z = posterior.sample()
+            decoded = vae.decode(z).sample.float()
         loss = (decoded - x).abs().mean() + (decoded - x).pow(2).mean()  # the VAE stage's L1 + L2
         if with_encoder:
             loss = loss + kl_weight * posterior.kl().mean() / x[0].numel()  # and its KL term
@@ -214,6 +272,8 @@ def main(argv=None) -> int:
     vae = load_vae(args.model)
     if args.f2:
         vae = halve_factor(vae)
+    if args.latent_channels:
+        vae = widen_latent(vae, args.latent_channels)
     results = {"command": "python " + " ".join(sys.argv), "before": recall(vae, args.n, out, "before")}
     if args.finetune_decoder:
         finetune_decoder(vae, args.finetune_decoder, args.steps, args.lr, args.batch_size, args.with_encoder,
