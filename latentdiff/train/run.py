@@ -41,6 +41,13 @@ def make_accelerator(device: str, mixed_precision: str):
     if mixed_precision == "auto":
         native = torch.cuda.is_bf16_supported() if cuda else cpu_bf16_kind() is not None
         mixed_precision = "bf16" if native else "no"
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        # accelerate keeps one state per process; a later run in the same process (a test, a notebook)
+        # with another precision starts afresh instead of failing
+        AcceleratorState._reset_state()
     return Accelerator(cpu=not cuda, mixed_precision=mixed_precision)
 
 
