@@ -20,11 +20,17 @@ Masks: L, RGB (luminance) or RGBA/LA (luminance × alpha) images the size of the
 own alpha channel (``mask_from_alpha``: transparent = repaint). Soft masks are thresholded at 0.5 for
 the U-Net (diffusers' convention) and kept soft for the composite. Images whose sides are not multiples of
 the VAE factor are padded (edge pixels, marked known) and the result is cropped back.
+
+A mask that selects nothing (no pixel at 0.5 or above: all black, or white only where it is transparent,
+or ``mask_from_alpha`` on an opaque image) is refused with a one-line error: the output would be the input,
+and a user who passed it meant something else. Input sides are checked against ``pipe.limits.max_side``
+from the file's header, before any pixel is decoded.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ from PIL import Image
 from torch import Tensor
 
 from latentdiff.errors import UserError
+from latentdiff.limits import MAX_MASK_BLUR, MAX_RESAMPLE
 from latentdiff.pixels import to_unit_hwc
 
 MODES = ("auto", "model", "blend")
@@ -46,21 +53,35 @@ MASK_MODES = ("1", "L", "P", "RGB", "LA", "PA", "RGBA")
 
 # --- inputs ---------------------------------------------------------------------------------------
 
-def _open(value: Any, flag: str) -> tuple[Image.Image, str]:
-    """(image, name for messages) from a path, a PIL image or an (H, W[, C]) uint8 array."""
+def _open(value: Any, flag: str, max_side: int | None = None) -> tuple[Image.Image, str]:
+    """(image, name for messages) from a path, a PIL image or an (H, W[, C]) uint8 array; a file's size is
+    checked against ``max_side`` from its header, before its pixels are decoded."""
     if isinstance(value, Image.Image):
-        return value, flag
-    if isinstance(value, np.ndarray):
-        return Image.fromarray(value), flag
-    path = Path(value)
-    if not path.is_file():
-        raise UserError(f"{flag} {path}: file not found")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy(), f"{flag} {path}"
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{flag} {path}: not an image ({exc})") from None
+        img, name = value, flag
+    elif isinstance(value, np.ndarray):
+        img, name = Image.fromarray(value), flag
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise UserError(f"{flag} {path}: file not found")
+        name = f"{flag} {path}"
+        try:
+            with warnings.catch_warnings():  # the size is checked below, before any pixel is decoded
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    _check_side(img, name, max_side)
+                    img.load()
+                    return img.copy(), name
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise UserError(f"{name}: not an image ({exc})") from None
+    _check_side(img, name, max_side)
+    return img, name
+
+
+def _check_side(img: Image.Image, name: str, max_side: int | None) -> None:
+    if max_side is not None and max(img.size) > max_side:
+        raise UserError(f"{name}: the image is {img.size[0]}x{img.size[1]} pixels; above the limit of {max_side} px "
+                        f"per side (--max-side)")
 
 
 def mask_values(img: Image.Image, name: str = "--mask") -> np.ndarray:
@@ -74,6 +95,20 @@ def mask_values(img: Image.Image, name: str = "--mask") -> np.ndarray:
     if img.mode in ("LA", "PA", "RGBA"):
         value = value * np.asarray(img.getchannel("A"), np.float32) / 255.0
     return value
+
+
+def check_selects(soft: np.ndarray, img: Image.Image, name: str) -> None:
+    """Refuse a mask that selects no pixel (none at 0.5 or above, where the U-Net's mask is 1): the result
+    would be the input unchanged. Says so when the mask is white only where it is transparent."""
+    if (soft >= 0.5).any():
+        return
+    if "A" in img.getbands() or img.mode in ("PA", "P"):
+        if (mask_values(img.convert("RGB"), name) >= 0.5).any():
+            raise UserError(f"{name}: selects nothing to repaint: it is white only where it is transparent, and a "
+                            f"mask's transparency counts as black (keep); make the mask opaque, or pass the image "
+                            f"with --mask-from-alpha to repaint its transparent part")
+    raise UserError(f"{name}: selects nothing to repaint (no pixel is 50 % white or more; white = repaint, "
+                    f"black = keep)")
 
 
 @dataclass(frozen=True)
@@ -90,9 +125,10 @@ class InpaintInputs:
 
 
 def load_inputs(image: Any, mask: Any = None, factor: int = 8, *, mask_from_alpha: bool = False,
-                image_flag: str = "--image", mask_flag: str = "--mask") -> InpaintInputs:
-    """Read and check an image and its mask (paths, PIL images or arrays); see the module docstring."""
-    img, img_name = _open(image, image_flag)
+                image_flag: str = "--image", mask_flag: str = "--mask", max_side: int | None = None) -> InpaintInputs:
+    """Read and check an image and its mask (paths, PIL images or arrays; sides at most ``max_side``); see
+    the module docstring."""
+    img, img_name = _open(image, image_flag, max_side)
     if mask_from_alpha:
         if mask is not None:
             raise UserError(f"give either {mask_flag} or --mask-from-alpha, not both")
@@ -100,14 +136,18 @@ def load_inputs(image: Any, mask: Any = None, factor: int = 8, *, mask_from_alph
             raise UserError(f"{img_name}: mode '{img.mode}' has no alpha channel; --mask-from-alpha needs an "
                             f"RGBA image (transparent = repaint)")
         soft = 1.0 - np.asarray(img.convert("RGBA").getchannel("A"), np.float32) / 255.0
+        if not (soft >= 0.5).any():
+            raise UserError(f"{img_name}: --mask-from-alpha selects nothing to repaint (no pixel is transparent "
+                            f"enough: alpha below 50 %)")
     elif mask is None:
         raise UserError(f"no mask: pass {mask_flag} MASK (white = repaint) or --mask-from-alpha")
     else:
-        m_img, m_name = _open(mask, mask_flag)
+        m_img, m_name = _open(mask, mask_flag, max_side)
         if m_img.size != img.size:
             raise UserError(f"{m_name}: size {m_img.size[0]}x{m_img.size[1]} differs from {img_name}'s "
                             f"{img.size[0]}x{img.size[1]}; the mask must be the image's size")
         soft = mask_values(m_img, m_name)
+        check_selects(soft, m_img, m_name)
     rgb = np.asarray(img.convert("RGB"), np.uint8)  # (H, W, 3)
     h, w = rgb.shape[:2]
     return InpaintInputs(pad_to_multiple(rgb, factor), pad_to_multiple(soft, factor, value=0.0), h, w,
@@ -284,8 +324,8 @@ def prepare_batch(pipe, inputs: InpaintInputs, mode: str, strength: float = 1.0,
     mode = resolve_mode(pipe, mode)
     if not 0.0 < strength <= 1.0:
         raise UserError(f"--strength {strength:g}: expected a number in (0, 1]")
-    if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
-        raise UserError(f"--resample {resample!r}: expected a positive integer")
+    if isinstance(resample, bool) or not isinstance(resample, int) or not 1 <= resample <= MAX_RESAMPLE:
+        raise UserError(f"--resample {resample!r}: expected a whole number in 1..{MAX_RESAMPLE}")
     image = to_unit_hwc(inputs.image[None])  # (1, 3, H, W)
     mask = binarize(torch.from_numpy(inputs.mask)[None, None])  # (1, 1, H, W)
     known = encode_images(pipe.vae, image)
@@ -304,12 +344,11 @@ def inpaint(pipe, prompt: str | list[str], image: Any, mask: Any = None, *, mode
     """Inpaint ``image`` where ``mask`` is white (module docstring); returns PIL images of the input's size,
     each with its provenance record in ``image.info["latentdiff"]`` (the inpainting settings and the
     input and mask hashes under ``extra["inpaint"]``). Image k of the call uses seed + k."""
-    from latentdiff.pipeline import MAX_BATCH
-
-    inputs = load_inputs(image, mask, pipe.vae_scale_factor, mask_from_alpha=mask_from_alpha)
+    inputs = load_inputs(image, mask, pipe.vae_scale_factor, mask_from_alpha=mask_from_alpha,
+                         max_side=pipe.limits.max_side)
     mode = resolve_mode(pipe, mode)
-    if isinstance(mask_blur, bool) or not isinstance(mask_blur, int) or mask_blur < 0:
-        raise UserError(f"--mask-blur {mask_blur!r}: expected a whole number of pixels >= 0")
+    if isinstance(mask_blur, bool) or not isinstance(mask_blur, int) or not 0 <= mask_blur <= MAX_MASK_BLUR:
+        raise UserError(f"--mask-blur {mask_blur!r}: expected a whole number of pixels in 0..{MAX_MASK_BLUR}")
     opts = pipe.resolve(steps, guidance, sampler, *inputs.image.shape[:2])
     if resample != 1 and (mode != "blend" or opts["sampler"] != "ddpm"):
         raise UserError(f"--resample {resample}: RePaint resampling is for --mode blend with --sampler ddpm")
@@ -320,7 +359,8 @@ def inpaint(pipe, prompt: str | list[str], image: Any, mask: Any = None, *, mode
     settings = {"mode": mode, "strength": strength, "mask_blur": mask_blur, "resample": resample,
                 "image_sha256": inputs.image_sha256, "mask_sha256": inputs.mask_sha256, "height": h, "width": w}
     rows = pipe.plan(prompt, negative_prompt, num_images, seed)
-    bs = batch_size or MAX_BATCH
+    bs = pipe.batch_size(opts["height"], opts["width"], batch_size)
+    pipe.check_batch(min(bs, len(rows)), opts["steps"], opts["height"], opts["width"])
     where = dict(device=pipe.device, dtype=pipe.dtype)
     images = []
     for start in range(0, len(rows), bs):

@@ -31,8 +31,10 @@ import torch
 
 from latentdiff.conditioning import Conditioning, Grounding
 from latentdiff.errors import UserError
+from latentdiff.limits import check_text, short
 
 Box = tuple[float, float, float, float]
+MAX_PHRASE_CHARS = 1000  # one box's phrase (CLIP reads 77 tokens of it)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ def _entry(e, where: str, width: int, height: int, normalized: bool) -> LayoutEn
         raise UserError(f"{where}: expected an object with exactly the keys 'phrase' and 'box', got {e!r}")
     phrase, box = e["phrase"], e["box"]
     if not isinstance(phrase, str) or not phrase.strip():
-        raise UserError(f"{where}: phrase {phrase!r}: expected a non-empty string")
+        raise UserError(f"{where}: phrase {short(phrase)}: expected a non-empty string")
+    check_text(phrase, f"{where}: phrase", MAX_PHRASE_CHARS)  # before it reaches the tokenizer
     ok = isinstance(box, list) and len(box) == 4 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
     if not ok:

@@ -15,10 +15,15 @@ and an image does not depend on how many others are drawn with it. Each image's 
 
 Prompts longer than the tokenizer's 77 tokens are truncated, as in Stable Diffusion, with a
 :class:`PromptTruncatedWarning` naming the dropped words.
+
+Limits: every call is bounded by ``pipe.limits`` (a :class:`latentdiff.limits.Limits`: image side, images
+per call, steps, latent pixels per batch, prompt length), checked before any tensor is allocated; prompts
+are checked as text before they reach the tokenizer. Front ends set ``pipe.limits`` from their flags.
 """
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +36,12 @@ from torch import Tensor
 from latentdiff.conditioning import Conditioning, unet_model
 from latentdiff.diffusion.schedule import Schedule
 from latentdiff.errors import UserError
+from latentdiff.limits import DEFAULT_BATCH, MAX_SEED, Limits, check_int
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 # Used when a model's latentdiff.json has no "generate_defaults"; DPM-Solver++(2M) converges in ~25 steps.
 GENERATE_DEFAULTS = {"sampler": "dpm++", "steps": 25, "guidance": 4.0}
-MAX_BATCH = 8  # images per forward pass unless batch_size says otherwise
+MAX_BATCH = DEFAULT_BATCH  # images per forward pass unless batch_size says otherwise (or they exceed the limits)
 # Keys of a model's scheduler config that shape the timestep grid; passed to every sampler that takes them.
 SCHEDULER_KEYS = ("timestep_spacing", "steps_offset", "set_alpha_to_one")
 
@@ -142,6 +148,7 @@ class Pipeline:
         self.regional_text = 0.0  # its share of a layout box's text that is the box's phrase alone (condition.json)
         self.spatial_paths: dict[str, str] = {}  # "layout" / "segmap" -> checkpoint folder
         self.speed = None  # Speed options applied by optimize()
+        self.limits = Limits()  # what one call may ask for (latentdiff.limits); front ends set their own
         self._unet_call = None  # what the denoiser calls in place of self.unet once optimized
 
     # --- construction -----------------------------------------------------------------------------
@@ -324,8 +331,10 @@ class Pipeline:
     def encode_prompt(self, prompts: list[str]) -> Tensor:
         """The text encoder's last hidden state for each prompt, as Stable Diffusion: (B, 77, D).
 
-        Tokens are padded to 77 with the tokenizer's pad token and truncated past 77 (with a warning)."""
+        Tokens are padded to 77 with the tokenizer's pad token and truncated past 77 (with a warning). Each
+        prompt is checked as text first (:func:`latentdiff.limits.check_text`)."""
         for p in dict.fromkeys(prompts):
+            self.limits.check_text(p, "prompt")
             self._warn_if_truncated(p)
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
                              return_tensors="pt")
@@ -396,6 +405,12 @@ class Pipeline:
 
         return make_scheduler(sampler, self.schedule, **self.sampler_overrides(sampler))
 
+    @property
+    def native_size(self) -> int:
+        """The side in pixels the model draws by default: the U-Net's sample size × the VAE factor."""
+        size = self.unet.config.sample_size * self.vae_scale_factor
+        return size[0] if isinstance(size, (list, tuple)) else size
+
     def resolve(self, steps=None, guidance=None, sampler=None, height=None, width=None) -> dict[str, Any]:
         """Fill unset options from the model's defaults and check them (a :class:`UserError` names the bad
         value)."""
@@ -404,8 +419,7 @@ class Pipeline:
         steps = self.defaults["steps"] if steps is None else steps
         guidance = self.defaults["guidance"] if guidance is None else guidance
         sampler = self.defaults["sampler"] if sampler is None else sampler
-        size = self.unet.config.sample_size * self.vae_scale_factor
-        size = size[0] if isinstance(size, (list, tuple)) else size
+        size = self.native_size
         height, width = height or size, width or size
         if sampler not in SAMPLERS:
             raise UserError(f"unknown sampler '{sampler}'; expected one of {', '.join(SAMPLERS)}")
@@ -417,18 +431,29 @@ class Pipeline:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % self.vae_scale_factor:
                 raise UserError(f"{name} {v!r}: expected a positive multiple of {self.vae_scale_factor} "
                                 f"(the VAE's downscale factor)")
+            self.limits.check_side(name, v)
+        self.limits.check_steps(steps)
         return dict(steps=steps, guidance=float(guidance), sampler=sampler, height=height, width=width)
 
-    @staticmethod
-    def plan(prompt: str | list[str], negative_prompt: str | list[str] | None, num_images: int,
+    def plan(self, prompt: str | list[str], negative_prompt: str | list[str] | None, num_images: int,
              seed: int) -> list[Row]:
-        """The images of a call: each prompt ``num_images`` times (prompt-major), image k with seed + k."""
+        """The images of a call: each prompt ``num_images`` times (prompt-major), image k with seed + k.
+        Checks the prompts as text and the number of images against ``self.limits`` first."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negs = negative_prompt if isinstance(negative_prompt, (list, tuple)) else [negative_prompt or ""] * len(prompts)
         if len(negs) != len(prompts):
             raise UserError(f"got {len(negs)} negative prompts for {len(prompts)} prompts")
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise UserError(f"num_images {num_images!r}: expected a positive integer")
+        self.limits.check_images(num_images, prompts=len(prompts))
+        for name, texts in (("prompt", prompts), ("negative_prompt", negs)):
+            for text in texts:
+                self.limits.check_text(text, name)
+        try:
+            seed = operator.index(seed)
+        except TypeError:
+            raise UserError(f"seed {seed!r}: expected a whole number") from None
+        check_int(seed, "seed", 0, MAX_SEED - (len(prompts) * num_images - 1))  # the last image's seed fits too
         pairs = [(p, n) for p, n in zip(prompts, negs) for _ in range(num_images)]
         return [Row(p, n, int(seed) + k) for k, (p, n) in enumerate(pairs)]
 
@@ -449,6 +474,7 @@ class Pipeline:
         from latentdiff.diffusion.guidance import classifier_free_guidance
         from latentdiff.diffusion.sampling import randn, sample
 
+        self.check_batch(len(rows), steps, height, width)  # before any tensor is allocated
         device, dtype = device or self.device, dtype or self.dtype
         gens = self.generators([r.seed for r in rows])  # the same generators draw x_T and any later noise
         x_T = randn(self.latent_shape(len(rows), height, width), gens, device=device)
@@ -482,6 +508,19 @@ class Pipeline:
         return sample(denoiser, self.schedule, x_T, sampler=sampler, steps=steps, generator=gens,
                       progress=progress, scheduler_config=self.sampler_overrides(sampler), **extra)
 
+    def check_batch(self, batch: int, steps: int, height: int, width: int, recorded: bool = False) -> None:
+        """One forward batch within ``self.limits``: its size, its steps and its latent pixels (``recorded``: a
+        record's batch, which cannot be split)."""
+        self.limits.check_images(batch, "batch_size")
+        self.limits.check_steps(steps)
+        self.limits.check_size(height, width)
+        self.limits.check_batch(batch, height, width, self.vae_scale_factor, suggest=not recorded)
+
+    def batch_size(self, height: int, width: int, wanted: int | None = None) -> int:
+        """Images per forward pass: ``wanted`` when given (checked when drawn), else up to ``MAX_BATCH`` as
+        ``self.limits.max_batch_pixels`` allows at this size."""
+        return wanted or self.limits.batch_size(height, width, self.vae_scale_factor, MAX_BATCH)
+
     def _check_spatial(self, spatial, height: int, width: int) -> None:
         if spatial.layout is not None and not self.layout_slots:
             raise UserError("this model has no layout checkpoint (layout_controlnet/ or gligen/); pass "
@@ -510,7 +549,8 @@ class Pipeline:
         """Latents x_0 of every image of the call (N, C, h, w), drawn in batches of ``batch_size``."""
         opts = self.resolve(steps, guidance, sampler, height, width)
         rows = self.plan(prompt, negative_prompt, num_images, seed)
-        bs = batch_size or MAX_BATCH
+        bs = self.batch_size(opts["height"], opts["width"], batch_size)
+        self.check_batch(min(bs, len(rows)), opts["steps"], opts["height"], opts["width"])
         return torch.cat([self.sample_rows(rows[i:i + bs], progress=progress, guide=guide, **opts)
                           for i in range(0, len(rows), bs)])
 
@@ -547,7 +587,8 @@ class Pipeline:
 
         opts = self.resolve(steps, self.text_guidance(guidance, spatial), sampler, height, width)
         rows = self.plan(prompt, negative_prompt, num_images, seed)
-        bs = batch_size or MAX_BATCH
+        bs = self.batch_size(opts["height"], opts["width"], batch_size)
+        self.check_batch(min(bs, len(rows)), opts["steps"], opts["height"], opts["width"])  # before any work
         where = dict(device=self.device, dtype=self.dtype)  # diffusers' .dtype walks every module: ask once
         images = []
         for start in range(0, len(rows), bs):
@@ -612,6 +653,7 @@ class Pipeline:
                             "run latentdiff inpaint again with the settings in its record")
         self._apply_recorded_loras(record.loras or [])
         n = record.batch_size
+        self.limits.check_images(n, "batch_size")  # before the rows are built (read_record checks it too)
         prompts = record.batch_prompts or [record.prompt] * n
         negs = record.batch_negative_prompts or [record.negative_prompt] * n
         if len(prompts) != n or len(negs) != n or not 0 <= record.batch_index < n:
@@ -620,6 +662,7 @@ class Pipeline:
         if "classifier_guidance" in record.extra and guide is None:
             raise UserError("the image was made with classifier guidance; replay needs its classifier")
         opts = self.resolve(record.steps, record.guidance, record.sampler, record.height, record.width)
+        self.check_batch(n, opts["steps"], opts["height"], opts["width"], recorded=True)
         pixels = self.decode_latents(self.sample_rows(rows, guide=guide, spatial=spatial, **opts))
         img = Image.fromarray(pixels[record.batch_index])
         img.info["latentdiff"] = self._record_spatial(self.record(rows, record.batch_index, **opts, guide=guide),

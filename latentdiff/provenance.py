@@ -5,6 +5,12 @@ object (a :class:`Record`) with the prompt, negative prompt, seed, sampler, step
 model's name, path and weights hash, the LoRA files applied (path, scale, sha256), the device and dtype,
 the latentdiff version, and the batch the image was drawn in. ``latentdiff replay`` reads it back and regenerates the image.
 
+A record is input anyone can craft (a PNG's text chunk), so :meth:`Record.from_json` checks every field's
+type and range before anything acts on it (:func:`check_record`): a prompt must be text, a batch must be
+consistent, a path must not hold a NUL byte, … and, given the caller's :class:`~latentdiff.limits.Limits`
+(``replay`` passes its own), sizes, steps, batch and prompt lengths must be within them. Every problem is a
+one-line :class:`UserError` naming the field.
+
 Weights hash: the SHA-256 over the weight files a pipeline loads (see :func:`weights_hash`), cached by
 (path, size, mtime) in ``~/.cache/latentdiff/weights-sha256.json`` so that hashing a model is paid once.
 """
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from latentdiff.errors import UserError
+from latentdiff.limits import MAX_SEED, Limits, check_int, check_number, check_text, short
 
 PNG_KEY = "latentdiff"
 RECORD_VERSION = 1
@@ -60,11 +67,17 @@ class Record:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "record") -> "Record":
+    def from_json(cls, text: str, source: str = "record", limits: Limits | None = None) -> "Record":
+        """Parse and check a record (:func:`check_record`; against ``limits`` when given)."""
+        if not isinstance(text, str) or len(text) > MAX_RECORD_CHARS:
+            raise UserError(f"{source}: the latentdiff record is not text of at most {MAX_RECORD_CHARS:,} characters")
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"{source}: the latentdiff record is not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError):  # a number of thousands of digits, arrays nested thousands deep
+            raise UserError(f"{source}: the latentdiff record is not valid JSON (a value too large or too "
+                            f"deep)") from None
         if not isinstance(raw, dict):
             raise UserError(f"{source}: the latentdiff record is not a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -73,7 +86,140 @@ class Record:
         missing = sorted(required - set(raw))
         if missing:
             raise UserError(f"{source}: the latentdiff record lacks {', '.join(missing)}")
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        fields = {k: v for k, v in raw.items() if k in names}
+        try:
+            check_record(fields, limits)
+        except UserError as exc:
+            raise UserError(f"{source}: the latentdiff record's {exc}") from None
+        return cls(**fields)
+
+
+MAX_RECORD_CHARS = 2**20  # a record of the largest batch of the longest prompts is well under this
+MAX_PATH_CHARS = 4096
+MAX_NAME_CHARS = 1000
+MAX_LORAS = 64
+MAX_BOXES = 64
+
+
+def check_record(raw: dict, limits: Limits | None = None) -> None:
+    """Check the fields of a record (a dict as parsed from its JSON): every field's type and range, the
+    batch's consistency, and with ``limits`` the size, steps, batch and prompts against them. A
+    :class:`UserError` whose message starts with the field's name."""
+    from latentdiff.diffusion.sampling import SAMPLERS
+
+    chars = limits.max_prompt_chars if limits is not None else MAX_RECORD_CHARS
+    for name in ("prompt", "negative_prompt"):
+        check_text(raw[name], name, chars)
+    for name in ("model_name", "model_sha256", "device", "dtype", "latentdiff_version"):
+        _name(raw[name], name)
+    _path(raw["model_path"], "model_path", optional=True)
+    if raw["sampler"] not in SAMPLERS:
+        raise UserError(f"sampler {short(raw['sampler'])}: expected one of {', '.join(SAMPLERS)}")
+    steps = check_int(raw["steps"], "steps", 1)
+    if limits is not None:
+        limits.check_steps(steps)
+    check_number(raw["guidance"], "guidance")
+    for name in ("height", "width"):
+        check_int(raw[name], name, 1)
+        if limits is not None:
+            limits.check_side(name, raw[name])
+    n = check_int(raw["batch_size"], "batch_size", 1)
+    if limits is not None:
+        limits.check_images(n, "batch_size")
+    check_int(raw["batch_index"], "batch_index", 0, n - 1)
+    check_int(raw["batch_seed"], "batch_seed", 0, MAX_SEED - (n - 1))  # every row's seed fits
+    check_int(raw["seed"], "seed", 0, MAX_SEED)
+    if raw["seed"] != raw["batch_seed"] + raw["batch_index"]:
+        raise UserError(f"seed {raw['seed']}: expected batch_seed + batch_index = "
+                        f"{raw['batch_seed'] + raw['batch_index']}")
+    for name in ("batch_prompts", "batch_negative_prompts"):
+        texts = raw.get(name)
+        if texts is None:
+            continue
+        if not isinstance(texts, list) or len(texts) != n:
+            raise UserError(f"{name}: expected a list of batch_size = {n} prompts or null")
+        for text in texts:
+            check_text(text, name, chars)
+    _loras(raw.get("loras"))
+    version = raw.get("record_version", RECORD_VERSION)
+    check_int(version, "record_version", 1)
+    if version > RECORD_VERSION:
+        raise UserError(f"record_version {version}: written by a newer latentdiff; this one reads {RECORD_VERSION}")
+    _extra(raw.get("extra", {}), chars)
+
+
+def _name(value, name: str) -> str:
+    check_text(value, name, MAX_NAME_CHARS)
+    return value
+
+
+def _path(value, name: str, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    check_text(value, name, MAX_PATH_CHARS)
+    if not value:
+        raise UserError(f"{name}: expected a path, got ''")
+
+
+def _loras(loras) -> None:
+    if loras is None:
+        return
+    if not isinstance(loras, list) or len(loras) > MAX_LORAS:
+        raise UserError(f"loras: expected a list of at most {MAX_LORAS} {{path, scale, sha256}} objects or null")
+    for i, entry in enumerate(loras):
+        if not isinstance(entry, dict) or not {"path", "scale", "sha256"} <= set(entry):
+            raise UserError(f"loras[{i}]: expected an object with path, scale and sha256")
+        _path(entry["path"], f"loras[{i}].path")
+        check_number(entry["scale"], f"loras[{i}].scale")
+        _name(entry["sha256"], f"loras[{i}].sha256")
+
+
+def _object(value, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise UserError(f"{name} {short(value)}: expected a JSON object")
+    return value
+
+
+def _extra(extra, chars: int) -> None:
+    """The parts of ``extra`` replay acts on: layout, segmap, classifier guidance, speed, checkpoints."""
+    _object(extra, "extra")
+    if "inpaint" in extra:
+        _object(extra["inpaint"], "extra.inpaint")
+    if "layout" in extra:
+        layout = _object(extra["layout"], "extra.layout")
+        boxes = layout.get("boxes")
+        if not isinstance(boxes, list) or not 1 <= len(boxes) <= MAX_BOXES:
+            raise UserError(f"extra.layout.boxes: expected a list of 1 to {MAX_BOXES} boxes")
+        for i, box in enumerate(boxes):
+            where = f"extra.layout.boxes[{i}]"
+            _object(box, where)
+            check_text(box.get("phrase"), f"{where}.phrase", chars)
+            xyxy = box.get("box")
+            if not isinstance(xyxy, list) or len(xyxy) != 4:
+                raise UserError(f"{where}.box {short(xyxy)}: expected [x0, y0, x1, y1] in [0, 1]")
+            x0, y0, x1, y1 = (check_number(v, f"{where}.box", 0.0, 1.0) for v in xyxy)
+            if not (x0 < x1 and y0 < y1):
+                raise UserError(f"{where}.box {short(xyxy)}: expected x0 < x1 and y0 < y1")
+        check_number(layout.get("scale"), "extra.layout.scale")
+        if not isinstance(layout.get("region_phrases", False), bool):
+            raise UserError(f"extra.layout.region_phrases {short(layout['region_phrases'])}: expected true or false")
+        check_number(layout.get("regional_text", 0.0), "extra.layout.regional_text", 0.0, 1.0)
+    if "segmap" in extra:
+        seg = _object(extra["segmap"], "extra.segmap")
+        _name(seg.get("sha256"), "extra.segmap.sha256")
+        check_number(seg.get("scale"), "extra.segmap.scale")
+    if "classifier_guidance" in extra:
+        cg = _object(extra["classifier_guidance"], "extra.classifier_guidance")
+        _name(cg.get("class"), "extra.classifier_guidance.class")
+        check_number(cg.get("scale", 5.0), "extra.classifier_guidance.scale")
+        _path(cg.get("classifier_path"), "extra.classifier_guidance.classifier_path", optional=True)
+    if "speed" in extra:
+        for key, value in _object(extra["speed"], "extra.speed").items():
+            if not isinstance(value, (bool, str, type(None))):
+                raise UserError(f"extra.speed.{short(key, 30)} {short(value)}: expected true, false, a word or null")
+    if "spatial_checkpoints" in extra:
+        for key, value in _object(extra["spatial_checkpoints"], "extra.spatial_checkpoints").items():
+            _path(value, f"extra.spatial_checkpoints.{short(key, 30)}", optional=True)
 
 
 def png_info(record: Record):
@@ -93,8 +239,9 @@ def save_png(image, path: str | Path, record: Record) -> Path:
     return path
 
 
-def read_record(path: str | Path) -> Record:
-    """The record stored in a PNG written by latentdiff; a :class:`UserError` when there is none."""
+def read_record(path: str | Path, limits: Limits | None = None) -> Record:
+    """The record stored in a PNG written by latentdiff, checked (against ``limits`` when given); a
+    :class:`UserError` when there is none or it is malformed."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -103,12 +250,12 @@ def read_record(path: str | Path) -> Record:
     try:
         with Image.open(path) as img:
             text = getattr(img, "text", {}).get(PNG_KEY)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{path}: cannot read the image ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: cannot read the image ({short(str(exc), 200)})") from None
     if text is None:
         raise UserError(f"{path}: no latentdiff record in this image (it was not written by latentdiff generate, "
                         f"or its metadata was stripped)")
-    return Record.from_json(text, str(path))
+    return Record.from_json(text, str(path), limits)
 
 
 # --- weights hash -------------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ def test_info_names_the_model_its_defaults_and_what_is_available(server):
     status, info = call(server, "/api/info")
     assert status == 200 and info["model"] == "tiny_model"
     assert info["defaults"]["height"] == info["defaults"]["width"] == 32
-    assert info["limits"] == {"max_steps": 1000, "max_images": 4, "max_side": 256}
+    assert info["limits"] == {"max_steps": 1000, "max_images": 4, "max_side": 256, "max_batch_pixels": 2**18,
+                              "max_prompt_chars": 10_000}
     assert info["features"] == {"layout": False, "segmap": False}  # the tiny model has no layout or map checkpoint
     assert "latentdiff train-spatial configs/layout_controlnet.yaml --install" in info["unavailable"]["layout"]
     assert "latentdiff serve --segmap-model DIR" in info["unavailable"]["segmap"]
@@ -278,6 +279,7 @@ def test_broken_json_and_oversized_bodies_are_refused(server):
     conn.close()
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=TIMEOUT)
     conn.putrequest("POST", "/api/jobs")
+    conn.putheader("Content-Type", "application/json")
     conn.putheader("Content-Length", str(10**9))
     conn.endheaders()  # the body is never sent: the server answers from the header
     r = conn.getresponse()
@@ -465,3 +467,14 @@ def test_serve_refuses_a_bad_speed_in_one_line(tiny_model_dir, capsys):
     assert main(["serve", "--model", str(tiny_model_dir), "--device", "cpu", "--port", "0", "--speed", "warp"]) == 2
     err = capsys.readouterr().err
     assert "--speed 'warp': unknown word 'warp'" in err and err.count("\n") == 1
+
+
+def test_info_shows_the_model_defaults_even_beyond_the_limits(tiny_model_dir):
+    """`--max-steps 20` with a model whose default is 25 steps: the page still loads (a request with 25 is
+    refused with a message)."""
+    from latentdiff.pipeline import Pipeline
+    from latentdiff.web.server import App
+
+    app = App(Pipeline.load(tiny_model_dir, device="cpu"), Limits(max_steps=20, max_side=16))
+    info = app.info()
+    assert info["defaults"]["steps"] == 25 and info["defaults"]["height"] == 32 and info["limits"]["max_steps"] == 20

@@ -268,3 +268,125 @@ def test_panels_without_checkpoints_say_how_to_get_them(browser, tiny_model_dir)
     finally:
         plain.shutdown()
         plain.server_close()
+
+
+# --- other pages, and the token (issue #31) ----------------------------------------------------------------
+
+EVIL_PAGE = """<!doctype html><html><body>
+<iframe name="sink" id="sink"></iframe>
+<form id="form" target="sink" method="POST" enctype="text/plain" action="{app}api/jobs">
+<input name='{{"kind": "txt2img", "prompt": "queued by a form elsewhere", "steps": 2, "x": "' value='"}}'>
+</form>
+<img id="img" src="{app}api/images/{job}/0.png">
+<script>
+const app = "{app}", body = JSON.stringify({{kind: "txt2img", prompt: "queued by another page", steps: 2}});
+const results = {{}};
+async function attempt(name, fn) {{
+  try {{ results[name] = await fn(); }} catch (e) {{ results[name] = "blocked: " + e.message; }}
+}}
+(async () => {{
+  // a "simple" request: no preflight, the page cannot read the answer but the server would act on it
+  await attempt("post_text_plain", async () => (await fetch(app + "api/jobs", {{method: "POST", mode: "no-cors",
+    headers: {{"Content-Type": "text/plain"}}, body}})).type);
+  await attempt("post_json", async () => "read " + (await (await fetch(app + "api/jobs", {{method: "POST",
+    headers: {{"Content-Type": "application/json"}}, body}})).text()));
+  await attempt("read_info", async () => "read " + (await (await fetch(app + "api/info")).text()));
+  await attempt("read_job", async () => "read " + (await (await fetch(app + "api/jobs/{job}")).text()));
+  await attempt("read_image", async () => "read " + (await (await fetch(app + "api/images/{job}/0.png")).blob()).size);
+  await new Promise(done => {{
+    document.getElementById("sink").onload = done; setTimeout(done, 5000);
+    document.getElementById("form").submit();
+  }});
+  const img = document.getElementById("img");
+  await new Promise(done => img.complete ? done() : (img.onload = img.onerror = done));
+  results.img_width = img.naturalWidth;
+  window.results = results;
+  document.body.dataset.done = "1";
+}})();
+</script></body></html>"""
+
+
+def _serve_page(html: str):
+    """A page on another loopback port: the attacker's."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("site", ["127.0.0.1", "localhost"])  # another port of the same site; another site
+def test_a_page_from_elsewhere_cannot_queue_a_job_or_read_a_result(browser, server, site):
+    job = server.app.submit({"kind": "txt2img", "prompt": "mine", "steps": 2})["id"]
+    WebDriverWait(browser, WAIT).until(lambda d: server.app.queue.get(job).state == "done")
+    before = set(server.app.queue.jobs)
+    evil = _serve_page(EVIL_PAGE.format(app=url_of(server), job=job))
+    try:
+        browser.get(f"http://{site}:{evil.server_address[1]}/")
+        WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-done"))
+        results = browser.execute_script("return window.results")
+    finally:
+        evil.shutdown()
+        evil.server_close()
+    assert set(server.app.queue.jobs) == before, "another page queued a job"
+    for name in ("post_json", "read_info", "read_job", "read_image"):
+        assert results[name].startswith("blocked"), (name, results[name])
+    assert results["img_width"] == 0  # not even shown in the other page
+    open_page(browser, server)  # and the app's own page still works
+    fill(browser, "txt2img-prompt", "still mine")
+    fill(browser, "txt2img-steps", 2)
+    browser.find_element(By.ID, "txt2img-generate").click()
+    assert "still mine" in wait_for_image(browser, "txt2img").find_element(By.CLASS_NAME, "provenance").text
+
+
+def test_a_server_with_a_token_works_from_its_url_only(browser, tiny_model_dir):
+    from latentdiff.pipeline import Pipeline
+    from latentdiff.web.server import make_server, page_url
+
+    srv = make_server(Pipeline.load(tiny_model_dir, device="cpu"), "127.0.0.1", 0, Limits(max_steps=20, max_side=64),
+                      auth="on")
+    serve_in_thread(srv)
+    try:
+        browser.get("about:blank")
+        browser.get(url_of(srv))  # without the token: the page says what to do
+        WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        note = browser.find_element(By.ID, "page-error")
+        assert note.is_displayed() and "this server needs its token" in note.text
+        browser.get(page_url(srv))  # the printed URL: the token goes into a cookie, and out of the address bar
+        WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready")
+                                           == "1")
+        assert "token" not in browser.current_url
+        fill(browser, "txt2img-prompt", "with the token")
+        fill(browser, "txt2img-steps", 2)
+        browser.find_element(By.ID, "txt2img-generate").click()
+        fig = wait_for_image(browser, "txt2img")
+        assert "with the token" in fig.find_element(By.CLASS_NAME, "provenance").text
+        import time
+
+        slow = srv.app.pipe.unet.register_forward_hook(lambda *args: time.sleep(0.2))  # 20 steps: 4 s
+        try:  # the Cancel button goes through too (a JSON POST, with the cookie)
+            fill(browser, "txt2img-steps", 20)
+            browser.find_element(By.ID, "txt2img-generate").click()
+            cancel = browser.find_element(By.ID, "txt2img-cancel")
+            WebDriverWait(browser, WAIT).until(lambda d: cancel.is_enabled())
+            cancel.click()
+            status = browser.find_element(By.ID, "txt2img-status")
+            WebDriverWait(browser, WAIT).until(lambda d: status.text == "cancelled")
+        finally:
+            slow.remove()
+        assert not browser.find_element(By.ID, "page-error").is_displayed()
+    finally:
+        srv.shutdown()
+        srv.server_close()

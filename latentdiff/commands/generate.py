@@ -1,8 +1,10 @@
 """``latentdiff generate``, ``latentdiff replay`` and ``latentdiff export``.
 
 Flags are checked here and turned into one-line :class:`UserError` messages naming the flag and the value
-(argparse's own errors would add a usage block). torch and diffusers are imported only when a command runs,
-so ``latentdiff generate --help`` stays fast.
+(argparse's own errors would add a usage block). Sizes, images, steps and batches are bounded by the
+limits of :mod:`latentdiff.limits` (``--max-side`` and the other limit flags raise them), checked before the
+model loads; prompts are checked as text before they reach the tokenizer. torch and diffusers are imported
+only when a command runs, so ``latentdiff generate --help`` stays fast.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from latentdiff.errors import UserError
+from latentdiff.limits import MAX_SEED, Limits, check_text
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "euler")  # mirrors latentdiff.diffusion.sampling.SAMPLERS (lazy import)
 FORMATS = ("diffusers", "single-file")
@@ -83,6 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the share in [0, 1] of each layout box's text that is its phrase alone, the prompt's "
                         "elsewhere (regional text: keeps one object's colour out of another's box; default: the "
                         "layout checkpoint's regional_text, 0.5 for the default model's, else 0)")
+    limit_flags(g)
     g.set_defaults(handler=run_generate)
 
     r = sub.add_parser("replay", help="regenerate an image from the record inside its PNG",
@@ -101,6 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="layout checkpoint (default: the recorded folder, else MODEL/<its name>)")
     r.add_argument("--segmap-model", default=None, metavar="DIR",
                    help="segmentation ControlNet (default: the recorded folder, else MODEL/<its name>)")
+    limit_flags(r, "a record beyond them is refused before anything runs")
     r.set_defaults(handler=run_replay)
 
     e = sub.add_parser("export", help="write a model as a diffusers folder or one LDM .safetensors file",
@@ -126,6 +131,44 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                         "sd2-base (default: embedded, <stem>_config/, or detected from the weights)")
     p.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="allow loading .ckpt/.pt pickle files (they can run arbitrary code)")
+
+
+def limit_flags(p: argparse.ArgumentParser, note: str = "", defaults: Limits = Limits()) -> None:
+    """``--max-side``, ``--max-images``, ``--max-steps`` and ``--max-batch-pixels`` (see latentdiff.limits)."""
+    g = p.add_argument_group("limits", "bounds on the work one call may ask for" + (f"; {note}" if note else ""))
+    g.add_argument("--max-side", default=str(defaults.max_side), metavar="PX",
+                   help=f"largest height or width in pixels, generated or read ({defaults.max_side})")
+    g.add_argument("--max-images", default=str(defaults.max_images), metavar="N",
+                   help=f"most images per call ({defaults.max_images})")
+    g.add_argument("--max-steps", default=str(defaults.max_steps), metavar="N",
+                   help=f"most sampler steps ({defaults.max_steps})")
+    g.add_argument("--max-batch-pixels", default=str(defaults.max_batch_pixels), metavar="N",
+                   help=f"most latent pixels (images x H/f x W/f) in one forward batch ({defaults.max_batch_pixels:,})")
+
+
+def parse_limits(args: argparse.Namespace, defaults: Limits = Limits()) -> Limits:
+    """The :class:`Limits` the limit flags give (the other fields from ``defaults``)."""
+    from dataclasses import replace
+
+    return replace(defaults, max_side=parse_int("--max-side", args.max_side, 1),
+                   max_images=parse_int("--max-images", args.max_images, 1),
+                   max_steps=parse_int("--max-steps", args.max_steps, 1),
+                   max_batch_pixels=parse_int("--max-batch-pixels", args.max_batch_pixels, 1))
+
+
+def check_request(limits: Limits, *, prompt: str, negative_prompt: str, num: int, steps: int | None,
+                  height: int | None, width: int | None, batch: int | None) -> None:
+    """What can be checked before the model loads: the prompts as text and the limits."""
+    check_text(prompt, "prompt", limits.max_prompt_chars)
+    check_text(negative_prompt, "--negative-prompt", limits.max_prompt_chars)
+    limits.check_images(num, "--num-images")
+    if batch is not None:
+        limits.check_images(batch, "--batch-size")
+    if steps is not None:
+        limits.check_steps(steps, "--steps")
+    for flag, value in (("--height", height), ("--width", width)):
+        if value is not None:
+            limits.check_side(flag, value)
 
 
 # --- flag parsing -------------------------------------------------------------------------------------
@@ -346,14 +389,17 @@ def run_generate(args: argparse.Namespace) -> int:
     from latentdiff.provenance import Record, save_png
     from latentdiff.speed import parse_speed
 
+    limits = parse_limits(args)
     num = parse_int("--num-images", args.num_images, 1)
     steps = parse_int("--steps", args.steps, 1)
     guidance = parse_float("--guidance", args.guidance)
     sampler = parse_sampler(args.sampler)
-    seed = parse_int("--seed", args.seed, 0, 2**63 - 1)
+    seed = parse_int("--seed", args.seed, 0, MAX_SEED - (num - 1))
     height = parse_int("--height", args.height, 1)
     width = parse_int("--width", args.width, 1)
     batch = parse_int("--batch-size", args.batch_size, 1)
+    check_request(limits, prompt=args.prompt, negative_prompt=args.negative_prompt, num=num, steps=steps,
+                  height=height, width=width, batch=batch)
     device = parse_device(args.device)
     cg_scale = check_classifier_flags(args.classifier_guidance, args.classifier_scale, args.classifier)
     speed = parse_speed(args.speed) if args.speed is not None else None
@@ -361,6 +407,7 @@ def run_generate(args: argparse.Namespace) -> int:
     spatial_flags = check_spatial_flags(args)
     out = prepare_out_dir(args.out)
     pipe = _load(args, args.model, device)
+    pipe.limits = limits
     spatial = spatial_conditions(pipe, args, spatial_flags, height, width)
     if loras:
         pipe.load_loras(loras)
@@ -434,7 +481,8 @@ def run_replay(args: argparse.Namespace) -> int:
     from latentdiff.provenance import Record, read_record, save_png
 
     image = Path(args.image)
-    record = read_record(image)
+    limits = parse_limits(args)
+    record = read_record(image, limits)
     if args.segmap is not None and not Path(args.segmap).is_file():
         raise UserError(f"--segmap {args.segmap}: file not found")
     device = parse_device(args.device) or record.device
@@ -447,6 +495,7 @@ def run_replay(args: argparse.Namespace) -> int:
             device = "cpu"
     out = prepare_out_dir(args.out)
     pipe = _load(args, _replay_model(record, image, args.model), device)
+    pipe.limits = limits
     if pipe.weights_sha256 != record.model_sha256:
         raise UserError(f"{image}: the model at {pipe.path} has weights sha256 {pipe.weights_sha256[:12]}…, "
                         f"the image was made with {record.model_sha256[:12]}…")

@@ -7,9 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from latentdiff.commands.generate import (SAMPLERS, _free_path, _model_flags, _slug, _UserWarnings, parse_device,
-                                          parse_float, parse_int, parse_sampler, prepare_out_dir)
+from latentdiff.commands.generate import (SAMPLERS, _free_path, _model_flags, _slug, _UserWarnings, check_request,
+                                          limit_flags, parse_device, parse_float, parse_int, parse_limits,
+                                          parse_sampler, prepare_out_dir)
 from latentdiff.errors import UserError
+from latentdiff.limits import MAX_MASK_BLUR, MAX_RESAMPLE, MAX_SEED
 
 MODES = ("auto", "model", "blend")  # mirrors latentdiff.inpaint.MODES (lazy import)
 
@@ -17,7 +19,8 @@ MODES = ("auto", "model", "blend")  # mirrors latentdiff.inpaint.MODES (lazy imp
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``inpaint`` and ``train-inpaint``."""
     p = sub.add_parser("inpaint", help="repaint the masked part of an image from a prompt",
-                       description="Repaint where the mask is white (L, RGB or RGBA mask the image's size). Modes: "
+                       description="Repaint where the mask is white (L, RGB or RGBA mask the image's size; a mask "
+                                   "that selects nothing is refused). Modes: "
                                    "'model' uses a dedicated inpainting model (9-channel U-Net); 'blend' works "
                                    "with any text-to-image model (blended latent diffusion); 'auto' picks 'model' "
                                    "when the model is an inpainting model. Pixels further than --mask-blur px "
@@ -46,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", default=None, metavar="N", help="images per forward pass (default: up to 8)")
     p.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     p.add_argument("--device", default="auto", metavar="DEV", help="cpu | cuda | auto (default: auto)")
+    limit_flags(p)
     p.set_defaults(handler=run_inpaint)
 
     t = sub.add_parser("train-inpaint", help="fine-tune an inpainting model from a text-to-image model",
@@ -83,22 +87,30 @@ def run_inpaint(args: argparse.Namespace) -> int:
 
     if args.mode not in MODES:
         raise UserError(f"--mode {args.mode!r}: expected one of {', '.join(MODES)}")
+    limits = parse_limits(args)
     strength = parse_float("--strength", args.strength)
-    blur = parse_int("--mask-blur", args.mask_blur, 0)
-    resample = parse_int("--resample", args.resample, 1)
+    blur = parse_int("--mask-blur", args.mask_blur, 0, MAX_MASK_BLUR)
+    resample = parse_int("--resample", args.resample, 1, MAX_RESAMPLE)
     num = parse_int("--num-images", args.num_images, 1)
     steps = parse_int("--steps", args.steps, 1)
     guidance = parse_float("--guidance", args.guidance)
     sampler = parse_sampler(args.sampler)
-    seed = parse_int("--seed", args.seed, 0, 2**63 - 1)
+    seed = parse_int("--seed", args.seed, 0, MAX_SEED - (num - 1))
     batch = parse_int("--batch-size", args.batch_size, 1)
+    check_request(limits, prompt=args.prompt, negative_prompt=args.negative_prompt, num=num, steps=steps,
+                  height=None, width=None, batch=batch)
     device = parse_device(args.device)
     for flag, value in (("--image", args.image), ("--mask", args.mask)):
         if value is not None and not Path(value).is_file():
             raise UserError(f"{flag} {value}: file not found")
+    from latentdiff.inpaint import load_inputs
+
+    # sizes, modes and a mask that selects nothing: refused before the model loads
+    load_inputs(args.image, args.mask, mask_from_alpha=args.mask_from_alpha, max_side=limits.max_side)
     out = prepare_out_dir(args.out)
     pipe = Pipeline.load(_choose_model(args, args.mode), device=device or "auto", config=args.config,
                          allow_unsafe_pickle=args.allow_unsafe_pickle)
+    pipe.limits = limits
     kwargs = {} if blur is None else {"mask_blur": blur}
     with _UserWarnings("inpaint"):
         images = pipe.inpaint(args.prompt, args.image, args.mask, mode=args.mode, strength=strength,

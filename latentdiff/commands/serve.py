@@ -1,13 +1,15 @@
 """``latentdiff serve``: the local web app (:mod:`latentdiff.web`). Loads the model once, binds to
-loopback unless told otherwise, prints the URL and serves until interrupted."""
+loopback unless told otherwise, prints the URL (with the token when one is needed) and serves until
+interrupted. What the server guards against: :mod:`latentdiff.web.security`."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from latentdiff.commands.generate import _load, _model_flags, parse_device, parse_int
+from latentdiff.commands.generate import _load, _model_flags, limit_flags, parse_device, parse_int, parse_limits
 from latentdiff.errors import UserError
+from latentdiff.limits import WEB_LIMITS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +18,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "cannot reach it unless --host says so). Requests queue and run one at a time.")
     _model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 = every "
-                                                      "interface, reachable from the network)")
+                                                      "interface, reachable from the network: the token is then "
+                                                      "required)")
     p.add_argument("--port", default="7860", metavar="N", help="port (default: 7860; 0 = any free port)")
+    p.add_argument("--token", default="auto", metavar="MODE",
+                   help="auto | on | off: whether API calls need this launch's token (printed in the URL; its value "
+                        "from $LATENTDIFF_TOKEN, else random). auto (default): on when --host is beyond loopback; "
+                        "off is refused there")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host is NAME (e.g. behind a reverse proxy); IP addresses and "
+                        "localhost always are")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also take API calls from pages at ORIGIN (scheme://host[:port]); by default only this "
+                        "server's own page")
     p.add_argument("--device", default=None, metavar="DEV", help="cpu | cuda | cuda:N | auto (default: auto)")
     p.add_argument("--layout-model", default=None, metavar="DIR",
                    help="layout (GLIGEN) checkpoint for the Layout panel (default: MODEL/gligen when it exists)")
@@ -31,10 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="apply a LoRA file (to the served model, not to --inpaint-model)")
     p.add_argument("--speed", default=None, metavar="LIST",
                    help="GPU speed options as for generate, e.g. fast (see docs/performance.md)")
-    p.add_argument("--max-steps", default="150", metavar="N", help="most sampler steps a request may ask (150)")
-    p.add_argument("--max-images", default="8", metavar="N", help="most images per request (8)")
-    p.add_argument("--max-side", default="1024", metavar="PX",
-                   help="largest width/height of a generated or uploaded image in pixels (1024)")
+    limit_flags(p, "per request", WEB_LIMITS)
     p.set_defaults(handler=run_serve)
 
 
@@ -74,13 +84,13 @@ def load_inpaint_model(pipe, given: str | None, device: str | None):
 def run_serve(args: argparse.Namespace) -> int:
     from latentdiff.lora import parse_lora_spec
     from latentdiff.speed import parse_speed
-    from latentdiff.web.server import make_server, url_of
-    from latentdiff.web.tasks import Limits
+    from latentdiff.web.security import parse_origins, token_required
+    from latentdiff.web.server import make_server, page_url
 
     port = parse_int("--port", args.port, 0, 65535)
-    limits = Limits(max_steps=parse_int("--max-steps", args.max_steps, 1),
-                    max_images=parse_int("--max-images", args.max_images, 1),
-                    max_side=parse_int("--max-side", args.max_side, 8))
+    limits = parse_limits(args, WEB_LIMITS)
+    token_required(args.host, args.token)  # a bad --token, or off beyond loopback: before the model loads
+    parse_origins(args.allow_origin)
     device = parse_device(args.device)
     loras = [parse_lora_spec(text) for text in args.lora]
     speed = parse_speed(args.speed) if args.speed is not None else None
@@ -94,11 +104,15 @@ def run_serve(args: argparse.Namespace) -> int:
             if p is not None:
                 p.optimize(speed)
     try:
-        server = make_server(pipe, args.host, port, limits, inpaint_pipe=inpaint)
+        server = make_server(pipe, args.host, port, limits, inpaint_pipe=inpaint, auth=args.token,
+                             allow_hosts=args.allow_host, allow_origins=args.allow_origin)
     except OSError as exc:
         raise UserError(f"--host {args.host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
     also = f" (inpainting: {inpaint.name})" if inpaint is not None else ""
-    print(f"latentdiff serve: {pipe.name}{also} at {url_of(server)}  (Ctrl-C stops)", flush=True)
+    print(f"latentdiff serve: {pipe.name}{also} at {page_url(server)}  (Ctrl-C stops)", flush=True)
+    if server.guard.token is not None:
+        print("latentdiff serve: API calls need the token in that URL (the page keeps it in a cookie; scripts send "
+              "'Authorization: Bearer TOKEN')", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

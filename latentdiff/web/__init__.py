@@ -8,5 +8,6 @@ Chromium. Pieces:
   model (FIFO, so two tabs generating at once both finish), with per-step progress and cancellation.
 * :mod:`latentdiff.web.tasks` — turns a JSON request into a job: checks the limits and decodes uploads up
   front, so a bad request is a one-line message in the page, never a crash.
-* :mod:`latentdiff.web.server` — the HTTP routes.
+* :mod:`latentdiff.web.security` — who may use it: Host, Origin and Sec-Fetch-Site checks, the token.
+* :mod:`latentdiff.web.server` — the HTTP routes, behind those checks, with bounded bodies and JSON errors.
 """

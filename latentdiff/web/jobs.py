@@ -5,13 +5,18 @@ PIL images that carry their provenance record in ``image.info["latentdiff"]``. P
 U-Net's evaluations: each of the samplers the app offers (DDPM, DDIM, DPM-Solver++(2M), Euler) evaluates
 the denoiser once per step, and classifier-free guidance batches ε(x_t, c) and ε(x_t, ∅) into one
 evaluation, so ``done / total`` is steps taken over steps planned. Cancelling sets a flag the hook
-checks at the next step, which then raises :class:`Cancelled` out of the sampler.
+checks at the next step, which then raises :class:`Cancelled` out of the sampler; the VAE checks it too
+before decoding, so a job cancelled after its last step stops there. Every step is bounded by the limits
+(:mod:`latentdiff.limits`), so a cancel acts within one step.
+
+Job ids carry a random part: another client cannot guess the id of someone's job.
 """
 from __future__ import annotations
 
 import io
 import itertools
 import queue
+import secrets
 import sys
 import threading
 import time
@@ -31,14 +36,15 @@ class Cancelled(Exception):
 
 @dataclass
 class Job:
-    """One request: ``run(job) -> [PIL images]``, planned as ``total`` U-Net evaluations of ``unet`` (the
-    queue's pipeline's when None)."""
+    """One request: ``run(job) -> [PIL images]``, planned as ``total`` U-Net evaluations of ``unet`` and decoded
+    by ``vae`` (the queue's pipeline's when None)."""
 
     id: str
     kind: str
     run: Callable[["Job"], list]
     total: int
     unet: Any = None
+    vae: Any = None
     state: str = "queued"
     done: int = 0
     error: str | None = None
@@ -51,9 +57,13 @@ class Job:
 
     def tick(self) -> None:
         """One U-Net evaluation happened; stop the job here if it was cancelled."""
+        self.check()
+        self.done = min(self.done + 1, self.total)
+
+    def check(self) -> None:
+        """Stop the job here (raise :class:`Cancelled`) if it was cancelled."""
         if self.cancel_flag.is_set():
             raise Cancelled
-        self.done = min(self.done + 1, self.total)
 
     def finish(self, images: list) -> None:
         """Keep each image as PNG bytes with its provenance chunk (the file the page offers)."""
@@ -84,13 +94,13 @@ class JobQueue:
         self._worker = threading.Thread(target=self._loop, name="latentdiff-worker", daemon=True)
         self._worker.start()
 
-    def submit(self, kind: str, run: Callable[[Job], list], total: int, unet=None) -> Job:
+    def submit(self, kind: str, run: Callable[[Job], list], total: int, unet=None, vae=None) -> Job:
         with self._lock:
             waiting = sum(j.state == "queued" for j in self.jobs.values())
             if waiting >= self.max_waiting:
                 raise UserError(f"the queue is full ({waiting} requests waiting); try again when one finishes")
-            job = Job(id=f"{next(self._ids)}-{int(time.time() * 1000) % 100000}", kind=kind, run=run, total=total,
-                      unet=unet)
+            job = Job(id=f"{next(self._ids)}-{secrets.token_hex(8)}", kind=kind, run=run, total=total,
+                      unet=unet, vae=vae)
             self.jobs[job.id] = job
             self._forget_old()
         self._waiting.put(job)
@@ -128,7 +138,11 @@ class JobQueue:
 
     def _run(self, job: Job) -> None:
         job.state, job.started = "running", time.time()
-        hook = (self.pipe.unet if job.unet is None else job.unet).register_forward_hook(lambda module, args, output: job.tick())
+        unet = self.pipe.unet if job.unet is None else job.unet
+        vae = getattr(self.pipe, "vae", None) if job.vae is None else job.vae
+        hooks = [unet.register_forward_hook(lambda module, args, output: job.tick())]
+        if vae is not None:
+            hooks.append(vae.decoder.register_forward_pre_hook(lambda module, args: job.check()))
         try:
             job.finish(job.run(job))
         except Cancelled:
@@ -139,5 +153,6 @@ class JobQueue:
             traceback.print_exc(file=sys.stderr)
             job.state, job.error = "error", f"internal error: {type(exc).__name__}: {exc}"
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
             job.finished = time.time()

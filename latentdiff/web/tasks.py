@@ -2,7 +2,8 @@
 
 A request is a JSON object with ``kind`` (txt2img | inpaint | layout | segmap) and the fields of that
 panel. Everything is checked here, before anything is queued, so a bad request is answered at once
-with a one-line message naming the field, the value and what was expected: limits (:class:`Limits`),
+with a one-line message naming the field, the value and what was expected: limits (:class:`Limits`, from
+:mod:`latentdiff.limits`, the bounds every front end shares; the web app's defaults are ``WEB_LIMITS`` there),
 the model's own checks (:meth:`Pipeline.resolve`), uploads (a base64 ``data:`` URL that must decode to
 an image no larger than the size limit — read from the header, before any pixel is decoded) and the
 inpainting mask (the image's size; :func:`latentdiff.inpaint.load_inputs`).
@@ -25,23 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from latentdiff.errors import UserError
+from latentdiff.limits import MAX_SEED, Limits, check_text
 
 KINDS = ("txt2img", "inpaint", "layout", "segmap")
-MAX_PROMPT_CHARS = 2000
 MAX_BOXES = 16
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for: sampler steps, images, and image side in pixels (width and height,
-    generated or uploaded)."""
-
-    max_steps: int = 150
-    max_images: int = 8
-    max_side: int = 1024
-
-    def describe(self) -> dict:
-        return {"max_steps": self.max_steps, "max_images": self.max_images, "max_side": self.max_side}
 
 
 @dataclass(frozen=True)
@@ -71,15 +59,13 @@ UNAVAILABLE = {
 
 # --- fields ---------------------------------------------------------------------------------------
 
-def _text(req: dict, name: str) -> str:
+def _text(req: dict, name: str, limits: Limits) -> str:
     value = req.get(name, "")
     if value is None:
         return ""
     if not isinstance(value, str):
         raise UserError(f"{name}: expected text")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise UserError(f"{name}: {len(value)} characters; at most {MAX_PROMPT_CHARS}")
-    return value
+    return check_text(value, name, limits.max_prompt_chars)
 
 
 def _int(req: dict, name: str, lo: int, hi: int, default: int | None = None) -> int | None:
@@ -142,8 +128,8 @@ def decode_image(data: Any, name: str, max_side: int):
 
 def _common(pipe, req: dict, limits: Limits, size: tuple[int, int] | None = None) -> dict:
     """Prompt, sampling options (model defaults for blanks) and seed, checked."""
-    opts = dict(prompt=_text(req, "prompt"), negative_prompt=_text(req, "negative_prompt"),
-                seed=_int(req, "seed", 0, 2**63 - 1, 0),
+    opts = dict(prompt=_text(req, "prompt", limits), negative_prompt=_text(req, "negative_prompt", limits),
+                seed=_int(req, "seed", 0, MAX_SEED - (limits.max_images - 1), 0),
                 num_images=_int(req, "num_images", 1, limits.max_images, 1),
                 steps=_int(req, "steps", 1, limits.max_steps), guidance=_float(req, "guidance"),
                 sampler=req.get("sampler") or None)
@@ -157,20 +143,21 @@ def _common(pipe, req: dict, limits: Limits, size: tuple[int, int] | None = None
         raise UserError(f"steps {resolved['steps']}: expected 1..{limits.max_steps}")
     opts.update(steps=resolved["steps"], guidance=resolved["guidance"], sampler=resolved["sampler"])
     opts.update(height=resolved["height"], width=resolved["width"])
+    limits.check_batch(pipe.batch_size(opts["height"], opts["width"]), opts["height"], opts["width"],
+                       pipe.vae_scale_factor)
     return opts
 
 
-def _total(opts: dict) -> int:
-    from latentdiff.pipeline import MAX_BATCH
-
-    return opts["steps"] * math.ceil(opts["num_images"] / MAX_BATCH)
+def _total(pipe, opts: dict) -> int:
+    """U-Net evaluations of a request: its steps once per forward batch."""
+    return opts["steps"] * math.ceil(opts["num_images"] / pipe.batch_size(opts["height"], opts["width"]))
 
 
 # --- kinds ----------------------------------------------------------------------------------------
 
 def plan_txt2img(pipe, req: dict, limits: Limits) -> Plan:
     opts = _common(pipe, req, limits)
-    return Plan("txt2img", lambda p: p.generate(**opts), _total(opts))
+    return Plan("txt2img", lambda p: p.generate(**opts), _total(pipe, opts))
 
 
 def plan_inpaint(pipe, req: dict, limits: Limits) -> Plan:
@@ -179,9 +166,12 @@ def plan_inpaint(pipe, req: dict, limits: Limits) -> Plan:
     image = decode_image(req.get("image"), "image", limits.max_side)
     mask = decode_image(req.get("mask"), "mask", limits.max_side)
     load_inputs(image, mask, pipe.vae_scale_factor, image_flag="image", mask_flag="mask")  # sizes, modes
-    opts = _common(pipe, req, limits, size=(None, None))
+    f = pipe.vae_scale_factor
+    padded = (-(-image.height // f) * f, -(-image.width // f) * f)  # the size the pipeline draws at
+    opts = _common(pipe, req, limits, size=padded)
+    total = _total(pipe, opts)
     opts.pop("height"), opts.pop("width")  # the image's own size
-    return Plan("inpaint", lambda p: p.inpaint(image=image, mask=mask, **opts), _total(opts))
+    return Plan("inpaint", lambda p: p.inpaint(image=image, mask=mask, **opts), total)
 
 
 def _boxes(req: dict, max_boxes: int) -> list:
@@ -198,6 +188,7 @@ def _boxes(req: dict, max_boxes: int) -> list:
         phrase = b.get("phrase", "").strip() if isinstance(b, dict) and isinstance(b.get("phrase", ""), str) else ""
         if not phrase:
             raise UserError(f"box {i}: give it a phrase")
+        check_text(phrase, f"box {i}: phrase")
         try:
             x0, y0, x1, y1 = (float(b[k]) for k in ("x0", "y0", "x1", "y1"))
         except (KeyError, TypeError, ValueError):
@@ -228,7 +219,7 @@ def plan_layout(pipe, req: dict, limits: Limits) -> Plan:
     spatial = Spatial(layout=layout, layout_scale=_scale(req, "layout_scale", getattr(pipe, "layout_scale", 1.0)),
                       regional_text=pipe.regional_share(None, layout))  # the checkpoint's, as the CLI
     opts = _common(pipe, req, limits)
-    return Plan("layout", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
+    return Plan("layout", lambda p: p.generate(spatial=spatial, **opts), _total(pipe, opts))
 
 
 def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
@@ -259,7 +250,7 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
             spatial = replace(spatial, layout=bound, layout_scale=getattr(pipe, "layout_scale", 1.0),
                               region_phrases=True, regional_text=pipe.regional_share(None, bound))
             opts["guidance"] = pipe.resolve(guidance=pipe.text_guidance(_float(req, "guidance"), spatial))["guidance"]
-    return Plan("segmap", lambda p: p.generate(spatial=spatial, **opts), _total(opts))
+    return Plan("segmap", lambda p: p.generate(spatial=spatial, **opts), _total(pipe, opts))
 
 
 PLANNERS = {"txt2img": plan_txt2img, "inpaint": plan_inpaint, "layout": plan_layout, "segmap": plan_segmap}

@@ -43,6 +43,10 @@ function showError(kind, message) {
 }
 
 // --- requests, progress, cancel -----------------------------------------------------------------
+// The server takes JSON bodies only (a cross-origin page cannot send this type without a preflight it
+// refuses); the token, when the server needs one, travels in its HttpOnly cookie.
+const JSON_HEADERS = { "Content-Type": "application/json" };
+
 async function submit(kind, box) {
   showError(kind, "");
   let req;
@@ -52,14 +56,13 @@ async function submit(kind, box) {
   gen.disabled = true;
   let reply;
   try {
-    const r = await fetch("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-                                          body: JSON.stringify(req) });
+    const r = await fetch("/api/jobs", { method: "POST", headers: JSON_HEADERS, body: JSON.stringify(req) });
     reply = await r.json();
     if (!r.ok) throw new Error(reply.error || `HTTP ${r.status}`);
   } catch (e) { showError(kind, e.message); gen.disabled = false; return; }
   const cancel = $(`#${kind}-cancel`);
   cancel.disabled = false;
-  cancel.onclick = () => fetch(`/api/jobs/${reply.id}/cancel`, { method: "POST" });
+  cancel.onclick = () => fetch(`/api/jobs/${reply.id}/cancel`, { method: "POST", headers: JSON_HEADERS, body: "{}" });
   await poll(kind, reply.id);
   cancel.disabled = true;
   gen.disabled = false;
@@ -71,6 +74,7 @@ async function poll(kind, id) {
     let job;
     try { job = await (await fetch(`/api/jobs/${id}`)).json(); }
     catch (e) { status.textContent = "lost contact with the server; retrying"; await sleep(1000); continue; }
+    if (!job.state) { showError(kind, job.error); status.textContent = ""; return; }  // refused (403, 404)
     bar.value = job.total ? job.done / job.total : 0;
     if (job.state === "queued") status.textContent = `waiting in the queue (position ${job.position})`;
     else if (job.state === "running") status.textContent = `step ${job.done} / ${job.total}`;
@@ -306,7 +310,15 @@ function markUnavailable() {
 }
 
 async function main() {
-  INFO = await (await fetch("/api/info")).json();
+  const r = await fetch("/api/info");
+  INFO = await r.json();
+  if (!r.ok) {  // e.g. a server bound beyond loopback opened without its token
+    const el = $("#page-error");
+    el.textContent = INFO.error || `HTTP ${r.status}`;
+    el.hidden = false;
+    document.body.dataset.ready = "error";
+    return;
+  }
   $("#model-name").textContent = `model: ${INFO.model}`;
   $("#layout-scale").value = INFO.layout_scale;  // the layout checkpoint's default guidance scale
   $("#inpaint-model").textContent = INFO.inpaint_dedicated
