@@ -16,7 +16,8 @@ A variant is parts joined with ``+``:
   ``unet.grounding_loss``) with weight L (e.g. ``attn0.01``): each of the object's words (size, colour,
   shape, position) should put its attention mass inside the object's mask at every cross-attention layer,
   1 − Σ_p a_p m_p with a the token's attention map normalised over pixels (TokenCompose, Wang et al. 2024,
-  token loss); it trains the word → place link at every t;
+  token loss); it trains the word → place link at every t; ``attnL@T`` only at t ≥ T, where the
+  object cannot be seen in x_t and only the words can say where it goes;
 - ``lateP``: a share P of each batch draws t from the high-noise half [T/2, T) (e.g. ``late0.5``);
 - ``lrX``: learning rate X (default 1e-4).
 
@@ -61,6 +62,7 @@ class Variant:
     prediction: str = "epsilon"
     weighting: str = "min_snr"  # min_snr | x0_plus_one
     attn: float = 0.0
+    attn_min_t: int = 0
     late: float = 0.0
     lr: float = 1e-4
 
@@ -73,7 +75,8 @@ def parse_variant(name: str) -> Variant:
         if part == "v1":
             v = replace(v, prediction="v_prediction", weighting="x0_plus_one")
         elif part.startswith("attn"):
-            v = replace(v, attn=float(part[4:]))
+            weight, _, min_t = part[4:].partition("@")
+            v = replace(v, attn=float(weight), attn_min_t=int(min_t or 0))
         elif part.startswith("late"):
             v = replace(v, late=float(part[4:]))
         elif part.startswith("lr"):
@@ -152,7 +155,7 @@ def train_variant(base_pipe, data, v: Variant, steps: int, batch: int, seed: int
         capture.active = False
         per = (pred.float() - target).pow(2).flatten(1).mean(1)
         loss = (per * loss_weight(schedule, t, v)).mean()
-        a_loss = grounding_loss(capture.take(), token_obj[idx], instances[idx], keep) if v.attn > 0 \
+        a_loss = grounding_loss(capture.take(), token_obj[idx], instances[idx], keep & (t >= v.attn_min_t)) if v.attn > 0 \
             else torch.zeros(())
         for group in opt.param_groups:
             group["lr"] = v.lr * min(1.0, (step + 1) / 100)

@@ -144,6 +144,43 @@ def test_unet_stage_trains_with_the_grounding_loss(tmp_path):
     assert 0.0 < first_loss[0.5] - first_loss[0.0] <= 0.5, first_loss
 
 
+def test_grounding_min_t_leaves_out_the_low_noise_samples():
+    """grounding_min_t: the loss counts only samples with t >= min_t (checked on the stage's loss)."""
+    from diffusers import UNet2DConditionModel
+
+    from latentdiff.diffusion.schedule import Schedule, linear_betas
+    from latentdiff.train.stages import LatentDenoisingStage
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 32), layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=8, norm_num_groups=8)
+
+    class Stage(LatentDenoisingStage):
+        cond_dropout, min_snr_gamma = 0.0, None
+
+    n, length = 4, 6
+    stage = Stage()
+    stage.model = unet
+    stage.device, stage.data_device, stage.schedule, stage.scaling_factor = (
+        torch.device("cpu"), torch.device("cpu"), Schedule.from_betas(linear_betas(10)), 1.0)
+    stage.mean, stage.std = torch.randn(n, 4, 8, 8), torch.zeros(n, 4, 8, 8)
+    stage.contexts, stage.null_context = torch.randn(n, length, 16), torch.zeros(length, 16)
+    stage.caption_index = torch.arange(n)
+    token_obj = torch.full((n, length), -1, dtype=torch.int8)
+    token_obj[:, 1:3] = 0
+    inst = torch.zeros(n, 32, 32, dtype=torch.uint8)
+    inst[:, :8, :8] = 1
+    losses = {}
+    for min_t in (0, 10):  # 10 = beyond every t of a 10-step schedule: no sample counts
+        stage.set_grounding(1.0, token_obj, inst, min_t=min_t)
+        losses[min_t] = stage.loss(unet, torch.arange(n), torch.Generator().manual_seed(0)).item()
+    stage.grounding_weight = 0.0
+    plain = stage.loss(unet, torch.arange(n), torch.Generator().manual_seed(0)).item()
+    assert losses[10] == pytest.approx(plain, rel=1e-5) and losses[0] > plain + 0.1
+
+
 def test_grounding_data_needs_boxes(tmp_path):
     from latentdiff.data.folder import Record
     from latentdiff.errors import UserError

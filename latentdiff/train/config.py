@@ -84,6 +84,7 @@ class UNetStage:
     cond_dropout: float = 0.1
     min_snr_gamma: float | None = 5.0
     grounding_loss: float = 0.0  # weight of the cross-attention grounding loss (latentdiff.train.grounding)
+    grounding_min_t: int = 0  # the grounding loss only on samples with t >= this (0: every t)
     validation_prompts: tuple[str, ...] = (
         "a small red circle in the top left", "a large blue square in the center",
         "a green triangle left of a yellow circle", "",
@@ -94,6 +95,9 @@ class UNetStage:
             raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
         if not self.grounding_loss >= 0.0:
             raise ConfigError(f"grounding_loss: expected a weight >= 0, got {self.grounding_loss}")
+        if not 0 <= self.grounding_min_t < self.schedule.num_timesteps:
+            raise ConfigError(f"grounding_min_t: expected a timestep in [0, {self.schedule.num_timesteps}), "
+                              f"got {self.grounding_min_t}")
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,8 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
     seed_init(cfg.seed, "unet")
     stage = UNetTrainStage(cfg.unet, mean, std, tokens, null, text_encoder, vae.config.scaling_factor, device, assemble)
     if cfg.unet.grounding_loss > 0:
-        stage.set_grounding(cfg.unet.grounding_loss, *grounding_data(train_recs, tokenizer, size))
+        stage.set_grounding(cfg.unet.grounding_loss, *grounding_data(train_recs, tokenizer, size),
+                            min_t=cfg.unet.grounding_min_t)
     _timed("unet", folder, resume, timer,
            lambda: run_stage(stage, cfg.unet.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.unet)),
            cfg.unet.loop.steps)

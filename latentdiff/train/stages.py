@@ -165,6 +165,7 @@ class LatentDenoisingStage(OnDevice):
     cond_dropout: float
     min_snr_gamma: float | None
     grounding_weight: float = 0.0  # > 0: add the cross-attention grounding loss (set_grounding)
+    grounding_min_t: int = 0  # ... on the samples with t >= this only
     token_obj = instances = capture = None
     data_names = ("mean", "std", "unique_tokens", "caption_index", "null_tokens", "contexts", "null_context",
                   "token_obj", "instances")
@@ -197,12 +198,14 @@ class LatentDenoisingStage(OnDevice):
         return torch.cat([self.text_encoder(c.to(self.device)).last_hidden_state.float().cpu()
                           for c in tokens.split(batch)])
 
-    def set_grounding(self, weight: float, token_obj: torch.Tensor, instances: torch.Tensor) -> None:
-        """Add ``weight`` × the grounding loss of :mod:`latentdiff.train.grounding`: token_obj (N, L) int8,
-        the object each caption token names (−1: none); instances (N, H, W) uint8, each image's objects."""
+    def set_grounding(self, weight: float, token_obj: torch.Tensor, instances: torch.Tensor, min_t: int = 0) -> None:
+        """Add ``weight`` × the grounding loss of :mod:`latentdiff.train.grounding` on the samples with
+        t ≥ ``min_t``: token_obj (N, L) int8, the object each caption token names (−1: none); instances
+        (N, H, W) uint8, each image's objects."""
         from latentdiff.train.grounding import CrossAttnCapture
 
         self.grounding_weight, self.token_obj, self.instances = float(weight), token_obj, instances
+        self.grounding_min_t = int(min_t)
         self.capture = CrossAttnCapture.attach(self.model)
 
     def drop_mask(self, batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -246,7 +249,7 @@ class LatentDenoisingStage(OnDevice):
             loss = diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma)
         finally:
             self.capture.active = False
-        keep = ~self.dropped.to(self.device)
+        keep = ~self.dropped.to(self.device) & (t >= self.grounding_min_t)
         ground = grounding_loss(self.capture.take(), self.token_obj[index].to(self.device),
                                 self.instances[index].to(self.device), keep)
         return loss + self.grounding_weight * ground
