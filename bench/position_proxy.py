@@ -49,7 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from latentdiff.data import shapes as sw  # noqa: E402
+from latentdiff.diffusion.loss import min_snr_weight  # noqa: E402
 from latentdiff.diffusion.schedule import eps_to_x0, prediction_to_eps, q_sample, v_target  # noqa: E402
+from latentdiff.speed import cpu_bf16_kind  # noqa: E402
 from latentdiff.train.grounding import CrossAttnCapture, grounding_loss, instance_map, token_objects  # noqa: E402
 
 SWAP_TS = (600, 750, 900, 975)
@@ -111,10 +113,10 @@ def grounding_inputs(tokenizer, scenes, captions, length: int):
 
 # --- training ------------------------------------------------------------------------------------
 def loss_weight(schedule, t: torch.Tensor, v: Variant) -> torch.Tensor:
-    snr = schedule.snr(t)
     if v.weighting == "x0_plus_one":  # weight on the v error; × (SNR + 1) gives min(SNR, 5) + 1 on x₀
+        snr = schedule.snr(t)
         return (snr.clamp(max=5.0) + 1.0) / (snr + 1.0)
-    return snr.clamp(max=5.0) / snr  # min-SNR-5 for ε-prediction
+    return min_snr_weight(schedule, t, 5.0, v.prediction)  # the shipped recipe's min-SNR-5
 
 
 def draw_t(b: int, late: float, T: int, g: torch.Generator) -> torch.Tensor:
@@ -123,18 +125,12 @@ def draw_t(b: int, late: float, T: int, g: torch.Generator) -> torch.Tensor:
     return torch.where(torch.rand(b, generator=g) < late, hi, t)
 
 
-def use_bf16() -> bool:
-    from latentdiff.speed import cpu_bf16_kind
-
-    return cpu_bf16_kind() is not None
-
-
 def train_variant(base_pipe, data, v: Variant, steps: int, batch: int, seed: int, log) -> tuple:
     unet = copy.deepcopy(base_pipe.unet).float().train().requires_grad_(True)
     capture = CrossAttnCapture.attach(unet)
     schedule = replace(base_pipe.schedule, prediction=v.prediction)
     opt = torch.optim.AdamW(unet.parameters(), lr=v.lr, weight_decay=0.01)
-    bf16 = use_bf16()
+    bf16 = cpu_bf16_kind() is not None  # the recipe's CPU precision path (mixed_precision: auto)
     mean, std, ctx, null = data["mean"], data["std"], data["ctx"], data["null"]
     token_obj, instances = data["token_obj"], data["instances"]
     sf, n, T = base_pipe.scaling_factor, mean.shape[0], schedule.num_timesteps
@@ -155,7 +151,8 @@ def train_variant(base_pipe, data, v: Variant, steps: int, batch: int, seed: int
         capture.active = False
         per = (pred.float() - target).pow(2).flatten(1).mean(1)
         loss = (per * loss_weight(schedule, t, v)).mean()
-        a_loss = grounding_loss(capture.take(), token_obj[idx], instances[idx], keep & (t >= v.attn_min_t)) if v.attn > 0 \
+        ground = keep & (t >= v.attn_min_t)  # captions kept, at the noise levels the variant grounds
+        a_loss = grounding_loss(capture.take(), token_obj[idx], instances[idx], ground) if v.attn > 0 \
             else torch.zeros(())
         for group in opt.param_groups:
             group["lr"] = v.lr * min(1.0, (step + 1) / 100)
@@ -337,9 +334,7 @@ def main(argv=None) -> int:
             unet, schedule, secs, bf16 = train_variant(pipe, data, v, args.steps, args.batch, args.seed, log)
         else:  # the starting model itself, measured without training
             unet, schedule, secs, bf16 = pipe.unet, pipe.schedule, 0.0, False
-        from latentdiff.pipeline import Pipeline as P
-
-        test_pipe = P.from_components(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, schedule)
+        test_pipe = Pipeline.from_components(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, schedule)
         t0 = time.time()
         res = {"variant": v.name, "steps": args.steps, "batch": args.batch, "train_s": secs, "bf16": bf16,
                "samples_per_s": args.steps * args.batch / secs if secs else 0.0,

@@ -133,18 +133,15 @@ def widen_latent(vae, channels: int):
                 target[:, :, 0, 0] = torch.eye(target.shape[0])
         elif layer == "decoder.conv_in" and value.ndim == 4:
             target[:, n:] = 0  # the decoder starts as before; the new channels' weights grow from zero
-        outs = zip(o_new, o_old) if o_old is not None else ((k, k) for k in range(value.shape[0]))
-        for a_new, a_old in outs:
-            if value.ndim == 1:
-                dst_value = value[a_old]
-                target[a_new] = dst_value
-                continue
-            ins = zip(i_new, i_old) if i_old is not None else ((k, k) for k in range(value.shape[1]))
-            for b_new, b_old in ins:
-                target[a_new, b_new] = value[a_old, b_old]
-        dst = target
+        if value.ndim == 1 or i_old is None:  # a bias, or every input channel kept
+            rows_new, rows_old = (o_new, o_old) if o_old is not None else (slice(None), slice(None))
+            target[rows_new] = value[rows_old]
+        elif o_old is None:  # every output channel kept
+            target[:, i_new] = value[:, i_old]
+        else:
+            target[np.ix_(o_new, i_new)] = value[np.ix_(o_old, i_old)]
         if key.endswith("bias") and dims[layer][0] == "moments":  # new log-variance channels: old mean
-            dst[channels + n:] = value[c_old:].mean()
+            target[channels + n:] = value[c_old:].mean()
     new.load_state_dict(state)
     return new
 

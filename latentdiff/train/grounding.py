@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor
 
-from latentdiff.data.shapes import BASE_SHAPES, COLOURS, POSITIONS, SHAPES, SIZES
+from latentdiff.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES
 
 MAX_OBJECTS = 3
 _POSITION_WORDS = frozenset(w for p in POSITIONS for w in p.split())
-_OBJECT_WORDS = frozenset(SIZES) | frozenset(COLOURS) | frozenset(SHAPES) | frozenset(BASE_SHAPES)
+_OBJECT_WORDS = frozenset(SIZES) | frozenset(COLOURS) | frozenset(SHAPES)
 
 
 class CrossAttnCapture(AttnProcessor):
