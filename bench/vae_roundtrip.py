@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's latentdiff, whichever one is installed
@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's latentdiff, whichever one is in
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model folder (default: the default model)")
+    p.add_argument("--vae", default=None, help="a VAE folder instead (e.g. a recipe's runs/NAME/vae/final)")
     p.add_argument("--n", type=int, default=200, help="scenes per kind (default 200)")
     p.add_argument("--finetune-decoder", choices=("generic", "concave", "stars"), default=None)
     p.add_argument("--with-encoder", action="store_true", help="train the encoder too (the latents change)")
@@ -55,12 +56,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_vae(model: str | None):
+def load_vae(model: str | None, folder: str | None = None):
     from diffusers import AutoencoderKL
 
     from latentdiff.pipeline import DEFAULT_MODEL_DIR
 
-    return AutoencoderKL.from_pretrained(str(Path(model or DEFAULT_MODEL_DIR) / "vae"), torch_dtype=torch.float32)
+    return AutoencoderKL.from_pretrained(folder or str(Path(model or DEFAULT_MODEL_DIR) / "vae"),
+                                         torch_dtype=torch.float32)
 
 
 def halve_factor(vae):
@@ -156,6 +158,7 @@ def roundtrip(vae, images: np.ndarray) -> np.ndarray:
 
 def recall(vae, n: int, out: Path, tag: str) -> dict:
     """Objects found again after the round trip, by kind (star | base) and size; MSE; a figure per kind."""
+    from latentdiff.data.outlines import concave_scene, generic_scene
     from latentdiff.data.shapes import STAR, render, sample_scene
     from latentdiff.eval.scorer import box_iou, find_objects
 
@@ -182,48 +185,9 @@ def recall(vae, n: int, out: Path, tag: str) -> dict:
     return res
 
 
-def _scene(rng: np.random.Generator, draw_object) -> np.ndarray:
-    """1–3 objects, 8–24 px, palette colours, on a world background; ``draw_object(draw, rng, cx, cy, side,
-    fill)`` draws each."""
-    from latentdiff.data.shapes import BACKGROUND_MAX, CANVAS, PALETTE
-
-    grey = int(rng.integers(0, BACKGROUND_MAX + 1))
-    image = Image.new("RGB", (CANVAS, CANVAS), (grey,) * 3)
-    draw, colours = ImageDraw.Draw(image), list(PALETTE.values())
-    for _ in range(int(rng.integers(1, 4))):
-        side = int(rng.integers(8, 25))
-        cx, cy = rng.integers(side // 2, CANVAS - side // 2, 2)
-        fill = tuple(int(c) for c in colours[rng.integers(len(colours))])
-        draw_object(draw, rng, cx, cy, side, fill)
-    return np.asarray(image)
-
-
-def generic_scene(rng: np.random.Generator) -> np.ndarray:
-    """1–3 convex polygons (3–8 sides) or ellipses (:func:`_scene`)."""
-    def convex(draw, rng, cx, cy, side, fill):
-        rx, ry = side / 2 * rng.uniform(0.6, 1.0), side / 2 * rng.uniform(0.6, 1.0)
-        if rng.random() < 0.3:
-            draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill)
-            return
-        angles, turn = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 9)))), rng.uniform(0, 2 * np.pi)
-        x, y = rx * np.cos(angles), ry * np.sin(angles)  # sorted angles on an ellipse: a convex polygon
-        draw.polygon([(cx + a * np.cos(turn) - b * np.sin(turn), cy + a * np.sin(turn) + b * np.cos(turn))
-                      for a, b in zip(x, y)], fill=fill)
-    return _scene(rng, convex)
-
-
-def concave_scene(rng: np.random.Generator) -> np.ndarray:
-    """1–3 irregular polygons of 5–12 vertices at random angles whose radii vary independently (30–100 % of
-    the size), so most are concave (:func:`_scene`). Never a regular star."""
-    def concave(draw, rng, cx, cy, side, fill):
-        angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(5, 13))))
-        radii = side / 2 * rng.uniform(0.3, 1.0, len(angles))
-        draw.polygon([(cx + r * np.cos(a), cy + r * np.sin(a)) for r, a in zip(radii, angles)], fill=fill)
-    return _scene(rng, concave)
-
-
 def finetune_decoder(vae, data: str, steps: int, lr: float, batch: int, with_encoder: bool = False,
                      kl_weight: float = 1e-6) -> None:
+    from latentdiff.data.outlines import concave_scene, generic_scene
     from latentdiff.data.shapes import STAR, render, sample_scene
     from latentdiff.pixels import to_unit_hwc
     from latentdiff.speed import classic_attention, cpu_bf16_kind
@@ -266,7 +230,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    vae = load_vae(args.model)
+    vae = load_vae(args.model, args.vae)
     if args.f2:
         vae = halve_factor(vae)
     if args.latent_channels:

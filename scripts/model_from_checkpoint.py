@@ -54,14 +54,17 @@ def build(args) -> int:
         raise UserError(f"{ckpts}: no checkpoint{'' if args.step is None else f' at step {args.step}'} with EMA weights")
     unet = build_unet(cfg.unet.model)
     ema = load_file(str(ckpt / "ema.safetensors"))
-    missing, unexpected = unet.load_state_dict(ema, strict=False)
-    params = {n for n, _ in unet.named_parameters()}
-    if [k for k in missing if k in params] or unexpected:
-        raise UserError(f"{ckpt}/ema.safetensors: does not match the U-Net of {args.config}")
     vae, text_encoder = finished_stages(run)
+    joint = cfg.unet.text_encoder_lr_scale > 0  # the text encoder trained with the U-Net: both are in the EMA
+    for prefix, module in ({"unet.": unet, "text_encoder.": text_encoder} if joint else {"": unet}).items():
+        missing, unexpected = module.load_state_dict(
+            {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}, strict=False)
+        params = {n for n, _ in module.named_parameters()}
+        if [k for k in missing if k in params] or unexpected:
+            raise UserError(f"{ckpt}/ema.safetensors: does not match the {prefix[:-1] or 'unet'} of {args.config}")
     tokenizer = load_clip_tokenizer(None)
     tokenizer.model_max_length = cfg.clip.text.max_length
-    assemble_model(dest, unet.eval(), vae, text_encoder, tokenizer, cfg, run)
+    assemble_model(dest, unet.eval(), vae, text_encoder.eval(), tokenizer, cfg, run)
     info_path = dest / "latentdiff.json"
     info = json.loads(info_path.read_text())
     step = json.loads((ckpt / "state.json").read_text())["step"]

@@ -237,3 +237,29 @@ def test_stratified_bound_estimate_varies_far_less_than_uniform_draws():
         plain.append((prior_term(LINEAR, x0) + acc * T / 10) / (dims * math.log(2)))
     plain = torch.stack(plain)
     assert torch.all(draws.std(0) < 0.2 * plain.std(0))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_x0_weight_floor_puts_min_snr_plus_floor_on_the_x0_error(prediction):
+    """Whatever the model predicts, the weighted loss is the x_0 error weighted by min(SNR, γ) + floor."""
+    from dataclasses import replace
+
+    from latentdiff.diffusion.schedule import eps_to_x0, prediction_to_eps
+
+    sched = replace(LINEAR, prediction=prediction)
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(5, 2, 3, 3, generator=g)
+    noise = torch.randn(5, 2, 3, 3, generator=g)
+    t = torch.tensor([5, 200, 500, 900, 999])
+    wrong = lambda xt, tt: torch.sin(xt) * 0.3  # noqa: E731  (any prediction that is not the target)
+    x_t = S.q_sample(sched, x0, t, noise)
+    x0_hat = eps_to_x0(sched, x_t, t, prediction_to_eps(sched, x_t, t, wrong(x_t, t), prediction))
+    x0_err = (x0_hat - x0).pow(2).flatten(1).mean(1)
+    snr = sched.snr(t)
+    for floor in (0.0, 1.0):
+        got = diffusion_loss(wrong, sched, x0, t=t, noise=noise, min_snr_gamma=5.0, x0_weight_floor=floor)
+        want = ((snr.clamp(max=5.0) + floor) * x0_err).mean()
+        assert got.item() == pytest.approx(want.item(), rel=1e-4)
+    high = min_snr_weight(sched, t[-1:], 5.0, prediction, floor=1.0) * (
+        {"epsilon": snr[-1:], "v_prediction": snr[-1:] + 1, "sample": torch.ones(1)}[prediction])
+    assert high.item() == pytest.approx(1.0, abs=1e-3)  # at t = T the x_0 error keeps weight ≈ 1

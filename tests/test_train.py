@@ -276,3 +276,44 @@ def test_model_from_checkpoint_builds_a_model_folder_from_a_mid_run_ema(tmp_path
                           ([str(cfg), "--out", str(tmp_path / "x"), "--step", "3"], "no checkpoint at step 3")):
         proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_unet_stage_can_train_the_text_encoder_too(tmp_path, tiny_data, pretrained_stages):
+    """unet.text_encoder_lr_scale: the CLIP stage's text encoder learns with the U-Net at that × the U-Net's
+    learning rate (its own optimizer group); the model folder, and one built from a mid-run checkpoint,
+    carry the trained encoder; the plain recipe keeps the CLIP stage's."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel
+
+    from latentdiff.pipeline import Pipeline
+    from latentdiff.train import loop
+
+    raw = yaml.safe_load(tiny_config(tmp_path, tiny_data, steps=4, checkpoint_every=2, validate_every=0).read_text())
+    raw["unet"]["text_encoder_lr_scale"] = 0.5
+    cfg = tmp_path / "joint.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    _copy_pre(pretrained_stages, tmp_path / "run")
+    _cli("train", str(cfg), "--stage", "unet")
+    clip_text = CLIPTextModel.from_pretrained(str(pretrained_stages / "clip" / "final" / "text_encoder"))
+    model = Pipeline.load(tmp_path / "run" / "model", device="cpu")
+    trained = dict(model.text_encoder.named_parameters())
+    changed = [n for n, p in clip_text.named_parameters() if not torch.equal(p, trained[n].float())]
+    assert len(changed) > len(trained) // 2  # the encoder learnt with the U-Net
+    ema = load_file(str(tmp_path / "run" / "unet" / "checkpoints" / "ckpt-0000002" / "ema.safetensors"))
+    assert any(k.startswith("text_encoder.") for k in ema) and any(k.startswith("unet.") for k in ema)
+    out = tmp_path / "model-step2"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "model_from_checkpoint.py"), str(cfg), "--out",
+                           str(out), "--step", "2"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mid = Pipeline.load(out, device="cpu")
+    for name, p in mid.text_encoder.named_parameters():
+        assert torch.equal(p.float(), ema["text_encoder." + name].float())
+    for name, p in mid.unet.named_parameters():
+        assert torch.equal(p.float(), ema["unet." + name].float())
+    assert len(mid.generate("a red circle", steps=2, seed=0)) == 1
+    # the optimizer: the encoder's group at 0.5 × the schedule's learning rate, the U-Net's at 1 ×
+    net = torch.nn.ModuleDict({"unet": torch.nn.Linear(2, 2), "text_encoder": torch.nn.Linear(2, 2)})
+    opt = loop.make_optimizer(net, LoopConfig(lr=1e-3), {"text_encoder.": 0.5})
+    by_scale = {g["lr_scale"]: len(g["params"]) for g in opt.param_groups}
+    assert by_scale == {1.0: 2, 0.5: 2} and {g["lr"] for g in opt.param_groups} == {1e-3, 5e-4}

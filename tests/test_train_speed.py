@@ -264,7 +264,7 @@ def test_a_checkpoint_of_the_per_tensor_adamw_resumes_with_the_fused_one(tmp_pat
         group.update(fused=None, foreach=None)
     state_file.write_text(json.dumps(state))
     made, fused_maker = [], loop.make_optimizer
-    monkeypatch.setattr(loop, "make_optimizer", lambda model, c: made.append(fused_maker(model, c)) or made[-1])
+    monkeypatch.setattr(loop, "make_optimizer", lambda model, c, *a: made.append(fused_maker(model, c, *a)) or made[-1])
     resumed = _Stage()
     run_stage(resumed, cfg, tmp_path / "old", 0, Accelerator(cpu=True), True, {})
     assert made[0].param_groups[0]["fused"] is True

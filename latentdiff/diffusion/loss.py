@@ -18,26 +18,32 @@ def sample_timesteps(batch: int, num_timesteps: int, generator: torch.Generator 
     return torch.randint(0, num_timesteps, (batch,), generator=generator, device=device)
 
 
-def min_snr_weight(schedule: Schedule, t: Tensor, gamma: float, prediction: str) -> Tensor:
-    """Min-SNR-γ loss weights (Hang et al. 2023, eq. 8 and App.): for ε-prediction min(SNR, γ)/SNR,
-    for v-prediction min(SNR, γ)/(SNR + 1), for x_0-prediction min(SNR, γ). Shape (B,)."""
+def min_snr_weight(schedule: Schedule, t: Tensor, gamma: float, prediction: str, floor: float = 0.0) -> Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023, eq. 8 and App.): the weight on the x_0 error is
+    min(SNR, γ) (+ ``floor``), so for ε-prediction the weight on the ε error is (min(SNR, γ) + floor)/SNR,
+    for v-prediction (min(SNR, γ) + floor)/(SNR + 1), for x_0-prediction min(SNR, γ) + floor. Shape (B,).
+
+    Why a floor: ‖x̂_0 − x_0‖² = ‖ε̂ − ε‖²/SNR = ‖v̂ − v‖²/(SNR + 1), so plain min-SNR gives the high-noise
+    steps (SNR → 0), where only the prompt can say where an object goes, almost no weight on x_0; a floor
+    of 1 keeps it near 1 there (BENCHMARKS.md, "Position")."""
     snr = schedule.snr(t)
-    clipped = snr.clamp(max=gamma)
+    x0_weight = snr.clamp(max=gamma) + floor
     if prediction == "epsilon":
-        return clipped / snr
+        return x0_weight / snr
     if prediction == "v_prediction":
-        return clipped / (snr + 1.0)
-    return clipped
+        return x0_weight / (snr + 1.0)
+    return x0_weight
 
 
 def diffusion_loss(model: ModelFn, schedule: Schedule, x0: Tensor, *, t: Tensor | None = None,
-                   noise: Tensor | None = None, min_snr_gamma: float | None = None,
+                   noise: Tensor | None = None, min_snr_gamma: float | None = None, x0_weight_floor: float = 0.0,
                    generator: torch.Generator | None = None) -> Tensor:
     """The simplified objective L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²
     ([DDPM] eq. 14, Algorithm 1), a mean over all elements.
 
     With ``schedule.prediction == "v_prediction"`` the target is v = √ᾱ_t ε − √(1 − ᾱ_t) x_0; with
-    ``"sample"`` it is x_0. ``min_snr_gamma`` re-weights each sample's loss by :func:`min_snr_weight`.
+    ``"sample"`` it is x_0. ``min_snr_gamma`` re-weights each sample's loss by :func:`min_snr_weight`
+    (with ``x0_weight_floor`` as its floor).
     x0: (B, C, H, W) in the model's data space (latents); returns a scalar float32 tensor.
     """
     b = x0.shape[0]
@@ -55,5 +61,6 @@ def diffusion_loss(model: ModelFn, schedule: Schedule, x0: Tensor, *, t: Tensor 
     pred = model(x_t, t)
     per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B,)
     if min_snr_gamma is not None:
-        per_sample = per_sample * min_snr_weight(schedule, t, min_snr_gamma, schedule.prediction).to(per_sample)
+        per_sample = per_sample * min_snr_weight(schedule, t, min_snr_gamma, schedule.prediction,
+                                                   x0_weight_floor).to(per_sample)
     return per_sample.mean()

@@ -67,6 +67,14 @@ class VAEStage:
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     crop: int = 0  # train on random crops of this size (0: whole images); the VAE is fully convolutional
+    outlines: int = 0  # concave-outline scenes added to the VAE's images (latentdiff.data.outlines); 64 px only
+
+    def __post_init__(self):
+        if self.outlines < 0:
+            raise ConfigError(f"vae.outlines: expected a count >= 0, got {self.outlines}")
+        if self.outlines and self.model.sample_size != 64:
+            raise ConfigError(f"vae.outlines: the outline scenes are 64 px, but vae.model.sample_size is "
+                              f"{self.model.sample_size}; set outlines: 0 or sample_size: 64")
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,8 @@ class UNetStage:
     loop: LoopConfig = LoopConfig()
     cond_dropout: float = 0.1
     min_snr_gamma: float | None = 5.0
+    x0_weight_floor: float = 0.0  # weight on the x₀ error min(SNR, γ) + this (latentdiff.diffusion.loss)
+    text_encoder_lr_scale: float = 0.0  # > 0: the CLIP stage's text encoder trains too, at this × lr
     grounding_loss: float = 0.0  # weight of the cross-attention grounding loss (latentdiff.train.grounding)
     grounding_min_t: int = 0  # the grounding loss only on samples with t >= this (0: every t)
     validation_prompts: tuple[str, ...] = (
@@ -93,6 +103,12 @@ class UNetStage:
     def __post_init__(self):
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
+        if not self.x0_weight_floor >= 0.0:
+            raise ConfigError(f"x0_weight_floor: expected a weight >= 0, got {self.x0_weight_floor}")
+        if self.x0_weight_floor and self.min_snr_gamma is None:
+            raise ConfigError("x0_weight_floor: needs min_snr_gamma (the floor is added to min(SNR, γ))")
+        if not self.text_encoder_lr_scale >= 0.0:
+            raise ConfigError(f"text_encoder_lr_scale: expected a factor >= 0, got {self.text_encoder_lr_scale}")
         if not self.grounding_loss >= 0.0:
             raise ConfigError(f"grounding_loss: expected a weight >= 0, got {self.grounding_loss}")
         if not 0 <= self.grounding_min_t < self.schedule.num_timesteps:

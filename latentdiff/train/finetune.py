@@ -36,7 +36,7 @@ from latentdiff.errors import ConfigError, DataError, UserError
 from latentdiff.lora import LORA_LAYERS, add_lora
 from latentdiff.pixels import save_grid
 from latentdiff.train.config import LoopConfig
-from latentdiff.train.stages import LatentDenoisingStage
+from latentdiff.train.stages import LatentDenoisingStage, UNetWithText
 
 METHODS = ("lora", "full")
 # Settings that make a run what it is: resuming with any of them changed is refused.
@@ -88,22 +88,6 @@ class FinetuneConfig:
             raise ConfigError(f"resolution: expected at least 8 pixels, got {self.resolution}")
 
 
-class FinetuneModel(torch.nn.Module):
-    """What the loop trains: the U-Net, plus the text encoder when that is trained too (one forward, so
-    DistributedDataParallel sees both). ``forward`` takes either cached contexts or token ids."""
-
-    def __init__(self, unet, text_encoder=None):
-        super().__init__()
-        self.unet = unet
-        self.text_encoder = text_encoder
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                tokens: torch.Tensor | None = None) -> torch.Tensor:
-        if tokens is not None:
-            context = self.text_encoder(tokens)[0]  # (B, L, D) last hidden state, as the pipeline encodes
-        return self.unet(x_t, t, encoder_hidden_states=context).sample  # (B, C, h, w)
-
-
 class FinetuneStage(LatentDenoisingStage):
     """The U-Net stage's loss on a trained model's weights; LoRA or full (see the module docstring)."""
 
@@ -113,7 +97,8 @@ class FinetuneStage(LatentDenoisingStage):
                  validation_prompts: list[str]):
         self.cfg, self.base = cfg, base
         self.cond_dropout, self.min_snr_gamma = cfg.caption_dropout, cfg.min_snr_gamma
-        train_text = cfg.train_text_encoder
+        train_text = self.train_text = cfg.train_text_encoder
+        self.wrapped = True
         self._setup(latent_mean, latent_std, base.scaling_factor, base.schedule, tokens, null_tokens,
                     base.text_encoder, device, encode_captions=not train_text)
         text = base.text_encoder if train_text else None
@@ -124,20 +109,10 @@ class FinetuneStage(LatentDenoisingStage):
             base.unet.requires_grad_(True)
             if text is not None:
                 text.requires_grad_(True)
-        self.model = FinetuneModel(base.unet, text).train()
+        self.model = UNetWithText(base.unet, text).train()
         self.validation_prompts = validation_prompts
 
-    def condition(self, index, generator):
-        if self.cfg.train_text_encoder:
-            return self.caption_tokens(index, generator).to(self.device)  # (B, L)
-        return self.context(index, generator).to(self.device)  # (B, L, D)
-
-    def predict(self, model, x_t, t, cond):
-        if self.cfg.train_text_encoder:
-            return model(x_t, t, tokens=cond)
-        return model(x_t, t, context=cond)
-
-    def pipeline(self, model: FinetuneModel):
+    def pipeline(self, model: UNetWithText):
         """A :class:`~latentdiff.pipeline.Pipeline` over the model being trained (nothing is copied)."""
         from latentdiff.pipeline import Pipeline
 

@@ -137,10 +137,18 @@ def make_ema(model: torch.nn.Module, decay: float):
     return EMAModel(trainable(model), decay=decay, use_ema_warmup=True, power=3 / 4, foreach=True)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: LoopConfig, lr_scales: dict[str, float] | None = None
+                   ) -> torch.optim.AdamW:
     """AdamW, fused (one kernel for all parameters, CPU or CUDA), which can also skip a step on the device
-    when told through ``found_inf`` (see :func:`_one_step`)."""
-    return torch.optim.AdamW(trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    when told through ``found_inf`` (see :func:`_one_step`). ``lr_scales`` maps a parameter-name prefix to
+    a factor on the learning rate (a stage's ``lr_scales``, e.g. a pretrained text encoder's smaller one)."""
+    scales = lr_scales or {}
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(next((f for pre, f in scales.items() if name.startswith(pre)), 1.0), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "lr_scale": f, "lr": cfg.lr * f} for f, ps in groups.items()],
+                             lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def data_device(stage: Stage, cfg: LoopConfig, device: torch.device) -> torch.device:
@@ -249,7 +257,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
         classic_attention(stage.model)  # SDPA's bf16 backward is the slow part on a CPU (BENCHMARKS.md)
     if cfg.compile != "none":
         stage.model.compile(mode=None if cfg.compile == "default" else cfg.compile)  # in place: same weights' names
-    opt = make_optimizer(stage.model, cfg)
+    opt = make_optimizer(stage.model, cfg, getattr(stage, "lr_scales", None))
     ema = make_ema(stage.model, cfg.ema_decay)
     start, state = _restore(stage, opt, ema, existing if resume else None)
     ema.to(accelerator.device)
@@ -371,7 +379,7 @@ def _batch_index(stream: IndexStream, step: int, rank: int, b: int, where: torch
 def _one_step(stage, model, opt, ema, cfg, accelerator, stream, seed, step, rank, health, where) -> torch.Tensor:
     """One optimisation step; returns the (detached) loss without reading it on the host."""
     for group in opt.param_groups:
-        group["lr"] = lr_at(cfg, step)
+        group["lr"] = lr_at(cfg, step) * group.get("lr_scale", 1.0)
     step_seed = seed_for(seed, STAGE_IDS[stage.name], step, rank)
     torch.manual_seed(step_seed)  # any randomness inside the modules (dropout) is per-step too
     gen = torch.Generator(device=where).manual_seed(step_seed)

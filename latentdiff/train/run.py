@@ -158,6 +158,13 @@ def train(cfg: TrainConfig, resume: bool = False, only: tuple[str, ...] | None =
     return out
 
 
+def outline_images(n: int, seed: int) -> torch.Tensor:
+    """(n, 3, 64, 64) uint8: the VAE recipe's ``outlines`` (latentdiff.data.outlines), a function of the seed."""
+    from latentdiff.data.outlines import concave_images
+
+    return torch.from_numpy(concave_images(n, seed_for(seed, STAGE_IDS["vae"], 1 << 30) + 1)).permute(0, 3, 1, 2)
+
+
 def seed_init(seed: int, stage: str) -> None:
     """Seed the global RNG before a stage builds its model, so initial weights follow from the recipe."""
     torch.manual_seed(seed_for(seed, STAGE_IDS[stage], 1 << 30))
@@ -198,6 +205,8 @@ def _run_vae(cfg, out, resume, accelerator, imgs, timer):
 
     def go():
         images, holdout = imgs()
+        if cfg.vae.outlines:
+            images = torch.cat([images, outline_images(cfg.vae.outlines, cfg.seed)])
         seed_init(cfg.seed, "vae")
         stage = VAETrainStage(cfg.vae, images, holdout, accelerator.device)
         run_stage(stage, cfg.vae.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.vae))
@@ -245,7 +254,8 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
                                                                  lambda: imgs()[0]))
     tokens = _tokens(tokenizer, [r.text for r in train_recs])
     null = _tokens(tokenizer, [""])[0]
-    assemble = lambda unet, dest: assemble_model(dest, unet, vae, text_encoder, tokenizer, cfg, out)  # noqa: E731
+    assemble = lambda unet, text, dest: assemble_model(dest, unet, vae, text or text_encoder, tokenizer,  # noqa: E731
+                                                       cfg, out)
     seed_init(cfg.seed, "unet")
     stage = UNetTrainStage(cfg.unet, mean, std, tokens, null, text_encoder, vae.config.scaling_factor, device, assemble)
     if cfg.unet.grounding_loss > 0:
@@ -257,8 +267,11 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
     if not accelerator.is_main_process:
         return out / "model"
     from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     unet = UNet2DConditionModel.from_pretrained(str(folder / "final" / "unet"))
+    if (folder / "final" / "text_encoder").is_dir():  # trained with the U-Net (unet.text_encoder_lr_scale)
+        text_encoder = CLIPTextModel.from_pretrained(str(folder / "final" / "text_encoder")).eval()
     return assemble_model(out / "model", unet, vae, text_encoder, tokenizer, cfg, out)
 
 

@@ -152,6 +152,22 @@ class ClipTrainStage(OnDevice):
 # --- stage 3: the latent U-Net ---------------------------------------------------------------------
 
 
+class UNetWithText(torch.nn.Module):
+    """What the loop trains when the text encoder learns with the U-Net: both in one forward, so
+    DistributedDataParallel, the optimizer, the EMA and the checkpoints see both. ``cond`` is either token
+    ids (B, L) int64, encoded here, or cached contexts (B, L, D) float. Returns the U-Net's prediction."""
+
+    def __init__(self, unet, text_encoder=None):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if not cond.is_floating_point():
+            cond = self.text_encoder(cond)[0]  # (B, L, D) last hidden state, as the pipeline encodes
+        return self.unet(x_t, t, encoder_hidden_states=cond).sample  # (B, C, h, w)
+
+
 class LatentDenoisingStage(OnDevice):
     """[DDPM] Algorithm 1 on cached VAE latents, conditioned on captions with conditioning dropout: the
     loss the U-Net stage and fine-tuning (:mod:`latentdiff.train.finetune`) share.
@@ -164,6 +180,9 @@ class LatentDenoisingStage(OnDevice):
 
     cond_dropout: float
     min_snr_gamma: float | None
+    train_text: bool = False  # the text encoder trains too: a batch is conditioned on token ids
+    wrapped: bool = False  # ``model`` is a UNetWithText
+    x0_weight_floor: float = 0.0  # added to min(SNR, γ), the weight on the x₀ error
     grounding_weight: float = 0.0  # > 0: add the cross-attention grounding loss (set_grounding)
     grounding_min_t: int = 0  # ... on the samples with t >= this only
     token_obj = instances = capture = None
@@ -206,7 +225,7 @@ class LatentDenoisingStage(OnDevice):
 
         self.grounding_weight, self.token_obj, self.instances = float(weight), token_obj, instances
         self.grounding_min_t = int(min_t)
-        self.capture = CrossAttnCapture.attach(self.model)
+        self.capture = CrossAttnCapture.attach(self.unet)
 
     def drop_mask(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """Which captions of the batch become the empty prompt: Bernoulli(cond_dropout) per sample, (B,).
@@ -226,10 +245,18 @@ class LatentDenoisingStage(OnDevice):
         return torch.where(drop, self.null_tokens, self.unique_tokens[self.caption_index[index]])
 
     def condition(self, index: torch.Tensor, generator: torch.Generator):
+        if self.train_text:
+            return self.caption_tokens(index, generator).to(self.device)  # (B, L)
         return self.context(index, generator).to(self.device)  # (B, L, D)
 
     def predict(self, model, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        if self.wrapped:
+            return model(x_t, t, cond)
         return model(x_t, t, encoder_hidden_states=cond).sample
+
+    @property
+    def unet(self):
+        return self.model.unet if self.wrapped else self.model
 
     def loss(self, model, index, generator):
         b = index.shape[0]
@@ -240,33 +267,42 @@ class LatentDenoisingStage(OnDevice):
         t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator, device=where).to(self.device)
         noise = torch.randn(x0.shape, generator=generator, device=where).to(self.device)
         fn = lambda x_t, tt: self.predict(model, x_t, tt, cond)  # noqa: E731
+        loss = lambda: diffusion_loss(fn, self.schedule, x0, t=t, noise=noise,  # noqa: E731
+                                      min_snr_gamma=self.min_snr_gamma, x0_weight_floor=self.x0_weight_floor)
         if not self.grounding_weight:
-            return diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma)
+            return loss()
         from latentdiff.train.grounding import grounding_loss
 
         self.capture.active = True
         try:
-            loss = diffusion_loss(fn, self.schedule, x0, t=t, noise=noise, min_snr_gamma=self.min_snr_gamma)
+            plain = loss()
         finally:
             self.capture.active = False
         keep = ~self.dropped.to(self.device) & (t >= self.grounding_min_t)
         ground = grounding_loss(self.capture.take(), self.token_obj[index].to(self.device),
                                 self.instances[index].to(self.device), keep)
-        return loss + self.grounding_weight * ground
+        return plain + self.grounding_weight * ground
 
 
 class UNetTrainStage(LatentDenoisingStage):
-    """Stage 3: a fresh ``UNet2DConditionModel`` trained on the frozen text encoder's contexts."""
+    """Stage 3: a fresh ``UNet2DConditionModel`` trained on the text encoder's contexts: cached once when the
+    encoder is frozen, computed each step when it trains too (``text_encoder_lr_scale`` > 0)."""
 
     name = "unet"
 
     def __init__(self, cfg: UNetStage, latent_mean, latent_std, tokens, null_tokens, text_encoder,
                  scaling_factor: float, device, assemble=None):
         self.cfg = cfg
+        self.train_text = self.wrapped = cfg.text_encoder_lr_scale > 0
         self._setup(latent_mean, latent_std, scaling_factor, Schedule.from_config(cfg.schedule), tokens,
-                    null_tokens, text_encoder, device)
-        self.model = build_unet(cfg.model)
-        self.assemble = assemble  # callable(unet, out_folder) -> model folder; None in tests
+                    null_tokens, text_encoder, device, encode_captions=not self.train_text)
+        unet = build_unet(cfg.model)
+        if self.train_text:
+            self.model = UNetWithText(unet, text_encoder.train().requires_grad_(True))
+            self.lr_scales = {"text_encoder.": cfg.text_encoder_lr_scale}
+        else:
+            self.model = unet
+        self.assemble = assemble  # callable(unet, text_encoder or None, out_folder) -> model folder; None in tests
 
     @property
     def cond_dropout(self) -> float:
@@ -276,12 +312,17 @@ class UNetTrainStage(LatentDenoisingStage):
     def min_snr_gamma(self) -> float | None:
         return self.cfg.min_snr_gamma
 
+    @property
+    def x0_weight_floor(self) -> float:
+        return self.cfg.x0_weight_floor
+
     def validate(self, model, step, out):
         if self.assemble is None:
             return {"step": step}
         from latentdiff.pipeline import Pipeline
 
-        folder = self.assemble(model, out / "val_model")
+        text = model.text_encoder if self.wrapped else None
+        folder = self.assemble(model.unet if self.wrapped else model, text, out / "val_model")
         pipe = Pipeline.load(folder, device="cpu" if self.device.type == "cpu" else str(self.device))
         prompts = list(self.cfg.validation_prompts)
         images = [np.asarray(im) for p in prompts for im in pipe.generate(p, num_images=4, seed=0)]
@@ -289,6 +330,9 @@ class UNetTrainStage(LatentDenoisingStage):
         return {"step": step}
 
     def finish(self, model, out):
+        if self.wrapped:
+            model.text_encoder.save_pretrained(str(out / "text_encoder"), safe_serialization=True)
+            model = model.unet
         model.save_pretrained(str(out / "unet"), safe_serialization=True)
         return out
 
