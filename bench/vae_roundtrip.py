@@ -158,7 +158,6 @@ def roundtrip(vae, images: np.ndarray) -> np.ndarray:
 
 def recall(vae, n: int, out: Path, tag: str) -> dict:
     """Objects found again after the round trip, by kind (star | base) and size; MSE; a figure per kind."""
-    from latentdiff.data.outlines import concave_scene, generic_scene
     from latentdiff.data.shapes import STAR, render, sample_scene
     from latentdiff.eval.scorer import box_iou, find_objects
 
