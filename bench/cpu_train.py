@@ -4,8 +4,10 @@ processor where the CPU computes bf16 natively, else fp32), side by side in one 
 
     .venv/bin/python bench/cpu_train.py                        # the U-Net, VAE and CLIP of configs/default.yaml
     .venv/bin/python bench/cpu_train.py --config configs/default.yaml --nets unet --repeats 5 --json out.json
+    .venv/bin/python bench/cpu_train.py --config configs/default_v2.yaml --nets unet   # U-Net + text encoder
 
-Each timed step is a forward, a backward and an AdamW step on random data of the stage's shapes and batch.
+Each timed step is a forward, a backward and an AdamW step on random data of the stage's shapes and batch;
+with ``unet.text_encoder_lr_scale`` > 0 the U-Net's step includes the text encoder, as the recipe trains it.
 Prints samples/s per network and path, the ratio, the CPU model (lscpu) and which bf16 unit it has.
 """
 from __future__ import annotations
@@ -36,7 +38,8 @@ def cpu_model() -> str:
 
 def nets(cfg):
     """(name, module, batch, step function building a loss from random inputs) for each network."""
-    from latentdiff.models.factory import build_clip, build_unet, build_vae
+    from latentdiff.models.factory import build_clip, build_text_encoder, build_unet, build_vae
+    from latentdiff.train.stages import UNetWithText
 
     u, v, c = cfg.unet, cfg.vae, cfg.clip
     side = u.model.sample_size
@@ -44,8 +47,16 @@ def nets(cfg):
 
     def unet_loss(m, b):
         x = torch.randn(b, 4, side, side)
-        out = m(x, torch.randint(0, 1000, (b,)), encoder_hidden_states=torch.randn(b, length, c.text.hidden_size)).sample
+        if isinstance(m, UNetWithText):  # the text encoder trains too: token ids in, encoded in the step
+            out = m(x, torch.randint(0, 1000, (b,)), torch.randint(0, m.text_encoder.config.vocab_size, (b, length)))
+        else:
+            out = m(x, torch.randint(0, 1000, (b,)),
+                    encoder_hidden_states=torch.randn(b, length, c.text.hidden_size)).sample
         return (out.float() - x).pow(2).mean()
+
+    unet = build_unet(u.model)
+    if u.text_encoder_lr_scale > 0:
+        unet = UNetWithText(unet, build_text_encoder(c.text))
 
     def vae_loss(m, b):
         x = torch.rand(b, 3, v.crop or 64, v.crop or 64) * 2 - 1
@@ -56,7 +67,7 @@ def nets(cfg):
         ids = torch.randint(0, m.config.text_config.vocab_size, (b, length))
         return m(input_ids=ids, pixel_values=torch.rand(b, 3, 64, 64), return_loss=True).loss
 
-    return {"unet": (build_unet(u.model), u.loop.batch_size, unet_loss),
+    return {"unet": (unet, u.loop.batch_size, unet_loss),
             "vae": (build_vae(v.model), v.loop.batch_size, vae_loss),
             "clip": (build_clip(c.text, c.image), c.loop.batch_size, clip_loss)}
 

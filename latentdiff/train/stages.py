@@ -3,10 +3,11 @@
 1. ``vae``  — ``AutoencoderKL``: L1 + L2 reconstruction and a small KL term; the latent scaling factor
    is measured on the data (1 / std of latents) and saved in the VAE's config.
 2. ``clip`` — a small ``CLIPModel`` trained contrastively on (image, caption) pairs (the CLIP loss);
-   its text tower becomes the frozen ``CLIPTextModel`` of the diffusion model, its image tower is kept.
+   its text tower becomes the ``CLIPTextModel`` of the diffusion model, its image tower is kept.
 3. ``unet`` — ``UNet2DConditionModel`` on cached latents with the loss of [DDPM] Algorithm 1 and
    conditioning dropout: with probability p a caption is replaced by the empty prompt, whose encoding
-   is the null condition, so one model serves classifier-free guidance.
+   is the null condition, so one model serves classifier-free guidance. The text encoder stays frozen,
+   or trains with the U-Net (``text_encoder_lr_scale``).
 """
 from __future__ import annotations
 
