@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "(metadata.jsonl, metadata.csv or name.txt beside each image). Images of any size and "
                     "format are converted (centre crop; transparency on white); unreadable ones are skipped "
                     "and listed before training starts. Interrupt at any time and continue with --resume.")
-    p.add_argument("--data", required=True, metavar="DIR", help="the image folder")
+    p.add_argument("--data", default=None, metavar="DIR", help="the image folder (or --reward, below)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder: pytorch_lora_weights.safetensors (LoRA) or model/ (--full), "
                         "plus checkpoints, log and a validation grid")
@@ -55,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", default="0", metavar="S", help="seed of the data order, noise and LoRA init")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    from latentdiff.commands.finetune_reward import add_arguments
+
+    add_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -97,6 +100,12 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from latentdiff.train.finetune import finetune
 
+    if args.reward is not None:
+        from latentdiff.commands.finetune_reward import run as run_reward
+
+        return run_reward(args)
+    if args.data is None:
+        raise UserError("one of --data DIR (your images) or --reward NAME (reward fine-tuning) is required")
     cfg = build_config(args)
     result = finetune(cfg, resume=args.resume)
     print(f"result: {result}")

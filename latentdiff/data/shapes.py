@@ -311,6 +311,21 @@ def held_out_prompts() -> list[str]:
     return prompts
 
 
+def training_prompts(num: int = 256, seed: int = 0, objects: tuple[int, int] = (1, 2)) -> list[str]:
+    """``num`` distinct prompts of training combinations, in a fixed order for ``seed``: the most specific
+    caption (sizes and positions; a relation for two objects) of scenes drawn with exclude_held_out=True,
+    so no held-out triple or pair, and never one of :func:`held_out_prompts`."""
+    held, found = set(held_out_prompts()), {}
+    for index in range(100 * num):
+        rng = np.random.default_rng([seed, index])
+        text = caption(sample_scene(rng, objects, BASE_SHAPES, exclude_held_out=True), rng, training=False)
+        if text not in held:
+            found.setdefault(text)
+        if len(found) == num:
+            break
+    return list(found)
+
+
 # --- inpainting masks ---------------------------------------------------------------------------
 def box_mask(scene: Scene, index: int, dilate: int = 2) -> np.ndarray:
     """Mask of object ``index``'s box grown by ``dilate`` px (clamped): (64, 64) uint8 in {0, 255}."""

@@ -236,14 +236,15 @@ def _identity(cfg: FinetuneConfig, base, size: int, images: int) -> dict:
             "images": images}
 
 
-def _check_identity(out: Path, identity: dict, resume: bool) -> None:
-    """Write ``finetune.json``; on ``--resume`` first refuse settings that differ from the run's."""
-    path = out / "finetune.json"
+def _check_identity(out: Path, identity: dict, resume: bool, keys: tuple[str, ...] = IDENTITY_KEYS,
+                    name: str = "finetune.json") -> None:
+    """Write ``name`` (``finetune.json``); on ``--resume`` first refuse ``keys`` that differ from the run's."""
+    path = out / name
     if resume and path.is_file():
         before = json.loads(path.read_text())
         if before.get("method") == "lora":
             before.setdefault("lora_layers", "attention")  # runs from before the option had only these
-        changed = [k for k in IDENTITY_KEYS if before.get(k) != identity.get(k)]
+        changed = [k for k in keys if before.get(k) != identity.get(k)]
         if changed:
             what = ", ".join(f"{k} {before.get(k)!r} → {identity.get(k)!r}" for k in changed)
             raise UserError(f"{out}: cannot resume, the run was started with other settings ({what}); "

@@ -31,7 +31,8 @@ from latentdiff.errors import UserError
 from latentdiff.train.config import LoopConfig
 from latentdiff.train.state import latest_checkpoint, load_checkpoint, save_checkpoint
 
-STAGE_IDS = {"vae": 1, "clip": 2, "unet": 3, "inpaint": 4, "classifier": 5, "finetune": 6, "layout": 7, "segmap": 8}
+STAGE_IDS = {"vae": 1, "clip": 2, "unet": 3, "inpaint": 4, "classifier": 5, "finetune": 6, "layout": 7, "segmap": 8,
+             "reward": 9}
 
 
 class TrainingStopped(UserError):
