@@ -197,11 +197,12 @@ class Pipeline:
     def optimize(self, speed=None, **options) -> "Pipeline":
         """Make inference faster in place: a :class:`~latentdiff.speed.Speed` value and/or its options as
         keywords (``dtype``, ``channels_last``, ``attention``, ``fuse_qkv``, ``compile``, ``compile_vae``,
-        ``cuda_graph``; all off by default), added to any applied before. Apply LoRA files and layout or
+        ``cuda_graph``, ``threads``; all off by default; ``auto=True``: what this machine supports, resolved
+        here for the pipeline's device), added to any applied before. Apply LoRA files and layout or
         segmentation checkpoints first. See :mod:`latentdiff.speed` and docs/performance.md."""
-        from latentdiff.speed import apply, speed_from
+        from latentdiff.speed import apply, resolve_auto, speed_from
 
-        merged = speed_from(speed, **options)
+        merged = resolve_auto(speed_from(speed, **options), self.device)
         if self.speed is not None:  # keep what was applied before; the new value adds to it
             merged = speed_from(self.speed, **merged.describe())
         self._unet_call = apply(self, merged)

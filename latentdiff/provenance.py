@@ -99,6 +99,7 @@ MAX_PATH_CHARS = 4096
 MAX_NAME_CHARS = 1000
 MAX_LORAS = 64
 MAX_BOXES = 64
+MAX_THREADS = 4096  # latentdiff.speed.MAX_THREADS (not imported: that would import torch)
 
 
 def check_record(raw: dict, limits: Limits | None = None) -> None:
@@ -215,7 +216,9 @@ def _extra(extra, chars: int) -> None:
         _path(cg.get("classifier_path"), "extra.classifier_guidance.classifier_path", optional=True)
     if "speed" in extra:
         for key, value in _object(extra["speed"], "extra.speed").items():
-            if not isinstance(value, (bool, str, type(None))):
+            if key == "threads":
+                check_int(value, "extra.speed.threads", 1, MAX_THREADS)
+            elif not isinstance(value, (bool, str, type(None))):
                 raise UserError(f"extra.speed.{short(key, 30)} {short(value)}: expected true, false, a word or null")
     if "spatial_checkpoints" in extra:
         for key, value in _object(extra["spatial_checkpoints"], "extra.spatial_checkpoints").items():

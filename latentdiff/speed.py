@@ -1,6 +1,7 @@
 """Inference speed options: they change how the networks run, never what the sampler does.
 
 >>> pipe = Pipeline.load(path, device="cuda").optimize(Speed.fast())      # or .optimize(dtype="fp16", ...)
+>>> pipe = Pipeline.load(path, device="cpu").optimize(auto=True)           # what this machine supports
 
 A :class:`Speed` value names the options; :func:`apply` (what :meth:`Pipeline.optimize` calls) changes the
 U-Net and VAE in place — dtype, memory format, attention processors, fused q/k/v projections,
@@ -14,9 +15,15 @@ captured forwards replay back to back.
 Every option is off by default (the plain path). Applying options twice changes nothing; applying more
 options later adds them. The first call after ``compile`` / ``cuda_graph`` pays for compilation and
 capture (per input shape); see docs/performance.md for what each option buys on an H200.
+
+``auto`` (:func:`auto_options`) picks the options this machine supports and that measured faster than the
+plain path here: on a CPU that computes bf16 natively (:func:`cpu_bf16_kind`), bf16 weights with the classic
+attention processor, and the threads the process may use; on any other CPU only the threads.
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -28,6 +35,7 @@ from latentdiff.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ATTENTION = ("default", "sdpa", "eager")
+MAX_THREADS = 4096
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,10 @@ class Speed:
     * ``cuda_graph`` — capture the U-Net forward in a CUDA graph per input shape and replay it
       (:class:`GraphedUNet`): no per-kernel launch cost. Needs a CUDA device and static shapes (which
       sampling has: every step has the same batch and size).
+    * ``threads`` — ``torch.set_num_threads`` for the process's CPU work (None leaves it as it is). It is
+      process-wide: other pipelines in the process run with it too.
+    * ``auto`` — add the options this machine supports (:func:`auto_options`; options given beside it win).
+      :meth:`Pipeline.optimize` resolves it into those options, so records name what ran, never ``auto``.
     """
 
     dtype: str | None = None
@@ -55,6 +67,8 @@ class Speed:
     compile: str | None = None
     compile_vae: bool = False
     cuda_graph: bool = False
+    threads: int | None = None
+    auto: bool = False
 
     def __post_init__(self):
         if self.compile is True:
@@ -68,7 +82,10 @@ class Speed:
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise UserError(f"speed compile {self.compile!r}: expected a torch.compile mode "
                             f"({', '.join(COMPILE_MODES)}), True or None")
-        for f in ("channels_last", "fuse_qkv", "compile_vae", "cuda_graph"):
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or not 1 <= self.threads <= MAX_THREADS):
+            raise UserError(f"speed threads {self.threads!r}: expected a whole number in 1..{MAX_THREADS}")
+        for f in ("channels_last", "fuse_qkv", "compile_vae", "cuda_graph", "auto"):
             if not isinstance(getattr(self, f), bool):
                 raise UserError(f"speed {f} {getattr(self, f)!r}: expected True or False")
         if self.fuse_qkv and self.attention == "eager":
@@ -101,17 +118,23 @@ def speed_from(speed: Speed | None = None, **options) -> Speed:
     return replace(speed or Speed(), **options)
 
 
-SPEC_WORDS = ("fast", "fp32", "fp16", "bf16", "channels_last", "sdpa", "eager", "fuse_qkv", "compile[=MODE]",
-              "compile_vae", "cuda_graph")
+SPEC_WORDS = ("auto", "fast", "fp32", "fp16", "bf16", "channels_last", "sdpa", "eager", "fuse_qkv",
+              "compile[=MODE]", "compile_vae", "cuda_graph", "threads=N")
 
 
 def parse_speed(text: str, flag: str = "--speed") -> Speed:
-    """A :class:`Speed` from a comma list such as ``fast``, ``fp16,channels_last,compile`` or
+    """A :class:`Speed` from a comma list such as ``auto``, ``fast``, ``fp16,channels_last,compile`` or
     ``bf16,compile=max-autotune,cuda_graph`` (the command line's ``--speed``); later words add to earlier."""
     options: dict[str, Any] = {}
     for word in (w.strip() for w in text.split(",")):
         name, _, value = word.partition("=")
-        if name == "fast":
+        if name == "auto" and not value:
+            options["auto"] = True
+        elif name == "threads" and value:
+            if not value.isdigit():
+                raise UserError(f"{flag} {text!r}: threads={value!r}: expected a whole number")
+            options["threads"] = int(value)
+        elif name == "fast":
             options.update(Speed.fast().describe())
         elif name in DTYPES:
             options["dtype"] = name
@@ -127,10 +150,52 @@ def parse_speed(text: str, flag: str = "--speed") -> Speed:
     return speed_from(**options)
 
 
+def auto_options(device: str | torch.device = "cpu", flags: frozenset[str] | None = None) -> dict[str, Any]:
+    """The options ``auto`` turns on for ``device`` (``flags``: the CPU's, read from /proc/cpuinfo when None).
+
+    CPU: the threads this process may use (:func:`cpu_threads`) and, where the CPU computes bf16 natively
+    (:func:`cpu_bf16_kind`), bf16 weights with the classic attention processor ("eager"): on an AMD EPYC with
+    AVX-512-BF16 a 25-step generate of the default model ran 1.2x (1 image) to 1.4x (4 images) faster so than
+    stock diffusers in float32; with SDPA in bf16 1.2x at 4 images, with autocast over fp32 weights 1.05x at 1 image
+    (BENCHMARKS.md). Left out because they did not pay there: channels-last (slower in bf16) and
+    ``torch.compile`` (its first call takes 9 s with a warm cache, 100 s cold, more than a generate saves; add
+    ``compile`` for a long-running process). Without native bf16, bf16 is emulated and slower than float32,
+    so only the threads are set.
+    CUDA: :meth:`Speed.fast` without compilation, in bf16 where the GPU computes it, else fp16 (not measured
+    by this module's author; see docs/performance.md for the GPU options).
+    """
+    if torch.device(device).type == "cuda":
+        half = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        return Speed.fast(dtype=half, compile=None).describe()
+    options: dict[str, Any] = {"threads": cpu_threads()}
+    if cpu_bf16_kind(flags) is not None:
+        options.update(dtype="bf16", attention="eager")
+    return options
+
+
+def resolve_auto(speed: Speed, device: str | torch.device, flags: frozenset[str] | None = None) -> Speed:
+    """``speed`` with ``auto`` replaced by :func:`auto_options` for ``device``; options given beside ``auto``
+    win (``auto,fp32``: auto's threads and attention in float32). Without ``auto``, ``speed`` itself."""
+    if not speed.auto:
+        return speed
+    given = {k: v for k, v in speed.describe().items() if k != "auto"}
+    chosen = auto_options(device, flags)
+    if given.get("fuse_qkv") and "attention" not in given:
+        chosen.pop("attention", None)  # fused q/k/v runs SDPA
+    if given.get("compile") == "reduce-overhead":
+        chosen.pop("cuda_graph", None)  # that mode captures CUDA graphs itself
+    return Speed(**{**chosen, **given})
+
+
 def apply(pipe, speed: Speed):
-    """Apply ``speed`` to ``pipe``'s networks in place; return the U-Net callable the denoiser should use."""
+    """Apply ``speed`` to ``pipe``'s networks in place; return the U-Net callable the denoiser should use.
+    ``auto`` must have been resolved (:func:`resolve_auto`; :meth:`Pipeline.optimize` does)."""
+    if speed.auto:
+        raise UserError("speed auto: resolve it for the pipeline's device first (Pipeline.optimize does)")
     if speed.cuda_graph and pipe.device.type != "cuda":
         raise UserError(f"speed cuda_graph needs a CUDA device; the pipeline is on {pipe.device.type}")
+    if speed.threads is not None and torch.get_num_threads() != speed.threads:
+        torch.set_num_threads(speed.threads)
     if speed.dtype is not None:
         pipe.to(dtype=DTYPES[speed.dtype])
     nets = [m for m in (pipe.unet, pipe.vae, pipe.controlnet, pipe.layout_controlnet) if m is not None]
@@ -256,6 +321,47 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cpu_threads() -> int:
+    """The intra-op threads for this process: as many as the environment asks for (``OMP_NUM_THREADS`` or
+    ``MKL_NUM_THREADS`` set: torch's current number, which follows them), else one per physical core among
+    the CPUs the process may run on (its affinity), capped by a cgroup CPU quota (rounded down: one thread
+    more than the quota gets the whole group throttled), which torch's own default does not follow (a
+    container allowed 2 CPUs of a 64-core host would otherwise run a thread per host core)."""
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return torch.get_num_threads()
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = len({_core_of(cpu) for cpu in cpus})
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, math.floor(quota)) if quota is not None else cores)  # down: 1.5 CPUs is 1 thread
+
+
+def _core_of(cpu: int) -> tuple[str, str] | int:
+    """(package, core) of logical CPU ``cpu`` (hyperthreads of one core share it), else the CPU itself."""
+    base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+    try:
+        with open(base + "physical_package_id") as pkg, open(base + "core_id") as core:
+            return pkg.read().strip(), core.read().strip()
+    except OSError:
+        return cpu
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time the process's cgroup may use (cgroup v2 ``cpu.max`` or v1 ``cfs_quota_us``), None
+    when unlimited or unknown."""
+    def read(path: str) -> list[str]:
+        with open(path) as f:
+            return f.read().split()
+
+    for parts in (lambda: read("/sys/fs/cgroup/cpu.max"),  # v2: "<quota> <period>" or "max <period>"
+                  lambda: read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") + read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            quota, period = parts()
+            return None if quota in ("max", "-1") else int(quota) / int(period)
+        except (OSError, ValueError):  # no such file, or not two numbers
+            continue
+    return None
 
 
 def cpu_bf16_kind(flags: frozenset[str] | None = None) -> str | None:

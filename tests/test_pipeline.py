@@ -178,7 +178,8 @@ def sd_pipe(tiny_model_dir):
 
 
 def test_cpu_benchmark_script_runs_on_a_tiny_model(tiny_model_dir):
-    """bench/cpu_generate.py times latentdiff and diffusers on the same work (here: 1 step, 1 repeat)."""
+    """bench/cpu_generate.py times latentdiff (plain and fast path) and diffusers on the same work (here: 1 step,
+    1 repeat)."""
     import argparse
     import importlib.util
     from pathlib import Path
@@ -188,7 +189,9 @@ def test_cpu_benchmark_script_runs_on_a_tiny_model(tiny_model_dir):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     args = argparse.Namespace(model=str(tiny_model_dir), prompt="a red circle", num_images=2, sampler="dpm++",
-                              steps=1, guidance=4.0, seed=0, repeats=1)
+                              steps=1, guidance=4.0, seed=0, repeats=1, speed="bf16,eager")
     result = bench.bench(args)
     assert result["max_pixel_diff"] == 0 and result["images"] == 2
-    assert result["latentdiff_s"] > 0 and result["diffusers_s"] > 0
+    assert result["latentdiff_s"] > 0 and result["diffusers_s"] > 0 and result["fast_s"] > 0
+    assert result["fast_speed"] == {"dtype": "bf16", "attention": "eager"} and result["fast_max_pixel_diff"] > 0
+    assert bench.cpu_model_name()

@@ -42,7 +42,7 @@ SECTIONS = {  # valid `extra` sections, to be broken one key at a time
                "region_phrases": True, "regional_text": 0.5},
     "segmap": {"sha256": "0" * 64, "classes": [0, 1], "scale": 1.0},
     "classifier_guidance": {"class": "circle", "scale": 5.0, "classifier_path": "/nowhere/classifier"},
-    "speed": {"dtype": "fp16", "channels_last": True},
+    "speed": {"dtype": "bf16", "attention": "eager", "threads": 2},
     "spatial_checkpoints": {"layout": "/nowhere/layout", "segmap": "/nowhere/controlnet"},
     "inpaint": {"mode": "blend"},
 }
@@ -165,7 +165,9 @@ def assert_sane(r: Record, limits: Limits) -> None:
         cg = r.extra["classifier_guidance"]
         assert isinstance(cg["class"], str) and math.isfinite(cg.get("scale", 5.0))
     if "speed" in r.extra:
-        assert all(isinstance(k, str) and isinstance(v, (bool, str, type(None))) for k, v in r.extra["speed"].items())
+        for k, v in r.extra["speed"].items():
+            assert isinstance(k, str)
+            assert whole(v, 1, 4096) if k == "threads" else isinstance(v, (bool, str, type(None)))
     if "spatial_checkpoints" in r.extra:
         assert all(v is None or isinstance(v, str) for v in r.extra["spatial_checkpoints"].values())
 

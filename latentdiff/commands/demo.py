@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
+from typing import TYPE_CHECKING
 
 from latentdiff.errors import UserError
+
+if TYPE_CHECKING:  # numpy, torch and PIL are imported where used: building the CLI must not import torch
+    import numpy as np
+    from PIL import Image
 
 TIMESTEPS = (0, 50, 100, 200, 350, 500, 700, 999)
 DEMO_PROMPTS = ("a small red circle in the top left", "a large blue square in the center",
@@ -30,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def forward_noising_strip(image: np.ndarray, timesteps=TIMESTEPS, seed: int = 0, scale: int = 3) -> Image.Image:
     """A strip of x_t for each t: image (H, W, 3) uint8 → PIL image with one labelled panel per t."""
+    import torch
+    from PIL import Image, ImageDraw
+
     from latentdiff.config import ScheduleConfig
     from latentdiff.diffusion.schedule import Schedule, q_sample
     from latentdiff.pixels import to_uint8, to_unit_hwc
@@ -54,6 +58,8 @@ def forward_noising_strip(image: np.ndarray, timesteps=TIMESTEPS, seed: int = 0,
 
 def generate_grid(out: Path, seed: int) -> Path | None:
     """Images for DEMO_PROMPTS (4 seeds each) from the default model, as one grid; None without a model."""
+    import numpy as np
+
     from latentdiff.eval.scorer import score
     from latentdiff.pipeline import DEFAULT_MODEL_DIR, Pipeline
     from latentdiff.pixels import save_grid

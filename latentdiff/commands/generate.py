@@ -49,8 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     g.add_argument("--device", default="auto", metavar="DEV", help="cpu | cuda | auto (default: auto)")
     g.add_argument("--speed", default=None, metavar="LIST",
-                   help="GPU speed options, a comma list: fast (all of them), fp16|bf16, channels_last, sdpa, "
-                        "fuse_qkv, compile[=MODE], compile_vae, cuda_graph (see docs/performance.md)")
+                   help="speed options, a comma list: auto (what this machine supports: on a CPU with native "
+                        "bf16, bf16 and classic attention; recorded as the options it chose), fast (every GPU "
+                        "option), fp16|bf16, channels_last, sdpa|eager, fuse_qkv, compile[=MODE], compile_vae, "
+                        "cuda_graph, threads=N (see docs/performance.md). Default: none, the exact float32 path")
     g.add_argument("--classifier-guidance", default=None, metavar="CLASS",
                    help="classifier guidance towards a shape or colour (circle, square, triangle, red, ...); "
                         "with an empty prompt the default guidance becomes 1 (classifier-free guidance is the "

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="apply a LoRA file (to the served model, not to --inpaint-model)")
     p.add_argument("--speed", default=None, metavar="LIST",
-                   help="GPU speed options as for generate, e.g. fast (see docs/performance.md)")
+                   help="speed options as for generate, e.g. auto or fast (see docs/performance.md)")
     limit_flags(p, "per request", WEB_LIMITS)
     p.set_defaults(handler=run_serve)
 
