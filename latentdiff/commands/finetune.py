@@ -107,10 +107,14 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         raise UserError("one of --data DIR (your images) or --reward NAME (reward fine-tuning) is required")
     cfg = build_config(args)
-    result = finetune(cfg, resume=args.resume)
+    report_result(cfg, finetune(cfg, resume=args.resume))
+    return 0
+
+
+def report_result(cfg, result) -> None:
+    """What a fine-tune wrote and how to use it (a LoRA file or a model folder)."""
     print(f"result: {result}")
     if cfg.method == "lora":
         print(f"use with: latentdiff generate PROMPT --lora {result}" + (f" --model {cfg.model}" if cfg.model else ""))
     else:
         print(f"use with: latentdiff generate PROMPT --model {result}")
-    return 0

@@ -112,12 +112,9 @@ def _positive(flag: str, value: float | None) -> float | None:
 def run(args: argparse.Namespace) -> int:
     from latentdiff.train.reward_finetune import finetune_reward
 
+    from latentdiff.commands.finetune import report_result
+
     cfg = build_config(args)
-    result = finetune_reward(cfg, resume=args.resume)
-    print(f"result: {result}")
+    report_result(cfg, finetune_reward(cfg, resume=args.resume))
     print(f"rewards: {cfg.out}/rewards.jsonl, curve: {cfg.out}/rewards.png")
-    if cfg.method == "lora":
-        print(f"use with: latentdiff generate PROMPT --lora {result}" + (f" --model {cfg.model}" if cfg.model else ""))
-    else:
-        print(f"use with: latentdiff generate PROMPT --model {result}")
     return 0
