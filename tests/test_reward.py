@@ -320,7 +320,12 @@ def test_resume_after_sigkill_continues_the_same_run(tiny_model_dir, tmp_path):
         return [str(a) for a in reward_args(tiny_model_dir, out, "--reward", f"{slow}:reward", "--epochs", 4, "--lr",
                                             "0.02", "--checkpoint-every", 1)]
 
-    assert main(common(tmp_path / "whole")) == 0
+    def cli(*args):  # every part in its own process with one thread, so all see the same float reductions
+        return subprocess.run([sys.executable, "-m", "latentdiff.cli", *args], cwd=ROOT, capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    done = cli(*common(tmp_path / "whole"))
+    assert done.returncode == 0, done.stderr[-2000:]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "latentdiff.cli", *common(killed)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -333,7 +338,8 @@ def test_resume_after_sigkill_continues_the_same_run(tiny_model_dir, tmp_path):
     proc.wait()
     at_kill = latest.read_text().strip()
     assert at_kill < "ckpt-0000008", "the run finished before it could be killed"
-    assert main(common(killed) + ["--resume"]) == 0
+    done = cli(*common(killed), "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
     whole = load_file(str(tmp_path / "whole" / "pytorch_lora_weights.safetensors"))
     resumed = load_file(str(killed / "pytorch_lora_weights.safetensors"))
     assert whole.keys() == resumed.keys()
