@@ -88,19 +88,25 @@ def test_lora_file_is_small_and_in_diffusers_format(loras, tiny_model_dir):
         assert {k.split(".")[0] for k in f.keys()} == {"unet"}
 
 
-def test_diffusers_load_lora_weights_reproduces_generate_lora(loras, tiny_model_dir, tmp_path, capsys):
+def lora_three_ways(capsys, model_dir, lora, tmp_path):
+    """Pixels of "a red star" (2 images, seed 4): ``generate --lora`` (ours), the base model without the
+    LoRA (base), and diffusers' StableDiffusionPipeline after ``load_lora_weights`` (theirs)."""
     from latentdiff.pipeline import Pipeline
 
-    code, out, err = run(capsys, "generate", "a red star", "--model", tiny_model_dir, "--lora", loras["both"],
+    code, out, err = run(capsys, "generate", "a red star", "--model", model_dir, "--lora", lora,
                          "--num-images", 2, "--steps", STEPS, "--guidance", 3, "--sampler", "ddim", "--seed", 4,
                          "--out", tmp_path, "--device", "cpu")
     assert code == 0, err
     ours = pixels([Image.open(p) for p in out.split()])
-    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    pipe = Pipeline.load(model_dir, device="cpu")
     base = pixels(pipe.generate("a red star", **GEN))
-    sd = diffusers_pipeline(tiny_model_dir, pipe)
-    sd.load_lora_weights(str(loras["both"]))
-    theirs = diffusers_images(sd, pipe)
+    sd = diffusers_pipeline(model_dir, pipe)
+    sd.load_lora_weights(str(lora))
+    return ours, base, diffusers_images(sd, pipe)
+
+
+def test_diffusers_load_lora_weights_reproduces_generate_lora(loras, tiny_model_dir, tmp_path, capsys):
+    ours, base, theirs = lora_three_ways(capsys, tiny_model_dir, loras["both"], tmp_path)
     assert np.abs(ours - theirs).max() <= 2
     assert np.abs(ours - base).max() > 20  # the LoRA changes the images far more than the tolerance
 

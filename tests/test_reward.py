@@ -289,23 +289,12 @@ def test_a_run_writes_the_lora_the_reward_log_the_curve_and_validation_grids(rew
 
 
 def test_the_lora_file_loads_with_generate_lora_and_in_diffusers(reward_run, tiny_model_dir, tmp_path, capsys):
-    from PIL import Image
-    from test_finetune import GEN, STEPS, diffusers_images, diffusers_pipeline, pixels
-
-    from latentdiff.pipeline import Pipeline
+    from test_finetune import lora_three_ways
 
     lora = reward_run / "pytorch_lora_weights.safetensors"
     assert lora.is_file() and all("lora" in k for k in load_file(str(lora)))
-    code, out, err = run(capsys, "generate", "a red star", "--model", tiny_model_dir, "--lora", reward_run,
-                         "--num-images", 2, "--steps", STEPS, "--guidance", 3, "--sampler", "ddim", "--seed", 4,
-                         "--out", tmp_path, "--device", "cpu")
-    assert code == 0, err
-    ours = pixels([Image.open(p) for p in out.split()])
-    pipe = Pipeline.load(tiny_model_dir, device="cpu")
-    base = pixels(pipe.generate("a red star", **GEN))
-    sd = diffusers_pipeline(tiny_model_dir, pipe)
-    sd.load_lora_weights(str(reward_run))
-    assert np.abs(ours - diffusers_images(sd, pipe)).max() <= 2
+    ours, base, theirs = lora_three_ways(capsys, tiny_model_dir, reward_run, tmp_path)
+    assert np.abs(ours - theirs).max() <= 2
     assert np.abs(ours - base).max() > 10  # the reward run did change the model
 
 
