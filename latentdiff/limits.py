@@ -39,6 +39,7 @@ from latentdiff.errors import UserError
 MAX_SEED = 2**63 - 1  # seeds are 64-bit; seed + k of the last image must still fit
 MAX_MASK_BLUR = 64  # px of inpainting feather (its cost grows with the square of the width)
 MAX_RESAMPLE = 50  # RePaint resampling: U-Net evaluations per step
+MAX_THREADS = 4096  # speed option threads (torch.set_num_threads)
 # Control characters (Unicode category Cc) other than tab, newline and carriage return, and surrogates (Cs).
 _NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 DEFAULT_BATCH = 8  # images per forward pass unless a call says otherwise (when they fit max_batch_pixels)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from latentdiff.errors import UserError
-from latentdiff.limits import MAX_SEED, Limits, check_int, check_number, check_text, short
+from latentdiff.limits import MAX_SEED, MAX_THREADS, Limits, check_int, check_number, check_text, short
 
 PNG_KEY = "latentdiff"
 RECORD_VERSION = 1
@@ -99,7 +99,6 @@ MAX_PATH_CHARS = 4096
 MAX_NAME_CHARS = 1000
 MAX_LORAS = 64
 MAX_BOXES = 64
-MAX_THREADS = 4096  # latentdiff.speed.MAX_THREADS (not imported: that would import torch)
 
 
 def check_record(raw: dict, limits: Limits | None = None) -> None:

@@ -32,10 +32,10 @@ from torch import Tensor
 
 from latentdiff.config import COMPILE_MODES
 from latentdiff.errors import UserError
+from latentdiff.limits import MAX_THREADS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ATTENTION = ("default", "sdpa", "eager")
-MAX_THREADS = 4096
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def auto_options(device: str | torch.device = "cpu", flags: frozenset[str] | Non
 
     CPU: the threads this process may use (:func:`cpu_threads`) and, where the CPU computes bf16 natively
     (:func:`cpu_bf16_kind`), bf16 weights with the classic attention processor ("eager"): on an AMD EPYC with
-    AVX-512-BF16 a 25-step generate of the default model ran 1.2x (1 image) to 1.4x (4 images) faster so than
+    AVX-512-BF16 a 25-step generate of the default model ran 1.2x (1 image) to 1.4x (4 images) faster than
     stock diffusers in float32; with SDPA in bf16 1.2x at 4 images, with autocast over fp32 weights 1.05x at 1 image
     (BENCHMARKS.md). Left out because they did not pay there: channels-last (slower in bf16) and
     ``torch.compile`` (its first call takes 9 s with a warm cache, 100 s cold, more than a generate saves; add

@@ -98,7 +98,6 @@ class FinetuneStage(LatentDenoisingStage):
         self.cfg, self.base = cfg, base
         self.cond_dropout, self.min_snr_gamma = cfg.caption_dropout, cfg.min_snr_gamma
         train_text = self.train_text = cfg.train_text_encoder
-        self.wrapped = True
         self._setup(latent_mean, latent_std, base.scaling_factor, base.schedule, tokens, null_tokens,
                     base.text_encoder, device, encode_captions=not train_text)
         text = base.text_encoder if train_text else None

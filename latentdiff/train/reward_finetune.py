@@ -267,7 +267,7 @@ class RewardStage:
         the epoch trains on. Files of epochs before the newest checkpoint's are removed (no resume needs them)."""
         from safetensors.torch import save_file
 
-        from latentdiff.train.state import latest_checkpoint
+        from latentdiff.train.state import checkpoint_step
 
         path = self._trajectory_file(ep.index)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,8 +275,7 @@ class RewardStage:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path.with_suffix(".tmp")),
                   metadata={"epoch": str(ep.index), "prompts": json.dumps(ep.prompts)})
         os.replace(path.with_suffix(".tmp"), path)
-        ckpt = latest_checkpoint(self.out / "checkpoints")
-        needed = json.loads((ckpt / "state.json").read_text())["step"] // self.steps_per_epoch if ckpt else 0
+        needed = checkpoint_step(self.out / "checkpoints") // self.steps_per_epoch
         for old in path.parent.glob("epoch*.safetensors"):
             if int(old.stem.removeprefix("epoch")) < min(needed, ep.index):
                 old.unlink(missing_ok=True)
@@ -475,10 +474,9 @@ def _no_checkpoint(out: Path) -> bool:
 
 def _start_step(out: Path, resume: bool) -> int:
     """The step the loop will resume from: its newest checkpoint's (0 for a fresh run)."""
-    from latentdiff.train.state import latest_checkpoint
+    from latentdiff.train.state import checkpoint_step
 
-    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
-    return int(json.loads((ckpt / "state.json").read_text())["step"]) if ckpt is not None else 0
+    return checkpoint_step(out / "checkpoints") if resume else 0
 
 
 def _identity(cfg: RewardConfig, base, pool: list[str]) -> dict:

@@ -182,7 +182,6 @@ class LatentDenoisingStage(OnDevice):
     cond_dropout: float
     min_snr_gamma: float | None
     train_text: bool = False  # the text encoder trains too: a batch is conditioned on token ids
-    wrapped: bool = False  # ``model`` is a UNetWithText
     x0_weight_floor: float = 0.0  # added to min(SNR, γ), the weight on the x₀ error
     grounding_weight: float = 0.0  # > 0: add the cross-attention grounding loss (set_grounding)
     grounding_min_t: int = 0  # ... on the samples with t >= this only
@@ -256,6 +255,11 @@ class LatentDenoisingStage(OnDevice):
         return model(x_t, t, encoder_hidden_states=cond).sample
 
     @property
+    def wrapped(self) -> bool:
+        """``model`` is a :class:`UNetWithText` (called with one condition tensor), not a bare U-Net."""
+        return isinstance(self.model, UNetWithText)
+
+    @property
     def unet(self):
         return self.model.unet if self.wrapped else self.model
 
@@ -294,7 +298,7 @@ class UNetTrainStage(LatentDenoisingStage):
     def __init__(self, cfg: UNetStage, latent_mean, latent_std, tokens, null_tokens, text_encoder,
                  scaling_factor: float, device, assemble=None):
         self.cfg = cfg
-        self.train_text = self.wrapped = cfg.text_encoder_lr_scale > 0
+        self.train_text = cfg.text_encoder_lr_scale > 0
         self._setup(latent_mean, latent_std, scaling_factor, Schedule.from_config(cfg.schedule), tokens,
                     null_tokens, text_encoder, device, encode_captions=not self.train_text)
         unet = build_unet(cfg.model)

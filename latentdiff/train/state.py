@@ -109,6 +109,12 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return ckpt
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The step of the newest checkpoint in ``folder`` (:func:`latest_checkpoint`), 0 when there is none."""
+    ckpt = latest_checkpoint(folder)
+    return int(json.loads((ckpt / "state.json").read_text())["step"]) if ckpt is not None else 0
+
+
 def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     """Load weights (and optimizer state) from ``ckpt`` into the given objects; return state.json's dict
     with ``ema`` (a name → tensor dict, or None) added."""
