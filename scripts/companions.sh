@@ -28,7 +28,10 @@ for part in "${PARTS[@]}"; do
   case "$part" in layout|gligen|segmap|inpaint|classifier) ;; *)
     echo "$part: unknown part; expected layout, gligen, segmap, inpaint or classifier" >&2; exit 2 ;; esac
 done
-ld() { "$PY" -m latentdiff.cli "$@"; }
+# the model's run keeps the latents its VAE made of the training images: reuse them (the cache key includes
+# the VAE's weights, so a cache of another VAE is never taken for this one's)
+CACHE=(); [ -d "$RUN/latents" ] && CACHE=(--latent-cache "$RUN/latents")
+ld() { "$PY" -m latentdiff.cli "$@" "${CACHE[@]}"; }
 for part in "${PARTS[@]}"; do
   echo "== $part (into $RUN-$part)"
   case "$part" in

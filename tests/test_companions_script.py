@@ -28,3 +28,28 @@ def test_an_unknown_part_is_refused_before_any_training(part, tmp_path):
     r = _run(str(tmp_path), "layout", part)
     assert r.returncode == 2 and f"{part}: unknown part" in r.stderr
     assert "== layout" not in r.stdout  # nothing started
+
+
+@pytest.mark.parametrize("command, config, module, function", [
+    ("train-classifier", "configs/classifier.yaml", "latentdiff.train.classifier", "train_classifier"),
+    ("train-spatial", "configs/segmap.yaml", "latentdiff.train.spatial", "train_spatial"),
+    ("train-inpaint", "configs/inpaint.yaml", "latentdiff.train.inpaint", "train_inpaint"),
+])
+def test_latent_cache_flag_replaces_the_recipes_cache(command, config, module, function, monkeypatch, tmp_path):
+    """companions.sh hands each companion its model's run cache with --latent-cache; the flag must reach the
+    trainer's config (the recipes name runs/default/latents)."""
+    import importlib
+
+    from latentdiff.cli import main
+
+    seen = {}
+
+    def fake_train(cfg, resume=False):
+        seen["cfg"] = cfg
+        return tmp_path / "result"
+
+    monkeypatch.setattr(importlib.import_module(module), function, fake_train)
+    assert main([command, config, "--out", str(tmp_path / "run"), "--latent-cache", str(tmp_path / "cache")]) == 0
+    assert seen["cfg"].latent_cache == str(tmp_path / "cache")
+    assert main([command, config, "--out", str(tmp_path / "run")]) == 0
+    assert seen["cfg"].latent_cache == "runs/default/latents"

@@ -10,6 +10,7 @@ from pathlib import Path
 from latentdiff.commands.generate import (SAMPLERS, _free_path, _model_flags, _slug, _UserWarnings, check_request,
                                           limit_flags, parse_device, parse_float, parse_int, parse_limits,
                                           parse_sampler, prepare_out_dir)
+from latentdiff.commands.train import add_latent_cache_arg
 from latentdiff.errors import UserError
 from latentdiff.limits import MAX_MASK_BLUR, MAX_RESAMPLE, MAX_SEED
 
@@ -62,6 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", help="output folder (overrides the recipe's 'out')")
     t.add_argument("--model", "--base-model", dest="base_model", metavar="PATH",
                    help="the text-to-image model to start from (overrides the recipe's 'base_model')")
+    add_latent_cache_arg(t)
     t.set_defaults(handler=run_train_inpaint)
 
 
@@ -128,6 +130,7 @@ def run_train_inpaint(args: argparse.Namespace) -> int:
     from latentdiff.config import load_config
     from latentdiff.train.inpaint import InpaintTrainConfig, train_inpaint
 
-    cfg = load_config(args.config, InpaintTrainConfig, out=args.out, base_model=args.base_model)
+    cfg = load_config(args.config, InpaintTrainConfig, out=args.out, base_model=args.base_model,
+                      latent_cache=args.latent_cache)
     print(f"model: {train_inpaint(cfg, resume=args.resume)}")
     return 0

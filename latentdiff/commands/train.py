@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     c.add_argument("--out", help="output folder (overrides the recipe's 'out')")
     c.add_argument("--model", help="the diffusion model to guide (overrides the recipe's 'model')")
+    add_latent_cache_arg(c)
     c.set_defaults(handler=run_classifier)
 
     s = sub.add_parser("train-spatial", help="train layout (ControlNet or GLIGEN) or segmentation (ControlNet) "
@@ -40,7 +41,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--init", metavar="DIR", help="start the ControlNet from this trained folder, a later phase "
                                                "(overrides the recipe's 'init')")
     s.add_argument("--install", action="store_true", help="copy the result into the base model's folder")
+    add_latent_cache_arg(s)
     s.set_defaults(handler=run_spatial)
+
+
+def add_latent_cache_arg(p: argparse.ArgumentParser) -> None:
+    """--latent-cache: the companions of a model trained elsewhere find its run's cache (scripts/companions.sh)."""
+    p.add_argument("--latent-cache", metavar="DIR",
+                   help="where latent caches live (overrides the recipe's 'latent_cache'; a cache is reused only "
+                        "when its key, which includes the VAE's weights, matches)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +67,8 @@ def run_classifier(args: argparse.Namespace) -> int:
     from latentdiff.config import load_config
     from latentdiff.train.classifier import ClassifierTrainConfig, train_classifier
 
-    cfg = load_config(args.config, ClassifierTrainConfig, out=args.out, model=args.model)
+    cfg = load_config(args.config, ClassifierTrainConfig, out=args.out, model=args.model,
+                      latent_cache=args.latent_cache)
     print(f"classifier: {train_classifier(cfg, resume=args.resume)}")
     return 0
 
@@ -69,7 +79,8 @@ def run_spatial(args: argparse.Namespace) -> int:
     from latentdiff.config import load_config
     from latentdiff.train.spatial import SpatialTrainConfig, install, train_spatial
 
-    cfg = load_config(args.config, SpatialTrainConfig, out=args.out, base_model=args.model, init=args.init)
+    cfg = load_config(args.config, SpatialTrainConfig, out=args.out, base_model=args.model, init=args.init,
+                      latent_cache=args.latent_cache)
     result = train_spatial(cfg, resume=args.resume)
     print(f"{cfg.condition}: {result}")
     if args.install:
