@@ -1,0 +1,81 @@
+"""Choose a model's default guidance scale (and check its sampler and steps) on validation prompts, never on
+the held-out ones: prompts of training combinations (``training_prompts``: no held-out triple or pair),
+seeds far from the evaluation's (the suite draws image j from seed j), scored by the shapes scorer with the
+same tallies as ``latentdiff eval --sections accuracy``.
+
+    python bench/guidance_select.py --model runs/default_v2/model --guidance 2 3 4 6 8 --out runs/guidance_v2
+
+Prints one row per setting and writes OUT/results.json. The chosen setting goes into the model folder's
+latentdiff.json as "generate_defaults" (``--write w``), which `latentdiff generate` and `eval` then use.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def validation_prompts(num_each: int) -> list[str]:
+    from latentdiff.data.shapes import training_prompts
+
+    return training_prompts(num_each, seed=0, objects=(1, 1)) + training_prompts(num_each, seed=0, objects=(2, 2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="model folder")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[2.0, 3.0, 4.0, 6.0, 8.0])
+    ap.add_argument("--sampler", default=None, help="default: the model's")
+    ap.add_argument("--steps", type=int, default=None, help="default: the model's")
+    ap.add_argument("--prompts", type=int, default=24, help="prompts of each kind (one object, two objects)")
+    ap.add_argument("--images", type=int, default=2, help="images per prompt")
+    ap.add_argument("--seed", type=int, default=1000, help="image j of a prompt starts from seed + j")
+    ap.add_argument("--out", default="runs/guidance_select")
+    ap.add_argument("--write", type=float, default=None, metavar="W",
+                    help="record guidance W (with --sampler/--steps when given) as the model's generate_defaults")
+    args = ap.parse_args()
+
+    from latentdiff.eval.accuracy import evaluate_prompts
+    from latentdiff.pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, device="cpu")
+    prompts = validation_prompts(args.prompts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for w in args.guidance:
+        t0 = time.perf_counter()
+        s = evaluate_prompts(pipe, prompts, num_images=args.images, guidance=w, sampler=args.sampler,
+                             steps=args.steps, seed=args.seed, progress=False)
+        row = {**{k: (v["accuracy"] if isinstance(v, dict) else v) for k, v in s.items()},
+               "guidance": w, "sampler": args.sampler or pipe.defaults["sampler"],
+               "steps": args.steps or pipe.defaults["steps"], "seconds": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {"model": args.model, "prompts": len(prompts), "images_per_prompt": args.images, "seed": args.seed,
+              "rows": rows}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    print(f"{'w':>5} {'colour+shape':>12} {'position':>9} {'size':>6} {'relation':>9} {'match':>6} {'diversity':>9}")
+    for r in rows:
+        print(f"{r['guidance']:>5} {r['one_colour_shape']:>12.3f} {r['one_position']:>9.3f} {r['one_size']:>6.3f} "
+              f"{r['two_relation']:>9.3f} {r['any_match']:>6.3f} {r['diversity']:>9.3f}")
+    if args.write is not None:
+        index = Path(args.model) / "latentdiff.json"
+        meta = json.loads(index.read_text())
+        defaults = {"guidance": args.write}
+        if args.sampler:
+            defaults["sampler"] = args.sampler
+        if args.steps:
+            defaults["steps"] = args.steps
+        meta["generate_defaults"] = {**meta.get("generate_defaults", {}), **defaults}
+        index.write_text(json.dumps(meta, indent=1))
+        print(f"{index}: generate_defaults = {meta['generate_defaults']}")
+
+
+if __name__ == "__main__":
+    main()
