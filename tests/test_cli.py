@@ -14,6 +14,17 @@ def test_demo_writes_forward_noising_picture(tmp_path, capsys):
     assert "forward_noising.png" in capsys.readouterr().out
 
 
+def test_demo_model_flag_generates_with_that_model(tmp_path, capsys, tiny_model_dir):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("images match the prompt") == 4 and (tmp_path / "d" / "generated.png").is_file()
+
+
+def test_demo_model_flag_names_a_missing_model(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "nowhere")]) == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+
+
 def test_user_error_is_one_line_and_exit_2(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -24,5 +35,6 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
 
 
 def test_bad_flag_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "latentdiff.cli", "demo", "--seed", "x"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "latentdiff.cli", "demo", "--seed", "x"], capture_output=True,
+                          text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

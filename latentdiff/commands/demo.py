@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--seed", type=int, default=0, help="which scene to draw (default: 0)")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="model folder or .safetensors to generate with (default: the default model)")
     p.set_defaults(handler=run)
 
 
@@ -56,18 +58,19 @@ def forward_noising_strip(image: np.ndarray, timesteps=TIMESTEPS, seed: int = 0,
     return strip
 
 
-def generate_grid(out: Path, seed: int) -> Path | None:
-    """Images for DEMO_PROMPTS (4 seeds each) from the default model, as one grid; None without a model."""
+def generate_grid(out: Path, seed: int, model: str | None = None) -> Path | None:
+    """Images for DEMO_PROMPTS (4 seeds each) from ``model`` (None: the default model), as one grid; None
+    without a default model."""
     import numpy as np
 
     from latentdiff.eval.scorer import score
     from latentdiff.pipeline import DEFAULT_MODEL_DIR, Pipeline
     from latentdiff.pixels import save_grid
 
-    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+    if model is None and not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
         print("no default model installed: skipping generation")
         return None
-    pipe = Pipeline.load(None)
+    pipe = Pipeline.load(model)
     rows = []
     for prompt in DEMO_PROMPTS:
         images = pipe.generate(prompt, num_images=4, seed=seed)
@@ -89,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create the output folder ({exc.strerror})") from None
-    generate_grid(out, args.seed)
+    generate_grid(out, args.seed, args.model)
     scene, text = scene_for_index(args.seed, 0)
     rgb, _ = render(scene)
     path = out / "forward_noising.png"
     forward_noising_strip(rgb, seed=args.seed).save(path)
     print(f"scene: {text!r}")
-    print(f"wrote {path}: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for t = {', '.join(str(t + 1) for t in TIMESTEPS)}")
+    print(f"wrote {path}: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for t = "
+          f"{', '.join(str(t + 1) for t in TIMESTEPS)}")
     return 0
