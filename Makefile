@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # torch/torchvision first and pinned: on the project machines they come from local disk.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow test-ui ui-screenshots clean default-model default-long inpaint-model
+.PHONY: install demo test lint test-slow test-ui ui-screenshots clean default-model default-long inpaint-model
 
 install: $(STAMP)
 
@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/latentdiff demo --out demo_out
 
-test: $(STAMP)
+test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q
+
+# ruff with the rules and line length of pyproject.toml (part of `make test`, so CI runs it)
+lint: $(STAMP)
+	$(VPY) -m ruff check
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q -m slow

@@ -117,7 +117,8 @@ def main(argv=None) -> int:
             runs["recipe"].append(timed_steps(ours, batch, loss_fn, kind is not None, args.steps))
         sps = {k: batch / statistics.median(v) for k, v in runs.items()}
         results[name] = {"batch": batch, "fp32_samples_per_s": sps["fp32"], "recipe_samples_per_s": sps["recipe"],
-                         "recipe_path": f"bf16 autocast + classic attention ({kind})" if kind else "fp32 (no native bf16)",
+                         "recipe_path": (f"bf16 autocast + classic attention ({kind})" if kind
+                                         else "fp32 (no native bf16)"),
                          "ratio": sps["recipe"] / sps["fp32"]}
         print(f"{name:5s} batch {batch:3d}: fp32 {sps['fp32']:7.1f} samples/s   recipe {sps['recipe']:7.1f} samples/s"
               f"   ({results[name]['recipe_path']})   ratio {results[name]['ratio']:.2f}x", flush=True)

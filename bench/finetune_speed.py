@@ -2,8 +2,9 @@
 encoder) against full fine-tuning, same model, data, batch and resolution, through ``latentdiff finetune``'s
 own code path (:func:`latentdiff.train.finetune.finetune`). Results go to BENCHMARKS.md.
 
-    nice -n 19 env OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 .venv/bin/python bench/finetune_speed.py --model latentdiff/assets/default_model
-    .venv/bin/python bench/finetune_speed.py                 # no --model: random weights, the default recipe's architecture
+    nice -n 19 env OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 .venv/bin/python bench/finetune_speed.py \\
+        --model latentdiff/assets/default_model
+    .venv/bin/python bench/finetune_speed.py   # no --model: random weights, the default recipe's architecture
     .venv/bin/python bench/finetune_speed.py --steps 12 --batch-size 16 --json out.json
 
 Each mode runs ``--steps`` steps on a 64-image star folder (written by the shapes world), ``--rounds``
@@ -48,8 +49,8 @@ def default_architecture(folder: Path) -> Path:
     torch.manual_seed(0)
     tok = load_clip_tokenizer(None)
     tok.model_max_length = cfg.clip.text.max_length
-    pipe = Pipeline.from_components(build_unet(cfg.unet.model), build_vae(cfg.vae.model), build_text_encoder(cfg.clip.text),
-                                    tok, Schedule.from_config(cfg.unet.schedule))
+    pipe = Pipeline.from_components(build_unet(cfg.unet.model), build_vae(cfg.vae.model),
+                                    build_text_encoder(cfg.clip.text), tok, Schedule.from_config(cfg.unet.schedule))
     pipe.save(folder)
     return folder
 
@@ -83,7 +84,8 @@ def summarise(runs: list[dict], batch: int) -> dict:
         wall = statistics.median(x for r in mine for x in r["wall"])
         cpu = statistics.median(x for r in mine for x in r["cpu"])
         out[mode] = {"wall_s_per_step": wall, "cpu_s_per_step": cpu, "steps_per_s": 1 / wall,
-                     "steps_per_cpu_s": 1 / cpu, "images_per_s": batch / wall, "timed_steps": sum(len(r["wall"]) for r in mine),
+                     "steps_per_cpu_s": 1 / cpu, "images_per_s": batch / wall,
+                     "timed_steps": sum(len(r["wall"]) for r in mine),
                      "trained_params": mine[0]["trained_params"]}
     return out
 
@@ -103,9 +105,9 @@ def main(argv=None) -> int:
     if args.steps < args.warmup + 3:
         p.error("--steps must exceed --warmup by at least 3")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from latentdiff.data.shapes import write_dataset
-
     import torch
+
+    from latentdiff.data.shapes import write_dataset
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -78,8 +78,9 @@ def train(args, data: Path, out: Path) -> tuple[Path, float]:
     from latentdiff.commands.finetune import build_config
     from latentdiff.train.finetune import finetune
 
-    argv = ["finetune", "--data", str(data), "--out", str(out), "--lora", str(args.rank), "--lora-layers", args.lora_layers,
-            "--steps", str(args.steps), "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+    argv = ["finetune", "--data", str(data), "--out", str(out), "--lora", str(args.rank),
+            "--lora-layers", args.lora_layers, "--steps", str(args.steps), "--lr", str(args.lr),
+            "--batch-size", str(args.batch_size), "--seed", str(args.seed),
             "--device", args.device] + (["--model", args.model] if args.model else []) + \
            (["--train-text-encoder"] if args.train_text_encoder else []) + (["--resume"] if args.resume else [])
     print("latentdiff " + " ".join(argv), flush=True)

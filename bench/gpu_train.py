@@ -201,7 +201,8 @@ def latentdiff_loop(case: Case, device, warmup: int, steps: int, compile: str = 
         except _Timed:
             pass
     rate = steps / (stamps[warmup + steps] - stamps[warmup])
-    name = "latentdiff" + (f" compile={compile}" if compile != "none" else "") + (" channels_last" if channels_last else "")
+    name = ("latentdiff" + (f" compile={compile}" if compile != "none" else "")
+            + (" channels_last" if channels_last else ""))
     row = {"case": case.name, "loop": name, "batch": case.batch, "steps_per_s": rate,
            "samples_per_s": rate * case.batch, "peak_gib": _peak_gib(device),
            "warmup_s": stamps[warmup] - t_start}
@@ -241,7 +242,8 @@ def measure(tiny: bool, budget_s: float = 420.0, variants: tuple[str, ...] | Non
             rows.append(row)
             print(_line(row), flush=True)
     for case in cases:  # ratios against the plain loop of the same case
-        plain = next((r for r in rows if r["case"] == case.name and r["loop"] == "plain" and "samples_per_s" in r), None)
+        plain = next((r for r in rows if r["case"] == case.name and r["loop"] == "plain" and "samples_per_s" in r),
+                     None)
         for r in rows:
             if plain and r["case"] == case.name and "samples_per_s" in r:
                 r["speedup_vs_plain"] = r["samples_per_s"] / plain["samples_per_s"]

@@ -44,8 +44,8 @@ def main(argv=None) -> int:
 
     from latentdiff.data import shapes
     from latentdiff.inpaint import encode_images
-    from latentdiff.pixels import to_unit_hwc
     from latentdiff.pipeline import Pipeline
+    from latentdiff.pixels import to_unit_hwc
 
     pipe = Pipeline.load(args.model, device="cpu")
     unet = pipe.unet.float()

@@ -192,7 +192,8 @@ def cell_of_deviation(image: np.ndarray) -> int:
     """Grid cell (0-8) with the largest mean deviation from the image's median colour."""
     x = image.astype(np.float32)
     dev = np.abs(x - np.median(x.reshape(-1, 3), 0)).sum(-1)  # (H, W)
-    cells = [dev[r0:r1, c0:c1].mean() for r0, r1 in ((0, 22), (22, 42), (42, 64)) for c0, c1 in ((0, 22), (22, 42), (42, 64))]
+    cells = [dev[r0:r1, c0:c1].mean() for r0, r1 in ((0, 22), (22, 42), (42, 64))
+             for c0, c1 in ((0, 22), (22, 42), (42, 64))]
     return int(np.argmax(cells))
 
 
@@ -316,9 +317,11 @@ def table(results: list[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         rise = "/".join(f"{r[f'x0_swap_rise_t{t}']:+.3f}" for t in SWAP_TS)
-        lines.append(f"| {r['variant']} | {r['steps']} | {r['distinct_cells_per_seed']:.2f} | {r['placed_right']}/{r['n']} "
+        lines.append(f"| {r['variant']} | {r['steps']} | {r['distinct_cells_per_seed']:.2f} "
+                     f"| {r['placed_right']}/{r['n']} "
                      f"| {r['red_circles']}/{r['n']} | {r['early_x0_call0_asked']}, {r['early_x0_call2_asked']} "
-                     f"| {r['early_x0_call2_distinct_per_seed']:.2f} | {rise} | {r['train_s']:.0f} | {r['samples_per_s']:.1f} |")
+                     f"| {r['early_x0_call2_distinct_per_seed']:.2f} | {rise} | {r['train_s']:.0f} "
+                     f"| {r['samples_per_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -373,9 +376,9 @@ def main(argv=None) -> int:
         t0 = time.time()
         res = {"variant": v.name, "steps": args.steps, "batch": args.batch, "train_s": secs, "bf16": bf16,
                "samples_per_s": args.steps * args.batch / secs if secs else 0.0,
-               **placement_test(test_pipe, args.eval_seeds), **swap_test(unet, schedule, encode(test_pipe, data["val_caps"]),
-                                                         encode(test_pipe, data["val_swapped"]), data,
-                                                         pipe.scaling_factor)}
+               **placement_test(test_pipe, args.eval_seeds),
+               **swap_test(unet, schedule, encode(test_pipe, data["val_caps"]),
+                           encode(test_pipe, data["val_swapped"]), data, pipe.scaling_factor)}
         res["eval_s"] = time.time() - t0
         res_file.parent.mkdir(parents=True, exist_ok=True)
         res_file.write_text(json.dumps(res, indent=1))

@@ -27,7 +27,8 @@ import torch
 from latentdiff.errors import UserError
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-UNET_ALL_TARGETS = UNET_TARGETS + ("conv1", "conv2", "conv_shortcut", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+UNET_ALL_TARGETS = UNET_TARGETS + ("conv1", "conv2", "conv_shortcut", "proj_in", "proj_out", "ff.net.0.proj",
+                                   "ff.net.2")
 LORA_LAYERS = {"attention": UNET_TARGETS, "all": UNET_ALL_TARGETS}
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it

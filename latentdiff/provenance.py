@@ -3,7 +3,8 @@
 Each PNG written by ``latentdiff generate`` carries one ``tEXt`` chunk with key ``latentdiff``: a JSON
 object (a :class:`Record`) with the prompt, negative prompt, seed, sampler, steps, guidance, size, the
 model's name, path and weights hash, the LoRA files applied (path, scale, sha256), the device and dtype,
-the latentdiff version, and the batch the image was drawn in. ``latentdiff replay`` reads it back and regenerates the image.
+the latentdiff version, and the batch the image was drawn in. ``latentdiff replay`` reads it back and
+regenerates the image.
 
 A record is input anyone can craft (a PNG's text chunk), so :meth:`Record.from_json` checks every field's
 type and range before anything acts on it (:func:`check_record`): a prompt must be text, a batch must be

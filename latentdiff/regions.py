@@ -61,7 +61,8 @@ class Binding:
         if self.layout is None:
             return f"not bound: {self.reason}"
         boxes = ", ".join(f"{e.phrase} → ({', '.join(f'{v:.2f}' for v in e.box)})" for e in self.layout)
-        return f"{boxes}; the regions agree with {self.agreed} of the prompt's {self.stated} positions, sizes and relations"
+        return (f"{boxes}; the regions agree with {self.agreed} of the prompt's {self.stated} positions, sizes "
+                f"and relations")
 
 
 def map_regions(segmap: np.ndarray, min_pixels: int = MIN_PIXELS) -> list[Region]:

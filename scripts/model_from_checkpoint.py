@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 def build(args) -> int:
     from safetensors.torch import load_file
 
+    from latentdiff.config import load_config
     from latentdiff.errors import UserError
     from latentdiff.models.factory import build_unet
     from latentdiff.models.tokenizer import load_clip_tokenizer
-    from latentdiff.config import load_config
     from latentdiff.train.config import TrainConfig
     from latentdiff.train.run import assemble_model, finished_stages
     from latentdiff.train.state import latest_checkpoint
@@ -51,7 +51,8 @@ def build(args) -> int:
     ckpts = run / "unet" / "checkpoints"
     ckpt = ckpts / f"ckpt-{args.step:07d}" if args.step is not None else latest_checkpoint(ckpts)
     if ckpt is None or not (ckpt / "ema.safetensors").is_file():
-        raise UserError(f"{ckpts}: no checkpoint{'' if args.step is None else f' at step {args.step}'} with EMA weights")
+        raise UserError(f"{ckpts}: no checkpoint{'' if args.step is None else f' at step {args.step}'} "
+                        f"with EMA weights")
     unet = build_unet(cfg.unet.model)
     ema = load_file(str(ckpt / "ema.safetensors"))
     vae, text_encoder = finished_stages(run)

@@ -6,10 +6,11 @@
 Starts ``latentdiff serve``'s server in-process on a free loopback port, then: text-to-image (prompt,
 generate), inpainting (a generated scene uploaded, a stroke painted, inpaint), layout (two boxes with
 phrases) and segmentation map (a class-index map uploaded); the last two generate when the model has
-layout_controlnet/ (or gligen/) and controlnet/ checkpoints (or --layout-model / --segmap-model), and show the panel's
-"not available" note otherwise. The Inpaint panel uses the shipped inpainting model with the default
-model, as ``latentdiff serve`` does (--inpaint-model DIR|none otherwise). CPU cost: two generations and one inpainting at --steps steps (default 20):
-well under a minute with the default model on 2 cores. Needs selenium and chromium (make test-ui).
+layout_controlnet/ (or gligen/) and controlnet/ checkpoints (or --layout-model / --segmap-model), and show the
+panel's "not available" note otherwise. The Inpaint panel uses the shipped inpainting model with the default
+model, as ``latentdiff serve`` does (--inpaint-model DIR|none otherwise). CPU cost: two generations and one
+inpainting at --steps steps (default 20): well under a minute with the default model on 2 cores. Needs selenium
+and chromium (make test-ui).
 """
 from __future__ import annotations
 

@@ -30,8 +30,7 @@ def build_tiny_pipeline(seed: int = 0, prediction: str = "epsilon", tokenizer=No
 
     from latentdiff.config import ScheduleConfig
     from latentdiff.diffusion.schedule import Schedule
-    from latentdiff.models.factory import (TextConfig, UNetConfig, VAEConfig, build_text_encoder, build_unet,
-                                           build_vae)
+    from latentdiff.models.factory import TextConfig, UNetConfig, VAEConfig, build_text_encoder, build_unet, build_vae
     from latentdiff.models.tokenizer import load_clip_tokenizer
     from latentdiff.pipeline import Pipeline
 

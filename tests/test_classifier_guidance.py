@@ -6,12 +6,19 @@ import pytest
 import torch
 
 from latentdiff.config import ScheduleConfig
-from latentdiff.diffusion.guidance import classifier_free_guidance, classifier_guidance, classifier_gradient
+from latentdiff.diffusion.guidance import classifier_free_guidance, classifier_gradient, classifier_guidance
 from latentdiff.diffusion.sampling import sample
 from latentdiff.diffusion.schedule import Schedule
 from latentdiff.errors import UserError
-from latentdiff.models.classifier import (ClassifierConfig, ClassifierGuide, NoiseAwareClassifier, build_classifier,
-                                          load_classifier, save_classifier, soft_labels)
+from latentdiff.models.classifier import (
+    ClassifierConfig,
+    ClassifierGuide,
+    NoiseAwareClassifier,
+    build_classifier,
+    load_classifier,
+    save_classifier,
+    soft_labels,
+)
 
 SCHEDULE = Schedule.from_config(ScheduleConfig())
 SHAPES = ("circle", "square", "triangle")

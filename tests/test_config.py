@@ -29,7 +29,8 @@ def write(tmp_path, text):
 
 
 def test_load_mirrors_dataclasses(tmp_path):
-    cfg = load_config(write(tmp_path, "steps: 5\ninner:\n  lr: 1e-4\n  layers: [8, 16, 32]\nschedule:\n  kind: cosine\n"), Outer)
+    cfg = load_config(write(tmp_path, "steps: 5\ninner:\n  lr: 1e-4\n  layers: [8, 16, 32]\n"
+                                      "schedule:\n  kind: cosine\n"), Outer)
     assert cfg == Outer(steps=5, inner=Inner(lr=1e-4, layers=(8, 16, 32)), schedule=ScheduleConfig(kind="cosine"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.steps = 3
@@ -44,7 +45,8 @@ def test_unknown_key_names_key_and_file(tmp_path):
 
 
 @pytest.mark.parametrize("text,key", [("steps: ten\n", "steps"), ("steps: 1.5\n", "steps"),
-                                      ("inner:\n  lr: fast\n", "inner.lr"), ("inner:\n  layers: [1, a]\n", "inner.layers[1]"),
+                                      ("inner:\n  lr: fast\n", "inner.lr"),
+                                      ("inner:\n  layers: [1, a]\n", "inner.layers[1]"),
                                       ("name: 3\n", "name"), ("inner: 4\n", "inner"), ("steps: true\n", "steps")])
 def test_wrong_type_names_key(tmp_path, text, key):
     p = write(tmp_path, text)

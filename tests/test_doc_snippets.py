@@ -39,7 +39,8 @@ def lora_out(folder: Path) -> None:
 
     from latentdiff.lora import add_lora, save_lora
 
-    unet = UNet2DConditionModel.from_pretrained(ROOT / "latentdiff/assets/default_model/unet", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(ROOT / "latentdiff/assets/default_model/unet",
+                                                torch_dtype=torch.float32)
     configs = add_lora(unet, rank=4)
     with torch.no_grad():
         for name, p in unet.named_parameters():

@@ -47,7 +47,8 @@ def test_oracle_scores_perfectly_and_a_wrong_relation_scores_zero():
     for key in ("one_colour_shape", "one_position", "one_size", "two_relation"):
         assert r[key]["accuracy"] == 1.0 and r[key]["n"] > 0, key
     assert r["diversity"] == 0.0  # identical images
-    wrong = evaluate_prompts(OraclePipe(wrong=True), [p for p in prompts if " of " in p or "above" in p or "below" in p],
+    wrong = evaluate_prompts(OraclePipe(wrong=True),
+                             [p for p in prompts if " of " in p or "above" in p or "below" in p],
                              num_images=1, progress=False)
     assert wrong["two_relation"]["accuracy"] == 0.0
 

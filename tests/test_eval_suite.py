@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_eval import OraclePipe, _obj
 
 from latentdiff.cli import main
 from latentdiff.data.shapes import Scene, held_out_prompts, render
-from latentdiff.eval.suite import (SUITES, Context, ImageBank, Job, RealSet, Suite, class_share, run_suite)
-from test_eval import OraclePipe, _obj
+from latentdiff.eval.suite import SUITES, Context, ImageBank, Job, RealSet, Suite, class_share, run_suite
 
 SHAPE_NAMES = ("circle", "square", "triangle")
 
@@ -184,7 +184,8 @@ def test_sections_without_their_inputs_are_skipped_with_the_reason(tiny_model_di
 @pytest.mark.parametrize("flags,words", [
     (["--sections", "accuracy,speed"], "--sections 'accuracy,speed': expected a comma-separated subset of"),
     (["--suite", "huge"], "--suite 'huge': expected quick or full"),
-    (["--inception-weights", "/nonexistent/inception.pth"], "--inception-weights /nonexistent/inception.pth: file not found"),
+    (["--inception-weights", "/nonexistent/inception.pth"],
+     "--inception-weights /nonexistent/inception.pth: file not found"),
     (["--classifier", "/nonexistent/clf"], "--classifier /nonexistent/clf: not found"),
     (["--num-images", "0"], "--num-images 0: expected a positive integer"),
     (["--sampler", "heun"], "--sampler 'heun': unknown sampler"),
@@ -204,7 +205,8 @@ def test_quick_suite_fits_the_budget_in_network_evaluations():
     for p in prompts:
         jobs |= {Job(p, j, 4.0, "dpm++", 25) for j in range(quick.accuracy_images)}
     for w in quick.guidance:
-        jobs |= {Job(p, j, w, "dpm++", 25) for p in prompts[::quick.guidance_stride] for j in range(quick.guidance_images)}
+        jobs |= {Job(p, j, w, "dpm++", 25) for p in prompts[::quick.guidance_stride]
+                 for j in range(quick.guidance_images)}
     for s in quick.samplers:
         for n in quick.sampler_steps:
             jobs |= {Job(p, j, 4.0, s, n) for p in prompts[::quick.sampler_stride] for j in range(quick.sampler_images)}

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from latentdiff.errors import UserError
-from latentdiff.eval.fid import (ClipImageFeatures, InceptionFeatures, _branch_pool, _FID_POOLS, fd_between,
-                                 feature_stats, frechet_distance)
+from latentdiff.eval.fid import (
+    _FID_POOLS,
+    ClipImageFeatures,
+    InceptionFeatures,
+    _branch_pool,
+    fd_between,
+    feature_stats,
+    frechet_distance,
+)
 
 
 def test_closed_form_for_diagonal_gaussians():

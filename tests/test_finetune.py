@@ -50,8 +50,8 @@ def loras(tiny_model_dir, stars, tmp_path_factory):
             ("all", ["--lora", "2", "--lora-layers", "all", "--seed", "2"]))
     for name, extra in runs:
         code = main(["finetune", "--data", str(stars), "--out", str(root / name), "--model", str(tiny_model_dir),
-                     "--steps", "6", "--batch-size", "4", "--lr", "0.05", "--device", "cpu", "--validation-prompts", "0",
-                     *extra])
+                     "--steps", "6", "--batch-size", "4", "--lr", "0.05", "--device", "cpu",
+                     "--validation-prompts", "0", *extra])
         assert code == 0
     return {name: root / name / "pytorch_lora_weights.safetensors" for name, _ in runs}
 
@@ -188,8 +188,8 @@ def test_bad_lora_flags_are_one_line_errors(spec, words, tiny_model_dir, tmp_pat
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_model_dir, stars, tmp_path, capsys):
-    from latentdiff.commands.finetune import build_config
     from latentdiff.cli import build_parser
+    from latentdiff.commands.finetune import build_config
     from latentdiff.train.finetune import finetune
 
     def cfg(out):

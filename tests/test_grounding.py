@@ -9,8 +9,7 @@ import torch
 import yaml
 
 from latentdiff.models.tokenizer import load_clip_tokenizer
-from latentdiff.train.grounding import (CrossAttnCapture, grounding_loss, instance_map, token_objects,
-                                        word_token_spans)
+from latentdiff.train.grounding import CrossAttnCapture, grounding_loss, instance_map, token_objects, word_token_spans
 
 
 @pytest.fixture(scope="module")

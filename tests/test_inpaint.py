@@ -8,8 +8,15 @@ import torch
 from PIL import Image
 
 from latentdiff.errors import UserError
-from latentdiff.inpaint import (DEFAULT_MASK_BLUR, InpaintBatch, binarize, feather, latent_mask, load_inputs,
-                                prepare_batch)
+from latentdiff.inpaint import (
+    DEFAULT_MASK_BLUR,
+    InpaintBatch,
+    binarize,
+    feather,
+    latent_mask,
+    load_inputs,
+    prepare_batch,
+)
 from latentdiff.models.inpaint import inpainting_unet
 from latentdiff.pipeline import Pipeline, Row
 

@@ -8,8 +8,17 @@ import torch
 
 from latentdiff.data.shapes import SIZE_THRESHOLD, position_of
 from latentdiff.eval.scorer import parse_caption
-from latentdiff.train.inpaint import (MASK_KINDS, Example, InpaintTrainConfig, MaskMix, box_mask, draw_caption,
-                                      draw_mask, object_captions, square_box)
+from latentdiff.train.inpaint import (
+    MASK_KINDS,
+    Example,
+    InpaintTrainConfig,
+    MaskMix,
+    box_mask,
+    draw_caption,
+    draw_mask,
+    object_captions,
+    square_box,
+)
 
 
 def test_masks_are_drawn_at_the_configured_rates_and_cover_the_object():

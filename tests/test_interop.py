@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from latentdiff.errors import UserError
-from latentdiff.interop import (LDM_CLIP, LDM_OPEN_CLIP, LDM_UNET, SD_VARIANTS, detect_sd_variant, ldm_state_dict,
-                                sd_config_dir)
+from latentdiff.interop import (
+    LDM_CLIP,
+    LDM_OPEN_CLIP,
+    LDM_UNET,
+    SD_VARIANTS,
+    detect_sd_variant,
+    ldm_state_dict,
+    sd_config_dir,
+)
 from latentdiff.pipeline import Pipeline
 
 STEPS = 4

@@ -9,21 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny_pipeline
 from PIL import Image
 
-from conftest import build_tiny_pipeline
 from latentdiff.conditioning import Conditioning, Grounding, unet_model
 from latentdiff.diffusion.guidance import Regional, classifier_free_guidance, nested_guidance
 from latentdiff.errors import UserError
 from latentdiff.layout import LayoutEntry, Spatial, read_layout, read_segmap, region_weights
-
 
 # --- nested multi-condition guidance ------------------------------------------------------------------
 
 def _toy_model():
     """ε(x, t, c) nonlinear in c, so guidance terms differ per condition and channel."""
     def model(x, t, c):
-        return torch.tanh(x * (1 + c[:, :1, None, None]) + c[:, 1:2, None, None] * x ** 2) + 0.1 * t[:, None, None, None]
+        return (torch.tanh(x * (1 + c[:, :1, None, None]) + c[:, 1:2, None, None] * x ** 2)
+                + 0.1 * t[:, None, None, None])
     return model
 
 
@@ -149,7 +149,8 @@ def test_untrained_gated_unet_and_controlnet_leave_the_output_unchanged():
     net = controlnet_from_unet(pipe.unet, pipe.vae_scale_factor)
     out = unet_model(pipe.unet, pipe.schedule, controlnet=net)(x, t, Conditioning(context=plain.context, control=seg))
     torch.testing.assert_close(out, ref)
-    assert all(p.requires_grad == (".fuser." in n or n.startswith("position_net.")) for n, p in gated.named_parameters())
+    assert all(p.requires_grad == (".fuser." in n or n.startswith("position_net."))
+               for n, p in gated.named_parameters())
 
 
 def test_rasterise_layout_fills_each_box_with_its_phrase():
@@ -203,7 +204,8 @@ def test_layout_and_segmentation_controlnets_add_their_residuals():
 
 @pytest.mark.parametrize("data, expected", [
     ([{"phrase": "a red circle", "box": [0, 0, 40, 10]}], "entry 0: box [0, 0, 40, 10] is outside the 32x32 image"),
-    ([{"phrase": "a", "box": [0, 0, 4, 4]}, {"phrase": "b", "box": [10, 2, 10, 8]}], "entry 1: box [10, 2, 10, 8]: expected x0 < x1"),
+    ([{"phrase": "a", "box": [0, 0, 4, 4]}, {"phrase": "b", "box": [10, 2, 10, 8]}],
+     "entry 1: box [10, 2, 10, 8]: expected x0 < x1"),
     ([{"phrase": "  ", "box": [0, 0, 4, 4]}], "entry 0: phrase '  ': expected a non-empty string"),
     ([{"phrase": "a", "box": [0, 0, 4, 4]}] * 4, "4 boxes; at most 3 are supported"),
     ([{"phrase": "a", "box": [0, 0, 4]}], "entry 0: box [0, 0, 4]: expected four numbers"),
@@ -366,7 +368,8 @@ def _stage(condition, records, dropout=0.1, method="gligen", binder=False):
 
     base = build_tiny_pipeline()
     cfg = SpatialTrainConfig(condition=condition, spatial_dropout=dropout, validation_cases=0, method=method,
-                             binder=binder, loop=LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1))
+                             binder=binder,
+                             loop=LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1))
     mean, std = vae_latent_stats(base.vae, load_images(records, 32, False), torch.device("cpu"))
     tokens, null = _tokens(base, [r.text for r in records], lambda _: None)
     return base, cfg, SpatialStage(cfg, base, build_model(condition, base, method=method, binder=binder), mean, std,
@@ -451,7 +454,8 @@ def test_the_default_model_ships_its_checkpoints_and_picks_them_up(tmp_path, cap
                  "--segmap", str(tmp_path / "seg.png")]) == 0
     with Image.open(capsys.readouterr().out.strip().splitlines()[-1]) as im:
         record = json.loads(im.text["latentdiff"])
-    assert record["extra"]["layout"] == {"boxes": [{"phrase": "a red circle", "box": [4 / 64, 4 / 64, 28 / 64, 28 / 64]}],
+    assert record["extra"]["layout"] == {"boxes": [{"phrase": "a red circle",
+                                                    "box": [4 / 64, 4 / 64, 28 / 64, 28 / 64]}],
                                          "scale": 3.0, "region_phrases": True, "regional_text": 0.5}
     assert record["guidance"] == 2.0
 
@@ -652,8 +656,15 @@ def test_region_binder_starts_with_no_effect_reads_the_caption_and_round_trips(t
     """A ControlNet given a region binder computes the same residuals as before (its new input channels
     have zero weights); once those weights are non-zero the caption reaches the picture, only on object
     pixels; saved and loaded back it gives the same output and still takes the one-hot map (5 channels)."""
-    from latentdiff.models.control import (RegionBinder, control_picture, input_channels, load_controlnet,
-                                           one_hot, save_segmap_controlnet, with_binder)
+    from latentdiff.models.control import (
+        RegionBinder,
+        control_picture,
+        input_channels,
+        load_controlnet,
+        one_hot,
+        save_segmap_controlnet,
+        with_binder,
+    )
 
     pipe = build_tiny_pipeline()
     net = _nonzero_controlnet(pipe).eval()

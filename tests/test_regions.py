@@ -53,7 +53,8 @@ def test_a_map_that_contradicts_the_prompt_still_binds_its_only_region():
 
 def test_without_positions_regions_go_in_reading_order_and_specks_are_not_regions():
     seg = _map(low=(3, 40, 40, 52, 52), high=(3, 10, 8, 22, 20), speck=(3, 60, 0, 61, 3))  # speck: 3 px
-    assert [r.box for r in map_regions(seg)] == [(10 / 64, 8 / 64, 22 / 64, 20 / 64), (40 / 64, 40 / 64, 52 / 64, 52 / 64)]
+    assert [r.box for r in map_regions(seg)] == [(10 / 64, 8 / 64, 22 / 64, 20 / 64),
+                                                 (40 / 64, 40 / 64, 52 / 64, 52 / 64)]
     b = bind_regions("a red triangle and a cyan triangle", seg)
     assert _boxes(b) == [("a red triangle", (10, 8, 22, 20)), ("a cyan triangle", (40, 40, 52, 52))]
     assert (b.agreed, b.stated) == (0, 0)
@@ -202,8 +203,8 @@ def test_the_layout_checkpoints_region_guidance_is_the_text_guidance_of_region_p
     import shutil
 
     from latentdiff.cli import main
-    from latentdiff.train.spatial import SpatialTrainConfig
     from latentdiff.errors import ConfigError
+    from latentdiff.train.spatial import SpatialTrainConfig
 
     model = tmp_path / "model"
     shutil.copytree(spatial_model_dir, model)

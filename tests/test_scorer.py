@@ -128,7 +128,8 @@ def test_layout_score():
     result = score_layout(rgb, sh.boxes_annotation(scene))
     assert result.accuracy == 1.0 and result.mean_iou == 1.0
     x0, y0, x1, y1 = scene.objects[1].box
-    shifted = [{"phrase": "a green triangle", "box": [0, 0, 40, 40]}, {"phrase": "a red circle", "box": [x0, y0, x1, y1]}]
+    shifted = [{"phrase": "a green triangle", "box": [0, 0, 40, 40]},
+               {"phrase": "a red circle", "box": [x0, y0, x1, y1]}]
     result = score_layout(rgb, shifted)
     assert [b.ok for b in result.boxes] == [True, False] and 0 < result.boxes[0].iou < 1 and result.boxes[1].iou == 0
 

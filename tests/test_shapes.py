@@ -166,7 +166,8 @@ def test_cli_writes_a_folder(tmp_path, capsys):
     rows = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and not any("star" in r["text"] for r in rows)
     # the replaced set's images past the new end are gone, nothing else is
-    expected = {f"{i:06d}{kind}.png" for i in range(3) for kind in ("", "_seg")} | {"metadata.jsonl", "notes.txt", "photo.png"}
+    expected = ({f"{i:06d}{kind}.png" for i in range(3) for kind in ("", "_seg")}
+                | {"metadata.jsonl", "notes.txt", "photo.png"})
     assert {p.name for p in out.iterdir()} == expected
 
 

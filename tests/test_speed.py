@@ -233,10 +233,10 @@ def test_cpu_bf16_kind_reads_the_flags_and_falls_back():
 @pytest.mark.parametrize("kind, expected", [(None, "no"), ("avx512", "bf16"), ("amx", "bf16")])
 def test_training_precision_auto_follows_the_cpu(monkeypatch, kind, expected):
     """mixed_precision: auto trains in bf16 only on a CPU that computes it natively, else in fp32."""
+    from accelerate.state import AcceleratorState
+
     import latentdiff.speed as speed
     from latentdiff.train.run import make_accelerator
-
-    from accelerate.state import AcceleratorState
 
     monkeypatch.setattr(speed, "cpu_bf16_kind", lambda flags=None: kind)
     try:

@@ -85,7 +85,8 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, tiny_data, pretr
     _cli("train", str(ref_cfg), "--resume")
     # the killed run: SIGKILL once a mid-run checkpoint exists
     proc = subprocess.Popen([sys.executable, "-m", "latentdiff.cli", "train", str(kill_cfg), "--resume"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     latest = killed_dir / "run" / "unet" / "checkpoints" / "latest"
     deadline = time.time() + 120
     while time.time() < deadline and not (latest.is_file() and latest.read_text().strip() >= "ckpt-0000004"):
@@ -165,7 +166,8 @@ def test_dropout_replaces_caption_with_empty_prompt(tmp_path, tiny_data, pretrai
     tok = load_clip_tokenizer(None)
     text = CLIPTextModel.from_pretrained(str(pretrained_stages / "clip" / "final" / "text_encoder"))
     null = tok([""], padding="max_length", max_length=32, return_tensors="pt").input_ids[0]
-    tokens = tok(["a red circle", "a blue square"] * 4, padding="max_length", max_length=32, return_tensors="pt").input_ids
+    tokens = tok(["a red circle", "a blue square"] * 4, padding="max_length", max_length=32,
+                 return_tensors="pt").input_ids
     unet_cfg = UNetStage(model=cfg.unet.model, loop=cfg.unet.loop, cond_dropout=0.25)
     stage = UNetTrainStage(unet_cfg, torch.zeros(8, 4, 16, 16), torch.ones(8, 4, 16, 16), tokens, null, text, 1.0,
                            torch.device("cpu"))

@@ -417,7 +417,8 @@ def test_the_layout_and_map_panels_use_the_layout_checkpoints_regional_text(spat
     ({"kind": "segmap"}, "segmap: no image uploaded"),
     ({"kind": "segmap", "segmap": "unknown ids"}, "segmap: unknown class ids [7]; expected 0..4"),
     ({"kind": "segmap", "segmap": "rgb"}, "segmap: mode RGB: expected a single-channel (L) or palette (P) PNG"),
-    ({"kind": "segmap", "segmap": "odd size"}, "segmap: the image is generated at the map's size, 32x30: height 30: expected a positive multiple of 4"),
+    ({"kind": "segmap", "segmap": "odd size"},
+     "segmap: the image is generated at the map's size, 32x30: height 30: expected a positive multiple of 4"),
     ({"kind": "segmap", "segmap": "ok", "region_phrases": "yes"}, "region_phrases 'yes': expected true or false"),
 ])
 def test_bad_layouts_and_maps_are_refused_with_a_message(spatial_server, request_, message):

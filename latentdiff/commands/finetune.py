@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                                   "0.999 full)")
     p.add_argument("--checkpoint-every", default=None, metavar="N", help="steps between checkpoints (default 200)")
     p.add_argument("--validation-prompts", default="4", metavar="N",
-                   help="after training, draw the first N distinct captions (4 seeds each) to OUT/val/ (default 4; 0: none)")
+                   help="after training, draw the first N distinct captions (4 seeds each) to OUT/val/ "
+                        "(default 4; 0: none)")
     p.add_argument("--seed", default="0", metavar="S", help="seed of the data order, noise and LoRA init")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")

@@ -110,9 +110,8 @@ def _positive(flag: str, value: float | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentdiff.train.reward_finetune import finetune_reward
-
     from latentdiff.commands.finetune import report_result
+    from latentdiff.train.reward_finetune import finetune_reward
 
     cfg = build_config(args)
     report_result(cfg, finetune_reward(cfg, resume=args.resume))

@@ -7,9 +7,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from latentdiff.commands.generate import (SAMPLERS, _free_path, _model_flags, _slug, _UserWarnings, check_request,
-                                          limit_flags, parse_device, parse_float, parse_int, parse_limits,
-                                          parse_sampler, prepare_out_dir)
+from latentdiff.commands.generate import (
+    SAMPLERS,
+    _free_path,
+    _model_flags,
+    _slug,
+    _UserWarnings,
+    check_request,
+    limit_flags,
+    parse_device,
+    parse_float,
+    parse_int,
+    parse_limits,
+    parse_sampler,
+    prepare_out_dir,
+)
 from latentdiff.commands.train import add_latent_cache_arg
 from latentdiff.errors import UserError
 from latentdiff.limits import MAX_MASK_BLUR, MAX_RESAMPLE, MAX_SEED

@@ -33,7 +33,6 @@ from torch import Tensor
 
 from latentdiff.errors import UserError
 
-
 # --- the distance -------------------------------------------------------------------------------------
 
 def feature_stats(features: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
@@ -184,7 +183,8 @@ class InceptionFeatures:
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
             raise UserError(f"--inception-weights {path}: does not fit torchvision's Inception-v3 "
-                            f"(missing {len(missing)} keys, e.g. {(missing or unexpected)[0]}; unexpected {len(unexpected)})")
+                            f"(missing {len(missing)} keys, e.g. {(missing or unexpected)[0]}; "
+                            f"unexpected {len(unexpected)})")
         self.net = net.to(device).eval().requires_grad_(False)
         self.fid = classes == 1008  # the TF-ported FID weights
         self.device, self.batch = device, batch

@@ -19,8 +19,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from latentdiff.data.shapes import (BASE_SHAPES, COLOURS, Scene, ShapeObject, box_mask, is_held_out, render,
-                                    scene_for_index)
+from latentdiff.data.shapes import (
+    BASE_SHAPES,
+    COLOURS,
+    Scene,
+    ShapeObject,
+    box_mask,
+    is_held_out,
+    render,
+    scene_for_index,
+)
 from latentdiff.eval.accuracy import wilson
 from latentdiff.eval.scorer import box_iou, find_objects
 from latentdiff.eval.seams import seam_score

@@ -112,8 +112,8 @@ def _pct(s: dict) -> str:
 
 def _accuracy_md(r: dict) -> list[str]:
     lines = [f"Model defaults: w = {r['guidance']:g}, {r['sampler']}, {r['steps']} steps; {r['num_prompts']} held-out "
-             f"prompts × {r['images_per_prompt']} images (seeds 0…{r['images_per_prompt'] - 1}). Each image is scored by "
-             f"the shapes scorer; intervals are 95% Wilson score intervals over images.", "",
+             f"prompts × {r['images_per_prompt']} images (seeds 0…{r['images_per_prompt'] - 1}). Each image is "
+             f"scored by the shapes scorer; intervals are 95% Wilson score intervals over images.", "",
              "| attribute | accuracy [95% CI] (n) |", "|---|---|"]
     lines += [f"| {label} | {_pct(r[key])} |" for key, label in METRICS]
     lines += ["", f"Diversity (mean pairwise RMS pixel distance among a prompt's images): {r['diversity']:.3f}", "",
@@ -127,7 +127,8 @@ def _guidance_md(r: dict) -> list[str]:
              f"w.", "", "| w | " + " | ".join(label for _, label in METRICS) + " | diversity |",
              "|---|" + "---|" * (len(METRICS) + 1)]
     for x in r["results"]:
-        lines.append(f"| {x['guidance']:g} | " + " | ".join(_pct(x[k]) for k, _ in METRICS) + f" | {x['diversity']:.3f} |")
+        lines.append(f"| {x['guidance']:g} | " + " | ".join(_pct(x[k]) for k, _ in METRICS)
+                     + f" | {x['diversity']:.3f} |")
     lines += ["", "![guidance sweep](guidance_sweep.png)", "",
               "Samples (rows: " + "; ".join(f"'{p}'" for p in r["grid_prompts"]) + ", each at w = " +
               ", ".join(f"{x['guidance']:g}" for x in r["results"]) + "; columns: seeds):", "",
@@ -210,7 +211,8 @@ def write_report(out: Path, results: dict, meta: dict, titles: dict[str, str]) -
         if meta.get(key):
             lines.append(f"{key.capitalize()}: `{meta[key]['path']}` (sha256 `{meta[key]['sha256']}`)  ")
     lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), "",
-              f"Images generated: {results['_totals']['images']}; network evaluations: {results['_totals']['nfe']}.", ""]
+              f"Images generated: {results['_totals']['images']}; "
+              f"network evaluations: {results['_totals']['nfe']}.", ""]
     for name, reason in meta.get("skipped", {}).items():
         lines.append(f"- Skipped **{name}**: {reason}")
     if meta.get("skipped"):

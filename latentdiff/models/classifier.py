@@ -135,7 +135,8 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Noi
         with quiet_libraries():
             model = NoiseAwareClassifier.from_pretrained(str(path), use_safetensors=True)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: cannot load the classifier ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+        raise UserError(f"{path}: cannot load the classifier "
+                        f"({str(exc).splitlines()[0] if str(exc) else exc})") from None
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -21,7 +21,8 @@ MAX_LENGTH = 77
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte → printable-unicode map (the 256 base symbols of the vocabulary)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
     chars = {b: chr(b) for b in printable}  # printable bytes first: the vocabulary's order depends on it
     extra = [b for b in range(256) if b not in chars]
     for n, b in enumerate(extra):

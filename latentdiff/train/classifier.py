@@ -33,7 +33,8 @@ class ClassifierStage:
     model: ClassifierConfig = ClassifierConfig()
     loop: LoopConfig = LoopConfig(steps=1500, batch_size=128, lr=1e-3, warmup_steps=50, checkpoint_every=250,
                                   log_every=25, ema_decay=0.999)
-    shapes: tuple[str, ...] = ()  # the shape classes; () = those that occur in the data (circle, square, triangle[, star])
+    # the shape classes; () = those that occur in the data (circle, square, triangle[, star])
+    shapes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ class LoopConfig:
     channels_last: bool = False  # NHWC weights for the trained module's convolutions (often faster on GPUs)
     data_on_device: str = "auto"  # auto (yes on a GPU, when the stage can and the data fits) | yes | no
     sync_every: int = 0  # read loss and health on the host every N steps; 0: every step on CPU, log_every on GPU
-    time_limit_s: float = 0.0  # stop (checkpoint, finish, resumable) this long after the loop started (compiling included); 0: none
+    # stop (checkpoint, finish, resumable) this long after the loop started (compiling included); 0: none
+    time_limit_s: float = 0.0
 
     def __post_init__(self):
         _check_choice(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
@@ -39,7 +40,8 @@ class LoopConfig:
         if self.sync_every < 0:
             raise ConfigError(f"sync_every: expected 0 (auto) or a positive integer, got {self.sync_every}")
         if self.time_limit_s < 0:
-            raise ConfigError(f"time_limit_s: expected 0 (none) or a positive number of seconds, got {self.time_limit_s}")
+            raise ConfigError(f"time_limit_s: expected 0 (none) or a positive number of seconds, "
+                              f"got {self.time_limit_s}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "max_nonfinite", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")

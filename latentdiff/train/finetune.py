@@ -40,8 +40,8 @@ from latentdiff.train.stages import LatentDenoisingStage, UNetWithText
 
 METHODS = ("lora", "full")
 # Settings that make a run what it is: resuming with any of them changed is refused.
-IDENTITY_KEYS = ("method", "rank", "lora_alpha", "lora_layers", "train_text_encoder", "resolution", "background", "model_sha256",
-                 "data", "images")
+IDENTITY_KEYS = ("method", "rank", "lora_alpha", "lora_layers", "train_text_encoder", "resolution", "background",
+                 "model_sha256", "data", "images")
 
 
 def default_loop(method: str, **overrides) -> LoopConfig:

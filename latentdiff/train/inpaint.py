@@ -278,7 +278,7 @@ def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
     from latentdiff.data.latents import cached_latents, load_images
     from latentdiff.models.inpaint import inpainting_unet
     from latentdiff.train.loop import run_stage
-    from latentdiff.train.run import _Timer, _timed, derived_run, main_first, seed_init
+    from latentdiff.train.run import _timed, _Timer, derived_run, main_first, seed_init
     from latentdiff.train.stages import vae_latent_stats
 
     out = Path(cfg.out)

@@ -263,7 +263,8 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     start, state = _restore(stage, opt, ema, existing if resume else None)
     ema.to(accelerator.device)
     model, opt = accelerator.prepare(stage.model, opt)
-    stream = IndexStream(stage.num_examples, cfg.batch_size * accelerator.num_processes, seed_for(seed, STAGE_IDS[stage.name]))
+    stream = IndexStream(stage.num_examples, cfg.batch_size * accelerator.num_processes,
+                         seed_for(seed, STAGE_IDS[stage.name]))
     if cfg.compile != "none":
         _compile_or_eager(stage, model, opt, accelerator, stream, cfg.batch_size, where)
     health = _Health(accelerator.device, state.get("nonfinite_total", 0), state.get("nonfinite_run", 0))

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latentdiff.config import to_dict
 from latentdiff.conditioning import ConditionedUNet, Conditioning, Grounding
+from latentdiff.config import to_dict
 from latentdiff.errors import ConfigError
 from latentdiff.pixels import save_grid
 from latentdiff.train.config import DataConfig, LoopConfig
@@ -64,7 +64,8 @@ class SpatialTrainConfig:
     validation_steps: int = 20
     gate_init: float = 0.0  # layout: the gates' starting value α (output × tanh α); GLIGEN's is 0, closed
     method: str = "gligen"  # layout: gligen (gated self-attention) | controlnet (a ControlNet on the boxes' picture)
-    layout_scale: float = 1.0  # layout ControlNet: the guidance scale generate uses with it unless told (condition.json)
+    # layout ControlNet: the guidance scale generate uses with it unless told (condition.json)
+    layout_scale: float = 1.0
     region_guidance: float | None = None  # layout ControlNet: the text guidance generate uses with --segmap's
     # region phrases unless told (condition.json); None: the model's own
     regional_text: float | None = None  # layout ControlNet: the share of a layout box's text that is its phrase
@@ -211,7 +212,8 @@ class SpatialStage(LatentDenoisingStage):
             region = {k: v for k in ("region_guidance", "regional_text")
                       if (v := getattr(self.cfg, k)) is not None}
             return save_layout_controlnet(model.layout_controlnet, out / "layout_controlnet", MAX_BOXES,
-                                          {"layout_scale": self.cfg.layout_scale, **region, "recipe": to_dict(self.cfg)})
+                                          {"layout_scale": self.cfg.layout_scale, **region,
+                                           "recipe": to_dict(self.cfg)})
         if self.cfg.condition == "layout":
             return save_gligen(model.unet, out / "gligen", {"recipe": to_dict(self.cfg)})
         return save_segmap_controlnet(model.controlnet, out / "controlnet")
@@ -285,7 +287,8 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
     stage = SpatialStage(cfg, base, model, mean, std, tokens, null, train_recs, size, device, hold_recs)
     if main:
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"{cfg.condition}: training {n:,} parameters, {cfg.loop.steps} steps of {cfg.loop.batch_size}", flush=True)
+        print(f"{cfg.condition}: training {n:,} parameters, {cfg.loop.steps} steps of {cfg.loop.batch_size}",
+              flush=True)
     result = run_stage(stage, cfg.loop, out / cfg.condition, cfg.seed, accelerator, resume, to_dict(cfg))
     if main:
         print(f"copy into the model folder to use by default: cp -r {result} MODEL/{result.name}", flush=True)

@@ -100,7 +100,8 @@ class VAETrainStage(OnDevice):
         recon = reconstruct(model.vae, held, self.device)
         value = psnr(recon, to_unit(held))
         k = min(8, held.shape[0])
-        save_grid(np.concatenate([to_uint8(to_unit(held[:k])), to_uint8(recon[:k])]), 2, out / "val" / f"step{step:07d}.png")
+        save_grid(np.concatenate([to_uint8(to_unit(held[:k])), to_uint8(recon[:k])]), 2,
+                  out / "val" / f"step{step:07d}.png")
         return {"psnr_holdout_db": value, "step": step}
 
     def finish(self, model, out):
@@ -128,15 +129,16 @@ class ClipTrainStage(OnDevice):
         self.num_examples = images.shape[0]
 
     def loss(self, model, index, generator):
-        out = model(input_ids=self.tokens[index].to(self.device), pixel_values=to_unit(self.images[index]).to(self.device),
-                    return_loss=True)
+        out = model(input_ids=self.tokens[index].to(self.device),
+                    pixel_values=to_unit(self.images[index]).to(self.device), return_loss=True)
         return out.loss
 
     @torch.no_grad()
     def validate(self, model, step, out):
         """Top-1 image→caption retrieval among the holdout set (chance = 1/N)."""
         n = min(256, self.holdout.shape[0])
-        res = model(input_ids=self.holdout_tokens[:n].to(self.device), pixel_values=to_unit(self.holdout[:n]).to(self.device))
+        res = model(input_ids=self.holdout_tokens[:n].to(self.device),
+                    pixel_values=to_unit(self.holdout[:n]).to(self.device))
         acc = (res.logits_per_image.argmax(1).cpu() == torch.arange(n)).float().mean().item()
         return {"retrieval_top1_holdout": acc, "holdout_n": n, "step": step}
 

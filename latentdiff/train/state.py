@@ -132,7 +132,8 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.O
         ema_path = ckpt / "ema.safetensors"
         state["ema"] = load_file(str(ema_path)) if ema_path.is_file() else None
     except RuntimeError as exc:  # shapes differ from the model's
-        raise UserError(f"{ckpt}/model.safetensors: does not match the model ({str(exc).splitlines()[-1].strip()})") from None
+        raise UserError(f"{ckpt}/model.safetensors: does not match the model "
+                        f"({str(exc).splitlines()[-1].strip()})") from None
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{ckpt}: cannot read checkpoint ({exc})") from None
     return state

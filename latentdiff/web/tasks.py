@@ -235,7 +235,8 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
     try:
         opts = _common(pipe, req, limits, size=image.size[::-1])
     except UserError as exc:  # the size comes from the upload: say so
-        raise UserError(f"segmap: the image is generated at the map's size, {image.width}x{image.height}: {exc}") from None
+        raise UserError(f"segmap: the image is generated at the map's size, "
+                        f"{image.width}x{image.height}: {exc}") from None
     spatial = Spatial(segmap=segmap, segmap_scale=_scale(req, "segmap_scale"))
     regions = req.get("region_phrases", True)
     if not isinstance(regions, bool):
