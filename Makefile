@@ -24,9 +24,11 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q
 
-# ruff with the rules and line length of pyproject.toml (part of `make test`, so CI runs it)
+# ruff with the rules and line length of pyproject.toml, and import-linter's contracts there (no import
+# cycles; inference never imports training, evaluation or the interfaces): part of `make test`, so CI runs them
 lint: $(STAMP)
 	$(VPY) -m ruff check
+	$(VENV)/bin/lint-imports
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q -m slow

@@ -21,7 +21,6 @@ plus a diffusers config folder for ``StableDiffusionPipeline.from_single_file(..
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
@@ -34,6 +33,7 @@ import torch
 from torch import Tensor
 
 from latentdiff.errors import UserError
+from latentdiff.quiet import quiet_libraries
 
 SD_CONFIGS = Path(__file__).parent / "assets" / "sd_configs"
 SD_VARIANTS = ("sd1", "sd2", "sd2-base")
@@ -62,26 +62,6 @@ class Components:
     path: Path | None
     weight_files: list[Path] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def quiet_libraries():
-    """Within the block, silence diffusers' and transformers' info/warning chatter and progress bars
-    (problems that matter are checked here and raised as UserError); their settings are restored after."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (dlog, tlog)]
-    for lib, _, _ in saved:
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, level, bars in saved:
-            lib.set_verbosity(level)
-            if bars:
-                lib.enable_progress_bar()
 
 
 def _check_pickle(path: Path, allow: bool) -> None:

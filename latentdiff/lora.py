@@ -144,7 +144,7 @@ def _load_one(unet, text_encoder, path: Path, name: str) -> tuple[bool, bool]:
     """Load one LoRA file into the modules as adapter ``name``; which of them it touched."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
 
-    from latentdiff.interop import quiet_libraries
+    from latentdiff.quiet import quiet_libraries
 
     with quiet_libraries(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # stacking is intended

@@ -186,7 +186,7 @@ class Pipeline:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
         """Move the networks (in place) to ``device`` and/or ``dtype``."""
-        from latentdiff.interop import quiet_libraries
+        from latentdiff.quiet import quiet_libraries
 
         with quiet_libraries():  # diffusers warns about fp32-pinned modules even when there are none
             for m in (self.unet, self.vae, self.text_encoder, self.controlnet, self.layout_controlnet):

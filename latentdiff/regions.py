@@ -6,7 +6,7 @@ about half the time: the shipped map ControlNet gets the named colours right on 
 the prompt with no map at all on 57.0 % (docs/layout.md). The layout conditioning, in contrast, draws a
 phrase in a given box (94.1 % of boxes right).
 
-So when the prompt is in the shapes-world grammar (:func:`latentdiff.eval.scorer.parse_caption`),
+So when the prompt is in the shapes-world grammar (:func:`latentdiff.data.grammar.parse_caption`),
 :func:`bind_regions` matches each object it names to one region of the map of that object's class: of
 all the one-to-one assignments, the one that agrees with most of what the prompt says of positions
 ("in the top left"), sizes ("small") and the relation ("left of"); ties go to the first in reading
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from latentdiff.data.components import label_components
+from latentdiff.data.grammar import CaptionError, parse_caption
 from latentdiff.data.shapes import CANVAS, SEG_LABELS, SIZE_THRESHOLD, position_of, relation_holds
-from latentdiff.eval.scorer import CaptionError, label_components, parse_caption
 from latentdiff.layout import LayoutEntry
 
 MIN_PIXELS = 4  # smaller connected pieces of a class are specks, not regions

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from latentdiff.data.latents import square_box
 from latentdiff.data.shapes import SIZE_THRESHOLD, position_of
 from latentdiff.eval.scorer import parse_caption
 from latentdiff.train.inpaint import (
@@ -17,7 +18,6 @@ from latentdiff.train.inpaint import (
     draw_caption,
     draw_mask,
     object_captions,
-    square_box,
 )
 
 

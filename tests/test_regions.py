@@ -77,8 +77,8 @@ def test_the_held_out_scenes_bind_to_their_own_boxes(tmp_path):
     relation binds each object to exactly its own box; a caption with 'and' and no positions may swap
     two objects of one shape, which it leaves open."""
     from latentdiff.data.folder import load_folder
+    from latentdiff.data.latents import layout_of, segmap_of
     from latentdiff.data.shapes import write_dataset
-    from latentdiff.train.spatial import layout_of, segmap_of
 
     write_dataset(tmp_path, 40, seed=90210, workers=1)
     stated = 0
@@ -172,10 +172,10 @@ def test_cli_region_phrases_need_a_layout_checkpoint_and_a_map(spatial_model_dir
 
 def test_run_cases_binds_the_captions_as_the_cli_does(spatial_model_dir, tmp_path):
     from latentdiff.data.folder import load_folder
+    from latentdiff.data.latents import segmap_of
     from latentdiff.data.shapes import write_dataset
     from latentdiff.eval.spatial import run_cases
     from latentdiff.pipeline import Pipeline
-    from latentdiff.train.spatial import segmap_of
 
     write_dataset(tmp_path, 2, seed=90210, workers=1)
     records = load_folder(tmp_path)

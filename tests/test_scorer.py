@@ -6,10 +6,8 @@ import pytest
 from PIL import Image
 
 from latentdiff.data import shapes as sh
+from latentdiff.data.grammar import CaptionError, ObjectSpec, Spec
 from latentdiff.eval.scorer import (
-    CaptionError,
-    ObjectSpec,
-    Spec,
     find_objects,
     parse_caption,
     score,

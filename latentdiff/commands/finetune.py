@@ -99,6 +99,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from latentdiff.commands.finetune_reward import report_result
     from latentdiff.train.finetune import finetune
 
     if args.reward is not None:
@@ -110,12 +111,3 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     report_result(cfg, finetune(cfg, resume=args.resume))
     return 0
-
-
-def report_result(cfg, result) -> None:
-    """What a fine-tune wrote and how to use it (a LoRA file or a model folder)."""
-    print(f"result: {result}")
-    if cfg.method == "lora":
-        print(f"use with: latentdiff generate PROMPT --lora {result}" + (f" --model {cfg.model}" if cfg.model else ""))
-    else:
-        print(f"use with: latentdiff generate PROMPT --model {result}")

@@ -110,10 +110,18 @@ def _positive(flag: str, value: float | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentdiff.commands.finetune import report_result
     from latentdiff.train.reward_finetune import finetune_reward
 
     cfg = build_config(args)
     report_result(cfg, finetune_reward(cfg, resume=args.resume))
     print(f"rewards: {cfg.out}/rewards.jsonl, curve: {cfg.out}/rewards.png")
     return 0
+
+
+def report_result(cfg, result) -> None:
+    """What a fine-tune wrote and how to use it (a LoRA file or a model folder)."""
+    print(f"result: {result}")
+    if cfg.method == "lora":
+        print(f"use with: latentdiff generate PROMPT --lora {result}" + (f" --model {cfg.model}" if cfg.model else ""))
+    else:
+        print(f"use with: latentdiff generate PROMPT --model {result}")

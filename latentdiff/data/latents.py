@@ -59,6 +59,40 @@ def load_image(path: Path, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
+def square_box(box, width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """A box of a width × height image in the size × size square that ``load_image`` makes of it
+    (centre crop to the shorter side, then resize)."""
+    s = min(width, height)
+    left, top, k = (width - s) // 2, (height - s) // 2, size / s
+    x0, y0, x1, y1 = box
+    return ((x0 - left) * k, (y0 - top) * k, (x1 - left) * k, (y1 - top) * k)
+
+
+def layout_of(record, size: int) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """(phrase, normalised box) of each box of a folder record, mapped into the size × size training image."""
+    if not record.boxes:
+        return []
+    with Image.open(record.image_path) as im:
+        w, h = im.size
+    out = []
+    for b in record.boxes:
+        x0, y0, x1, y1 = (min(max(v / size, 0.0), 1.0) for v in square_box(b.box, w, h, size))
+        out.append((b.phrase, (x0, y0, x1, y1)))
+    return out
+
+
+def segmap_of(record, size: int) -> np.ndarray:
+    """(size, size) uint8 class map of a record (centre crop, nearest resize), zeros when it has none."""
+    if record.segmap_path is None:
+        return np.zeros((size, size), np.uint8)
+    with Image.open(record.segmap_path) as im:
+        w, h = im.size
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.NEAREST)
+        return np.asarray(im, dtype=np.uint8)
+
+
 def load_images(records: list[Record], size: int, progress: bool = True) -> torch.Tensor:
     """All images of ``records`` as one (N, 3, size, size) uint8 tensor."""
     out = np.empty((len(records), size, size, 3), np.uint8)

@@ -80,7 +80,7 @@ class ClipImageFeatures:
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu", batch: int = 64):
         from transformers import CLIPVisionModelWithProjection
 
-        from latentdiff.interop import quiet_libraries
+        from latentdiff.quiet import quiet_libraries
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():

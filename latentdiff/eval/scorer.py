@@ -16,95 +16,29 @@ its position is the grid cell of its bbox centre (cell boundaries at 22 and 42).
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
+from latentdiff.data.components import label_components, pad1
+from latentdiff.data.grammar import ObjectSpec, Spec, parse_caption, spec_of_scene
 from latentdiff.data.shapes import (
     COLOURS,
     PALETTE,
-    POSITIONS,
-    RELATIONS,
     SEG_LABELS,
     SHAPES,
     SIZE_THRESHOLD,
-    SIZES,
     Scene,
     position_of,
     relation_holds,
     shape_mask,
 )
-from latentdiff.errors import UserError
 
 MIN_PIXELS = 20  # smaller components are noise
 FOREGROUND_DISTANCE = 60.0  # Euclidean RGB distance from the background that counts as an object
 MAX_CANDIDATES = 8  # largest components considered when matching requested objects
-
-
-class CaptionError(UserError, ValueError):
-    """A caption that is not in any shapes-world form."""
-
-
-# --- prompts ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ObjectSpec:
-    """A requested object; ``size`` and ``position`` are None when the prompt leaves them free."""
-
-    colour: str
-    shape: str
-    size: str | None = None
-    position: str | None = None
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A parsed prompt: the objects, and an optional relation ``(word, i, j)``: object i {word} object j."""
-
-    objects: tuple[ObjectSpec, ...]
-    relation: tuple[str, int, int] | None = None
-
-
-_POS = "|".join(sorted(POSITIONS, key=len, reverse=True))  # longest first: "top left" before "top"
-_OBJ = (
-    rf"an? (?:({'|'.join(SIZES)}) )?({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})"
-    rf"(?: (?:in|at) the ({_POS}))?"
-)
-_ONE = re.compile(_OBJ)
-_TWO = re.compile(rf"{_OBJ} ({'|'.join(RELATIONS)}|and) {_OBJ}")
-_THREE = re.compile(rf"{_OBJ}, {_OBJ},? and {_OBJ}")
-
-
-def _normalise(text: str) -> str:
-    text = " ".join(text.lower().replace("centre", "center").split()).rstrip(".")
-    return text.replace("to the left of", "left of").replace("to the right of", "right of")
-
-
-def parse_caption(text: str) -> Spec:
-    """Parse any caption form of the contract into a :class:`Spec`; raise CaptionError otherwise."""
-    norm = _normalise(text)
-    for pattern in (_THREE, _TWO, _ONE):
-        m = pattern.fullmatch(norm)
-        if m is None:
-            continue
-        groups = list(m.groups())
-        relation = None
-        if pattern is _TWO:
-            word = groups.pop(4)
-            relation = None if word == "and" else (word, 0, 1)
-        objects = tuple(ObjectSpec(c, s, z, p) for z, c, s, p in zip(*[iter(groups)] * 4))
-        return Spec(objects, relation)
-    raise CaptionError(
-        f"caption {text!r} is not a shapes-world prompt (e.g. 'a small red circle in the top left', "
-        "'a red circle left of a blue square', 'a red circle and a blue square')"
-    )
-
-
-def spec_of_scene(scene: Scene) -> Spec:
-    """The full spec of a scene: every object with colour, shape, size and position."""
-    return Spec(tuple(ObjectSpec(o.colour, o.shape, o.size, o.position) for o in scene.objects))
 
 
 def _as_spec(value: str | Spec | Scene) -> Spec:
@@ -143,39 +77,6 @@ def as_rgb_array(image: Any) -> np.ndarray:
     return array
 
 
-def _pad1(array: np.ndarray, value) -> np.ndarray:
-    """``array`` (H, W) with a 1-pixel border of ``value`` (np.pad is slow for tiny arrays)."""
-    out = np.full((array.shape[0] + 2, array.shape[1] + 2), value, array.dtype)
-    out[1:-1, 1:-1] = array
-    return out
-
-
-def label_components(mask: np.ndarray) -> np.ndarray:
-    """8-connected component labels of a bool (H, W) mask: int32 (H, W), 0 = background, 1.. = components.
-
-    Min-label propagation with pointer jumping; a few vectorised passes for 64x64 images.
-    """
-    h, w = mask.shape
-    ids = np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w)
-    big = np.int32(h * w + 1)
-    labels = np.where(mask, ids, big)
-    while True:
-        padded = _pad1(labels, big)
-        best = labels.copy()
-        for dy in (0, 1, 2):
-            for dx in (0, 1, 2):
-                np.minimum(best, padded[dy : dy + h, dx : dx + w], out=best)
-        best = np.where(mask, best, big)
-        flat = np.concatenate([[big], best.ravel()])  # flat[id] = current label of pixel id
-        best = np.where(mask, flat[np.minimum(best, big - 1)], big)  # pointer jump
-        if np.array_equal(best, labels):
-            break
-        labels = best
-    labels = np.where(mask, labels, 0)
-    _, inverse = np.unique(labels, return_inverse=True)  # renumber 0, 1, 2, ...
-    return inverse.reshape(h, w).astype(np.int32)
-
-
 def _background(rgb: np.ndarray) -> np.ndarray:
     """Background colour estimate: per-channel median of the border pixels. (3,) float."""
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float32)
@@ -197,7 +98,7 @@ def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
     """Binary dilation of a bool (H, W) mask by ``steps`` pixels (3x3 square element)."""
     h, w = mask.shape
     for _ in range(steps):
-        padded = _pad1(mask, False)
+        padded = pad1(mask, False)
         mask = np.zeros_like(mask)
         for dy in (0, 1, 2):
             for dx in (0, 1, 2):

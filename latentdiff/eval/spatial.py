@@ -57,11 +57,11 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     (:func:`latentdiff.layout.region_weights`); default: the layout checkpoint's
     (:meth:`Pipeline.regional_share`), as generate does; the metrics hold the share the images with a layout
     were drawn with, read from their records like the guidance."""
+    from latentdiff.data.latents import layout_of, segmap_of
     from latentdiff.eval.scorer import score_layout, score_segmap
     from latentdiff.layout import LayoutEntry, Spatial
     from latentdiff.provenance import Record
     from latentdiff.regions import bind_regions
-    from latentdiff.train.spatial import layout_of, segmap_of
 
     box_ok, ious, pix, blank, colours, tiles, bound, used, shares = [], [], [], [], [], [], [], set(), set()
     region_scale = pipe.layout_scale if region_scale is None else region_scale  # as generate: the checkpoint's

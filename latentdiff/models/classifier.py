@@ -118,7 +118,7 @@ def save_classifier(model: NoiseAwareClassifier, folder: Path, info: dict) -> Pa
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> NoiseAwareClassifier:
     """Load a classifier folder written by ``latentdiff train-classifier``; a :class:`UserError` names the
     folder and the problem."""
-    from latentdiff.interop import quiet_libraries
+    from latentdiff.quiet import quiet_libraries
 
     path = Path(path)
     config = path / "config.json"

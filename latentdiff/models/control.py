@@ -46,7 +46,7 @@ def controlnet_from_unet(unet, vae_scale_factor: int, channels_in: int = NUM_CLA
     channels = tuple(16 * 2 ** i for i in range(levels + 1))  # f = 4: (16, 32, 64); f = 8: (16, 32, 64, 128)
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels,
                                     conditioning_channels=channels_in)
-    from latentdiff.interop import quiet_libraries
+    from latentdiff.quiet import quiet_libraries
 
     with quiet_libraries():
         return net.to(device=unet.device, dtype=unet.dtype)
@@ -68,7 +68,7 @@ def load_controlnet(folder: str | Path, dtype=None):
     cfg = json.loads((folder / "config.json").read_text())
     if cfg.get("_class_name") != "ControlNetModel":
         raise UserError(f"{folder}/config.json: _class_name is {cfg.get('_class_name')!r}, expected ControlNetModel")
-    from latentdiff.interop import quiet_libraries
+    from latentdiff.quiet import quiet_libraries
 
     try:
         with quiet_libraries():  # a region binder's weights are not diffusers' (loaded next)
@@ -208,7 +208,7 @@ def with_binder(net, text_dim: int, **settings):
     state[key] = torch.cat([old, old.new_zeros(old.shape[0], binder.out_channels, *old.shape[2:])], 1)
     wide.load_state_dict(state)
     wide.region_binder = binder
-    from latentdiff.interop import quiet_libraries
+    from latentdiff.quiet import quiet_libraries
 
     with quiet_libraries():
         return wide.to(device=next(net.parameters()).device, dtype=next(net.parameters()).dtype)

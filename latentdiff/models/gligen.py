@@ -43,7 +43,7 @@ def gated_unet(unet, gate_init: float = 0.0):
     missing, unexpected = gated.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or any(not is_gligen_param(k) for k in missing):
         raise UserError(f"cannot add gated attention to this U-Net (unexpected keys {unexpected[:3]})")
-    from latentdiff.interop import quiet_libraries
+    from latentdiff.quiet import quiet_libraries
 
     with quiet_libraries():
         gated.to(device=unet.device, dtype=unet.dtype)

@@ -14,7 +14,7 @@ def inpainting_unet(unet):
     ``unet``'s weights; ``conv_in``'s weights for the extra channels are zero."""
     from diffusers import UNet2DConditionModel
 
-    from latentdiff.interop import quiet_libraries
+    from latentdiff.quiet import quiet_libraries
 
     c = unet.config.out_channels
     if unet.config.in_channels != c:

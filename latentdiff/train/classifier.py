@@ -63,7 +63,7 @@ class ClassifierTrainConfig:
 
 def record_objects(records) -> list[list[tuple[str, str]]]:
     """(colour, shape) of every object of every record, from its caption (shapes-world captions only)."""
-    from latentdiff.eval.scorer import CaptionError, parse_caption
+    from latentdiff.data.grammar import CaptionError, parse_caption
 
     out = []
     for r in records:

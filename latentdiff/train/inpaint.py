@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from latentdiff.config import to_dict
+from latentdiff.data.latents import square_box
 from latentdiff.diffusion.loss import diffusion_loss
 from latentdiff.errors import ConfigError
 from latentdiff.train.config import DataConfig, LoopConfig
@@ -89,15 +90,6 @@ class InpaintTrainConfig:
 
 
 # --- masks and captions -------------------------------------------------------------------------
-
-def square_box(box, width: int, height: int, size: int) -> tuple[float, float, float, float]:
-    """A box of a width × height image in the size × size square that ``load_image`` makes of it
-    (centre crop to the shorter side, then resize)."""
-    s = min(width, height)
-    left, top, k = (width - s) // 2, (height - s) // 2, size / s
-    x0, y0, x1, y1 = box
-    return ((x0 - left) * k, (y0 - top) * k, (x1 - left) * k, (y1 - top) * k)
-
 
 def box_mask(box, size: int, dilate: int) -> np.ndarray:
     """(size, size) uint8 mask, 255 inside ``box`` grown by ``dilate`` px (clamped to the image)."""

@@ -426,7 +426,7 @@ def prompt_pool(cfg: RewardConfig, reward) -> list[str]:
 
 
 def _check_caption(text: str, where: str, reward: str) -> None:
-    from latentdiff.eval.scorer import CaptionError, parse_caption
+    from latentdiff.data.grammar import CaptionError, parse_caption
 
     try:
         parse_caption(text)

@@ -80,7 +80,7 @@ def check_rewards(values, n: int, name: str, prompts: Sequence[str]) -> np.ndarr
 
 @functools.lru_cache(maxsize=4096)
 def _spec(prompt: str):
-    from latentdiff.eval.scorer import parse_caption
+    from latentdiff.data.grammar import parse_caption
 
     return parse_caption(prompt)
 

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from latentdiff.conditioning import ConditionedUNet, Conditioning, Grounding
 from latentdiff.config import to_dict
+from latentdiff.data.latents import layout_of, segmap_of
 from latentdiff.errors import ConfigError
 from latentdiff.pixels import save_grid
 from latentdiff.train.config import DataConfig, LoopConfig
@@ -103,35 +103,6 @@ class SpatialTrainConfig:
         for name in ("text_dropout", "spatial_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
-
-
-# --- data --------------------------------------------------------------------------------------------
-
-def layout_of(record, size: int) -> list[tuple[str, tuple[float, float, float, float]]]:
-    """(phrase, normalised box) of each box of a folder record, mapped into the size × size training image."""
-    from latentdiff.train.inpaint import square_box
-
-    if not record.boxes:
-        return []
-    with Image.open(record.image_path) as im:
-        w, h = im.size
-    out = []
-    for b in record.boxes:
-        x0, y0, x1, y1 = (min(max(v / size, 0.0), 1.0) for v in square_box(b.box, w, h, size))
-        out.append((b.phrase, (x0, y0, x1, y1)))
-    return out
-
-
-def segmap_of(record, size: int) -> np.ndarray:
-    """(size, size) uint8 class map of a record (centre crop, nearest resize), zeros when it has none."""
-    if record.segmap_path is None:
-        return np.zeros((size, size), np.uint8)
-    with Image.open(record.segmap_path) as im:
-        w, h = im.size
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.NEAREST)
-        return np.asarray(im, dtype=np.uint8)
 
 
 # --- the stage -------------------------------------------------------------------------------------------
