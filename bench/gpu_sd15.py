@@ -119,9 +119,10 @@ def build(b: Bench) -> None:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from latentdiff.interop import sd_config_dir
     from latentdiff.models.tokenizer import byte_level_clip_tokenizer
     from latentdiff.pipeline import Pipeline, schedule_from_scheduler_config
-    from latentdiff.quiet import quiet_libraries, sd_config_dir
+    from latentdiff.quiet import quiet_libraries
 
     folder = sd_config_dir("sd1")
     unet_cfg = dict(UNet2DConditionModel.load_config(str(folder), subfolder="unet"))
