@@ -398,3 +398,19 @@ def test_resuming_a_run_from_before_lora_layers_counts_it_as_attention_only(tmp_
     (tmp_path / "finetune.json").write_text(json.dumps(old))
     with pytest.raises(UserError, match="lora_layers 'attention' → 'all'"):
         _check_identity(tmp_path, {**old, "lora_layers": "all"}, resume=True)
+
+
+def test_eval_lora_flag_evaluates_the_model_with_the_lora_and_reports_it(loras, tiny_model_dir, tmp_path):
+    """`latentdiff eval --lora FILE` scores the model with the LoRA applied (its samples differ from the bare
+    model's) and names the file with its hash in the report."""
+    from latentdiff.provenance import file_sha256
+
+    argv = ["eval", "--model", str(tiny_model_dir), "--sections", "accuracy", "--limit", "2", "--num-images", "1",
+            "--steps", "4", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "bare")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "lora"), "--lora", f"{loras['unet']}:0.8"]) == 0
+    meta = json.loads((tmp_path / "lora" / "results.json").read_text())["meta"]
+    assert meta["loras"] == [{"path": str(loras["unet"]), "scale": 0.8, "sha256": file_sha256(loras["unet"])}]
+    assert f"LoRA: `{loras['unet']}` at scale 0.8" in (tmp_path / "lora" / "report.md").read_text()
+    bare, tuned = ((tmp_path / d / "accuracy_samples.png").read_bytes() for d in ("bare", "lora"))
+    assert bare != tuned

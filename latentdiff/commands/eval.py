@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model: accuracy, guidance/sampler/classifier sweeps, bits/dim, FD",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder or .safetensors (default: the default model)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="evaluate the model with this LoRA file applied at weight SCALE (default 1); repeat to stack")
     p.add_argument("--suite", default="quick", help="quick (≤ 15 min on 2 CPU cores for the default model) | full")
     p.add_argument("--out", default="eval_out", help="report folder (default: eval_out)")
     p.add_argument("--sections", default=None, metavar="LIST",
@@ -148,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from latentdiff.data.shapes import held_out_prompts
     from latentdiff.eval import report
     from latentdiff.eval.suite import SECTION_CLASSES, Context, ImageBank, RealSet, run_suite
+    from latentdiff.lora import parse_lora_spec
     from latentdiff.models.classifier import ClassifierGuide, load_classifier
     from latentdiff.pipeline import Pipeline
 
@@ -155,9 +158,12 @@ def run(args: argparse.Namespace) -> int:
     sampler, device = parse_sampler(args.sampler), parse_device(args.device)
     if args.inception_weights and not Path(args.inception_weights).is_file():
         raise UserError(f"--inception-weights {args.inception_weights}: file not found")
+    loras = [parse_lora_spec(text) for text in args.lora]
     out = prepare_out_dir(args.out)
     t0 = time.time()
     pipe = Pipeline.load(args.model, device=device)
+    if loras:
+        pipe.load_loras(loras)
     opts = pipe.resolve(steps=args.steps, sampler=sampler)
     skipped: dict[str, str] = {}
     meta_files: dict = {}
@@ -192,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {"model": args.model or "the default model", "suite": suite.name, "date": report.now(),
             "command": "latentdiff " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "model_sha256": pipe.weights_sha256, "versions": _versions(), "machine": _machine(pipe),
-            "seconds": time.time() - t0, "skipped": skipped, "settings": dataclasses.asdict(suite), **meta_files}
+            "seconds": time.time() - t0, "skipped": skipped, "settings": dataclasses.asdict(suite), **meta_files,
+            "loras": [{**e, "path": str(p)} for (p, _), e in zip(loras, pipe.loras)]}  # the path as given
     path = report.write_report(out, results, meta, {k: c.title for k, c in SECTION_CLASSES.items()})
     print(f"wrote {path}")
     return 0

@@ -210,6 +210,8 @@ def write_report(out: Path, results: dict, meta: dict, titles: dict[str, str]) -
     for key in ("classifier", "clip", "inception"):
         if meta.get(key):
             lines.append(f"{key.capitalize()}: `{meta[key]['path']}` (sha256 `{meta[key]['sha256']}`)  ")
+    for lora in meta.get("loras", []):
+        lines.append(f"LoRA: `{lora['path']}` at scale {lora['scale']:g} (sha256 `{lora['sha256']}`)  ")
     lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), "",
               f"Images generated: {results['_totals']['images']}; "
               f"network evaluations: {results['_totals']['nfe']}.", ""]
