@@ -42,13 +42,14 @@ def test_gpu_derived_recipes_reuse_the_gpu_models_data_and_fit_a_short_call():
     assert all(t > 0 for t in limits) and sum(limits) <= 180
 
 
-def test_long_recipe_is_the_default_recipe_trained_on():
-    """configs/default_long.yaml goes on from the shipped run's step-2000 checkpoint
-    (scripts/default_long.sh), which is only sound if everything but the U-Net's step count (and where
-    it writes) is the default recipe's."""
+@pytest.mark.parametrize("short_name, long_name", [("default", "default_long"), ("default_v2", "default_v2_long")])
+def test_long_recipe_is_the_default_recipe_trained_on(short_name, long_name):
+    """configs/default_long.yaml goes on from the shipped run's step-2000 checkpoint, default_v2_long.yaml from
+    the v2 run's step 8000 (scripts/default_long.sh), which is only sound if everything but the U-Net's step
+    count (and where it writes) is the shorter recipe's."""
     import dataclasses
 
-    default, long = (load_config(CONFIGS / f"{n}.yaml", TrainConfig) for n in ("default", "default_long"))
+    default, long = (load_config(CONFIGS / f"{n}.yaml", TrainConfig) for n in (short_name, long_name))
     assert long.unet.loop.steps > default.unet.loop.steps
     same_loop = dataclasses.replace(long.unet.loop, steps=default.unet.loop.steps,
                                     checkpoint_every=default.unet.loop.checkpoint_every)
