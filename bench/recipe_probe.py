@@ -95,14 +95,14 @@ def text_probe(text_encoder, tokenizer, seed: int = 0) -> dict:
     import itertools
 
     from latentdiff.data.shapes import BASE_SHAPES, COLOURS, POSITIONS, SIZES
-    from latentdiff.train.run import _tokens
+    from latentdiff.train.run import tokenize_captions
 
     sizes = tuple(SIZES)
     combos = list(itertools.product(sizes, COLOURS, BASE_SHAPES, POSITIONS))
     captions = [f"a {z} {c} {s} in the {p}" for z, c, s, p in combos]
     labels = torch.tensor([(COLOURS.index(c), BASE_SHAPES.index(s), POSITIONS.index(p), sizes.index(z))
                            for z, c, s, p in combos])
-    ids = _tokens(tokenizer, captions)  # (N, L)
+    ids = tokenize_captions(tokenizer, captions)  # (N, L)
     with torch.no_grad():
         h = text_encoder(ids).last_hidden_state.float()  # (N, L, D)
     eos = (ids == tokenizer.eos_token_id).int().argmax(dim=1)  # the first EOS: CLIP's pooled position
@@ -176,7 +176,7 @@ def main() -> None:
     from latentdiff.pipeline import Pipeline
     from latentdiff.train.config import TrainConfig
     from latentdiff.train.loop import run_stage
-    from latentdiff.train.run import _prepare_data, _tokens, finished_stages, seed_init
+    from latentdiff.train.run import finished_stages, prepare_data, seed_init, tokenize_captions
     from latentdiff.train.stages import UNetTrainStage, vae_latent_stats
 
     cfg = load_config(args.config, TrainConfig)
@@ -184,7 +184,7 @@ def main() -> None:
     args.reference = args.reference or str(run / "unet" / "final" / "unet")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
-    train_recs, hold_recs = _prepare_data(cfg, accelerator)
+    train_recs, hold_recs = prepare_data(cfg, accelerator)
     vae, text_encoder = finished_stages(run)
     vae = vae.to(device)
     size = cfg.vae.model.sample_size
@@ -194,7 +194,7 @@ def main() -> None:
     hold_mean, _ = encode(load_images(hold_recs, size, False))
     tokenizer = load_clip_tokenizer(None)
     tokenizer.model_max_length = cfg.clip.text.max_length
-    tokens, null = _tokens(tokenizer, [r.text for r in train_recs]), _tokens(tokenizer, [""])[0]
+    tokens, null = tokenize_captions(tokenizer, [r.text for r in train_recs]), tokenize_captions(tokenizer, [""])[0]
     prompts = probe_prompts()
     if args.text_probe:
         acc = text_probe(text_encoder, tokenizer)
@@ -210,7 +210,7 @@ def main() -> None:
             base = {k: v for k, v in stage.model.config.items() if not k.startswith("_")}  # not _use_default_values
             stage.model = UNet2DConditionModel.from_config({**base, **extra}).to(device)
         if hold_ctx is None:
-            hold_ctx = stage.encode(_tokens(tokenizer, [r.text for r in hold_recs]))
+            hold_ctx = stage.encode(tokenize_captions(tokenizer, [r.text for r in hold_recs]))
         t0 = time.time()
         if not reference:
             run_stage(stage, ucfg.loop, out / name, args.seed, accelerator, resume=True, config_dict={"variant": name})

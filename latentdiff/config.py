@@ -34,8 +34,8 @@ class ScheduleConfig:
     prediction: str = "epsilon"  # epsilon | v_prediction | sample
 
     def __post_init__(self):
-        _check_choice(self, "kind", ("linear", "scaled_linear", "cosine"))
-        _check_choice(self, "prediction", ("epsilon", "v_prediction", "sample"))
+        check_choice(self, "kind", ("linear", "scaled_linear", "cosine"))
+        check_choice(self, "prediction", ("epsilon", "v_prediction", "sample"))
         if self.num_timesteps < 1:
             raise ConfigError(f"num_timesteps: expected a positive integer, got {self.num_timesteps}")
         if not 0 < self.beta_start < self.beta_end < 1:
@@ -49,7 +49,7 @@ class ScheduleConfig:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _check_choice(obj: Any, field: str, choices: tuple[str, ...]) -> None:
+def check_choice(obj: Any, field: str, choices: tuple[str, ...]) -> None:
     value = getattr(obj, field)
     if value not in choices:
         raise ConfigError(f"{field}: expected one of {', '.join(choices)}, got {value!r}")

@@ -74,7 +74,7 @@ def test_a_hook_that_keeps_nothing_changes_nothing(sampler, steps):
 
 def gaussian_eps(mu, s2):
     def denoise(x_t, t):
-        ab = S._at(LINEAR.alphas_bar, t, x_t).double()
+        ab = S.gather_at(LINEAR.alphas_bar, t, x_t).double()
         return ((1 - ab).sqrt() * (x_t.double() - ab.sqrt() * mu) / (ab * s2 + 1 - ab)).to(x_t.dtype)
     return denoise
 

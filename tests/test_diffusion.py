@@ -19,7 +19,7 @@ def gaussian_eps_denoiser(schedule, mu, s2):
     E[ε | x_t] = √(1−ᾱ) (x_t − √ᾱ mu) / (ᾱ s2 + 1 − ᾱ)."""
 
     def denoise(x_t, t):
-        ab = S._at(schedule.alphas_bar, t, x_t).double()
+        ab = S.gather_at(schedule.alphas_bar, t, x_t).double()
         x = x_t.double()
         eps = (1 - ab).sqrt() * (x - ab.sqrt() * mu) / (ab * s2 + 1 - ab)
         return eps.to(x_t.dtype)

@@ -389,15 +389,15 @@ def test_star_bench_prior_folder_joins_stars_and_base_world_images(stars, tmp_pa
 def test_resuming_a_run_from_before_lora_layers_counts_it_as_attention_only(tmp_path):
     """finetune.json files written before --lora-layers existed have no such key: those runs were
     attention-only, so resuming them as such goes on, and resuming them with --lora-layers all is refused."""
-    from latentdiff.train.finetune import _check_identity
+    from latentdiff.train.finetune import check_identity
 
     old = {"method": "lora", "rank": 8, "lora_alpha": None, "train_text_encoder": False, "resolution": 64,
            "background": "white", "model_sha256": "x", "data": "/d", "images": 3}
     (tmp_path / "finetune.json").write_text(json.dumps(old))
-    _check_identity(tmp_path, {**old, "lora_layers": "attention"}, resume=True)
+    check_identity(tmp_path, {**old, "lora_layers": "attention"}, resume=True)
     (tmp_path / "finetune.json").write_text(json.dumps(old))
     with pytest.raises(UserError, match="lora_layers 'attention' → 'all'"):
-        _check_identity(tmp_path, {**old, "lora_layers": "all"}, resume=True)
+        check_identity(tmp_path, {**old, "lora_layers": "all"}, resume=True)
 
 
 def test_eval_lora_flag_evaluates_the_model_with_the_lora_and_reports_it(loras, tiny_model_dir, tmp_path):

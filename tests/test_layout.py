@@ -362,7 +362,7 @@ def shapes_records(tmp_path_factory):
 def _stage(condition, records, dropout=0.1, method="gligen", binder=False):
     from latentdiff.data.latents import load_images
     from latentdiff.train.config import LoopConfig
-    from latentdiff.train.finetune import _tokens
+    from latentdiff.train.finetune import caption_token_ids
     from latentdiff.train.spatial import SpatialStage, SpatialTrainConfig, build_model
     from latentdiff.train.stages import vae_latent_stats
 
@@ -371,7 +371,7 @@ def _stage(condition, records, dropout=0.1, method="gligen", binder=False):
                              binder=binder,
                              loop=LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1))
     mean, std = vae_latent_stats(base.vae, load_images(records, 32, False), torch.device("cpu"))
-    tokens, null = _tokens(base, [r.text for r in records], lambda _: None)
+    tokens, null = caption_token_ids(base, [r.text for r in records], lambda _: None)
     return base, cfg, SpatialStage(cfg, base, build_model(condition, base, method=method, binder=binder), mean, std,
                                    tokens, null, records, 32, torch.device("cpu"))
 
@@ -738,7 +738,7 @@ def test_validation_figures_are_kept_beside_their_pictures(shapes_records, tmp_p
 
     from latentdiff.data.latents import load_images
     from latentdiff.train.config import LoopConfig
-    from latentdiff.train.finetune import _tokens
+    from latentdiff.train.finetune import caption_token_ids
     from latentdiff.train.loop import run_stage
     from latentdiff.train.spatial import SpatialStage, SpatialTrainConfig, build_model
     from latentdiff.train.stages import vae_latent_stats
@@ -749,7 +749,7 @@ def test_validation_figures_are_kept_beside_their_pictures(shapes_records, tmp_p
                              loop=LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1,
                                              validate_every=1))
     mean, std = vae_latent_stats(base.vae, load_images(records, 32, False), torch.device("cpu"))
-    tokens, null = _tokens(base, [r.text for r in records], lambda _: None)
+    tokens, null = caption_token_ids(base, [r.text for r in records], lambda _: None)
     stage = SpatialStage(cfg, base, build_model("segmap", base), mean, std, tokens, null, records, 32,
                          torch.device("cpu"), records[:2])
     run_stage(stage, cfg.loop, tmp_path / "segmap", 0, Accelerator(cpu=True), False, {})

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("prompt", help="the text prompt ('' for unconditional samples)")
     g.add_argument("--negative-prompt", default="", metavar="TEXT",
                    help="what to steer away from (the unconditional branch of guidance; default: '')")
-    _model_flags(g)
+    model_flags(g)
     g.add_argument("--num-images", default="1", metavar="N", help="number of images (default: 1)")
     g.add_argument("--steps", default=None, metavar="N", help="sampling steps (default: the model's, usually 25)")
     g.add_argument("--guidance", default=None, metavar="W",
@@ -115,7 +115,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "one .safetensors in the original LDM key layout (loads in diffusers' "
                                    "from_single_file, A1111, ComfyUI) plus a diffusers config folder "
                                    "<stem>_config/ next to it.")
-    _model_flags(e)
+    model_flags(e)
     e.add_argument("--format", required=True, metavar="FORMAT", help=" | ".join(FORMATS))
     e.add_argument("--out", required=True, metavar="PATH", help="output folder (diffusers) or .safetensors file")
     e.add_argument("--text-layout", default="auto", metavar="LAYOUT",
@@ -125,7 +125,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(handler=run_export)
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
+def model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="PATH",
                    help="a diffusers folder or a single-file .safetensors checkpoint (default: the default model)")
     p.add_argument("--config", default=None, metavar="DIR|NAME",
@@ -225,19 +225,19 @@ def prepare_out_dir(text: str) -> Path:
     return out
 
 
-def _slug(prompt: str, limit: int = 40) -> str:
+def prompt_slug(prompt: str, limit: int = 40) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].strip("-")
     return slug or "unconditional"
 
 
-def _free_path(out: Path, stem: str) -> Path:
+def free_path(out: Path, stem: str) -> Path:
     path, n = out / f"{stem}.png", 1
     while path.exists():
         path, n = out / f"{stem}_{n}.png", n + 1
     return path
 
 
-class _UserWarnings(warnings.catch_warnings):
+class UserWarnings(warnings.catch_warnings):
     """Within the block, a :class:`PromptTruncatedWarning` prints as one line on stderr."""
 
     def __init__(self, command: str):
@@ -377,7 +377,7 @@ def region_phrases(pipe, args: argparse.Namespace, segmap):
     return binding.layout
 
 
-def _load(args: argparse.Namespace, model: str | None, device: str | None):
+def load_pipeline(args: argparse.Namespace, model: str | None, device: str | None):
     from latentdiff.pipeline import Pipeline
 
     return Pipeline.load(model, device=device or "auto", config=getattr(args, "config", None),
@@ -408,7 +408,7 @@ def run_generate(args: argparse.Namespace) -> int:
     loras = [parse_lora_spec(text) for text in args.lora]
     spatial_flags = check_spatial_flags(args)
     out = prepare_out_dir(args.out)
-    pipe = _load(args, args.model, device)
+    pipe = load_pipeline(args, args.model, device)
     pipe.limits = limits
     spatial = spatial_conditions(pipe, args, spatial_flags, height, width)
     if loras:
@@ -418,13 +418,13 @@ def run_generate(args: argparse.Namespace) -> int:
         pipe.optimize(speed)  # after LoRAs and spatial checkpoints, which must come first
     if guide is not None and guidance is None and args.prompt == args.negative_prompt:
         guidance = 1.0  # ε_∅ + w(ε_∅ − ε_∅) = ε_∅: skip the second pass
-    with _UserWarnings("generate"):
+    with UserWarnings("generate"):
         images = pipe.generate(args.prompt, negative_prompt=args.negative_prompt, num_images=num, steps=steps,
                                guidance=guidance, sampler=sampler, seed=seed, height=height, width=width,
                                progress=sys.stderr.isatty(), batch_size=batch, guide=guide, spatial=spatial)
     for img in images:
         record = Record.from_json(img.info["latentdiff"])
-        path = save_png(img, _free_path(out, f"{_slug(args.prompt)}_{record.seed}"), record)
+        path = save_png(img, free_path(out, f"{prompt_slug(args.prompt)}_{record.seed}"), record)
         print(path)
     return 0
 
@@ -496,7 +496,7 @@ def run_replay(args: argparse.Namespace) -> int:
                   f"the result may differ in the last bits", file=sys.stderr)
             device = "cpu"
     out = prepare_out_dir(args.out)
-    pipe = _load(args, _replay_model(record, image, args.model), device)
+    pipe = load_pipeline(args, _replay_model(record, image, args.model), device)
     pipe.limits = limits
     if pipe.weights_sha256 != record.model_sha256:
         raise UserError(f"{image}: the model at {pipe.path} has weights sha256 {pipe.weights_sha256[:12]}…, "
@@ -514,9 +514,9 @@ def run_replay(args: argparse.Namespace) -> int:
         cg = record.extra["classifier_guidance"]
         guide = classifier_guide(pipe, cg.get("class"), float(cg.get("scale", DEFAULT_CLASSIFIER_SCALE)),
                                  cg.get("classifier_path"))
-    with _UserWarnings("replay"):
+    with UserWarnings("replay"):
         img = pipe.replay(record, guide=guide, segmap=segmap)
-    path = save_png(img, _free_path(out, f"{image.stem}_replay"), Record.from_json(img.info["latentdiff"]))
+    path = save_png(img, free_path(out, f"{image.stem}_replay"), Record.from_json(img.info["latentdiff"]))
     print(path)
     with Image.open(image) as orig:
         a, b = np.asarray(orig.convert("RGB")).astype(int), np.asarray(img).astype(int)
@@ -573,7 +573,7 @@ def run_export(args: argparse.Namespace) -> int:
         (out.parent if args.format == "single-file" else out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
-    pipe = _load(args, args.model, "cpu")
+    pipe = load_pipeline(args, args.model, "cpu")
     if args.dtype == "fp16":
         import torch
 

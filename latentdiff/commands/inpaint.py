@@ -9,18 +9,18 @@ from pathlib import Path
 
 from latentdiff.commands.generate import (
     SAMPLERS,
-    _free_path,
-    _model_flags,
-    _slug,
-    _UserWarnings,
+    UserWarnings,
     check_request,
+    free_path,
     limit_flags,
+    model_flags,
     parse_device,
     parse_float,
     parse_int,
     parse_limits,
     parse_sampler,
     prepare_out_dir,
+    prompt_slug,
 )
 from latentdiff.commands.train import add_latent_cache_arg
 from latentdiff.errors import UserError
@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="feather width in pixels outside the mask (default: 4; 0 = hard edge)")
     p.add_argument("--resample", default="1", metavar="U",
                    help="RePaint resampling: retake each step U times (blend mode, --sampler ddpm; default: 1)")
-    _model_flags(p)
+    model_flags(p)
     p.add_argument("--negative-prompt", default="", metavar="TEXT", help="what to steer away from (default: '')")
     p.add_argument("--num-images", default="1", metavar="N", help="number of images (default: 1)")
     p.add_argument("--steps", default=None, metavar="N", help="sampling steps (default: the model's)")
@@ -126,7 +126,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
                          allow_unsafe_pickle=args.allow_unsafe_pickle)
     pipe.limits = limits
     kwargs = {} if blur is None else {"mask_blur": blur}
-    with _UserWarnings("inpaint"):
+    with UserWarnings("inpaint"):
         images = pipe.inpaint(args.prompt, args.image, args.mask, mode=args.mode, strength=strength,
                               resample=resample, mask_from_alpha=args.mask_from_alpha,
                               negative_prompt=args.negative_prompt, num_images=num, steps=steps,
@@ -134,7 +134,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
                               batch_size=batch, **kwargs)
     for img in images:
         record = Record.from_json(img.info["latentdiff"])
-        print(save_png(img, _free_path(out, f"{_slug(args.prompt)}_inpaint_{record.seed}"), record))
+        print(save_png(img, free_path(out, f"{prompt_slug(args.prompt)}_inpaint_{record.seed}"), record))
     return 0
 
 

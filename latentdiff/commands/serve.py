@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from latentdiff.commands.generate import _load, _model_flags, limit_flags, parse_device, parse_int, parse_limits
+from latentdiff.commands.generate import limit_flags, load_pipeline, model_flags, parse_device, parse_int, parse_limits
 from latentdiff.errors import UserError
 from latentdiff.limits import WEB_LIMITS
 
@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="a local web app: generate, inpaint with a painted mask, draw a layout",
                        description="Serve the web app on http://HOST:PORT/ (loopback by default: other machines "
                                    "cannot reach it unless --host says so). Requests queue and run one at a time.")
-    _model_flags(p)
+    model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 = every "
                                                       "interface, reachable from the network: the token is then "
                                                       "required)")
@@ -94,7 +94,7 @@ def run_serve(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     loras = [parse_lora_spec(text) for text in args.lora]
     speed = parse_speed(args.speed) if args.speed is not None else None
-    pipe = _load(args, args.model, device)
+    pipe = load_pipeline(args, args.model, device)
     attach_spatial(pipe, args.layout_model, args.segmap_model)
     inpaint = load_inpaint_model(pipe, args.inpaint_model, device)
     if loras:

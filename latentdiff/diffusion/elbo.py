@@ -27,7 +27,7 @@ from torch import Tensor
 from latentdiff.diffusion.sampling import Denoiser
 from latentdiff.diffusion.schedule import (
     Schedule,
-    _at,
+    gather_at,
     posterior_mean_from_eps,
     posterior_mean_from_x0,
     q_mean_variance,
@@ -82,14 +82,14 @@ def vlb_term(denoiser: Denoiser, schedule: Schedule, x0: Tensor, t: Tensor, *, v
     eps = denoiser(x_t, t)
     mean_p = posterior_mean_from_eps(schedule, x_t, t, eps)
     var_table = schedule.betas if variance == "beta" else schedule.posterior_variance
-    var_p = _at(var_table, t, x0).expand_as(x0)
+    var_p = gather_at(var_table, t, x0).expand_as(x0)
     is_first = (t == 0).reshape(-1, *([1] * (x0.ndim - 1)))
     # KL for t >= 1; β̃ at t = 0 is 0, so use a placeholder there (masked out below).
     safe_var_p = torch.where(is_first, torch.ones_like(var_p), var_p)
     mean_q = posterior_mean_from_x0(schedule, x_t, t, x0)
-    var_q = torch.where(is_first, torch.ones_like(var_p), _at(schedule.posterior_variance, t, x0).expand_as(x0))
+    var_q = torch.where(is_first, torch.ones_like(var_p), gather_at(schedule.posterior_variance, t, x0).expand_as(x0))
     kl = normal_kl(mean_q, var_q, mean_p, safe_var_p)
-    dec_var = _at(schedule.betas, t, x0).expand_as(x0)  # σ_1² = β_1 for the decoder
+    dec_var = gather_at(schedule.betas, t, x0).expand_as(x0)  # σ_1² = β_1 for the decoder
     if decoder == "discretized":
         nll = discretized_gaussian_nll(x0, mean_p, dec_var)
     else:

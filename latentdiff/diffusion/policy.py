@@ -31,7 +31,7 @@ from torch import Tensor
 
 from latentdiff.diffusion.elbo import gaussian_nll, normal_kl
 from latentdiff.diffusion.sampling import Denoiser, Generators, randn, respaced_schedule, spaced_timesteps
-from latentdiff.diffusion.schedule import Schedule, _at, eps_to_x0, posterior_mean_from_eps, posterior_variance
+from latentdiff.diffusion.schedule import Schedule, eps_to_x0, gather_at, posterior_mean_from_eps, posterior_variance
 
 POLICY_SAMPLERS = ("ddim", "ddpm")
 
@@ -75,7 +75,7 @@ def step_distribution(chain: Chain, x_t: Tensor, k: Tensor, eps: Tensor) -> tupl
     s = chain.schedule
     if chain.sampler == "ddpm":  # [DDPM] eq. 11 with σ² = β̃ (eq. 7)
         return posterior_mean_from_eps(s, x_t, k, eps), posterior_variance(s, k, x_t).sqrt()
-    ab, ab_prev = _at(s.alphas_bar, k, x_t), _at(s.alphas_bar_prev, k, x_t)  # (B, 1, 1, 1)
+    ab, ab_prev = gather_at(s.alphas_bar, k, x_t), gather_at(s.alphas_bar_prev, k, x_t)  # (B, 1, 1, 1)
     var = chain.eta ** 2 * (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)  # DDIM eq. 16, σ_k²
     x0 = eps_to_x0(s, x_t, k, eps)
     mean = ab_prev.sqrt() * x0 + (1.0 - ab_prev - var).clamp(min=0.0).sqrt() * eps  # DDIM eq. 12

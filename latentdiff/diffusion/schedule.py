@@ -89,7 +89,7 @@ class Schedule:
         return ab / (1.0 - ab)
 
 
-def _at(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+def gather_at(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """Gather ``values[t]`` for a batch of timesteps t (B,) and broadcast to ``like`` (B, ...)."""
     out = values.to(device=like.device)[t.to(like.device)].to(like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
@@ -100,13 +100,13 @@ def q_sample(schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor
 
     x0, noise: (B, ...); t: (B,) integer timesteps (0-based).
     """
-    ab = _at(schedule.alphas_bar, t, x0)
+    ab = gather_at(schedule.alphas_bar, t, x0)
     return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
 
 
 def q_mean_variance(schedule: Schedule, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """Mean √ᾱ_t x_0 and variance (1 − ᾱ_t) of q(x_t | x_0) ([DDPM] eq. 4), variance broadcastable."""
-    ab = _at(schedule.alphas_bar, t, x0)
+    ab = gather_at(schedule.alphas_bar, t, x0)
     return ab.sqrt() * x0, 1.0 - ab
 
 
@@ -117,31 +117,31 @@ def q_mean_variance(schedule: Schedule, x0: Tensor, t: Tensor) -> tuple[Tensor, 
 
 def eps_to_x0(schedule: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t ([DDPM] eq. 4 solved for x_0; eq. 15)."""
-    ab = _at(schedule.alphas_bar, t, x_t)
+    ab = gather_at(schedule.alphas_bar, t, x_t)
     return (x_t - (1.0 - ab).sqrt() * eps) / ab.sqrt()
 
 
 def x0_to_eps(schedule: Schedule, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
     """ε = (x_t − √ᾱ_t x_0) / √(1 − ᾱ_t) ([DDPM] eq. 4 solved for ε)."""
-    ab = _at(schedule.alphas_bar, t, x_t)
+    ab = gather_at(schedule.alphas_bar, t, x_t)
     return (x_t - ab.sqrt() * x0) / (1.0 - ab).sqrt()
 
 
 def v_target(schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022, "Progressive Distillation", §4 and App. D)."""
-    ab = _at(schedule.alphas_bar, t, x0)
+    ab = gather_at(schedule.alphas_bar, t, x0)
     return ab.sqrt() * eps - (1.0 - ab).sqrt() * x0
 
 
 def v_to_x0(schedule: Schedule, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
     """x_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v."""
-    ab = _at(schedule.alphas_bar, t, x_t)
+    ab = gather_at(schedule.alphas_bar, t, x_t)
     return ab.sqrt() * x_t - (1.0 - ab).sqrt() * v
 
 
 def v_to_eps(schedule: Schedule, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
     """ε = √(1 − ᾱ_t) x_t + √ᾱ_t v."""
-    ab = _at(schedule.alphas_bar, t, x_t)
+    ab = gather_at(schedule.alphas_bar, t, x_t)
     return (1.0 - ab).sqrt() * x_t + ab.sqrt() * v
 
 
@@ -161,21 +161,21 @@ def prediction_to_eps(schedule: Schedule, x_t: Tensor, t: Tensor, pred: Tensor, 
 
 def posterior_mean_from_x0(schedule: Schedule, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
     """μ̃_t(x_t, x_0) = √ᾱ_{t−1} β_t/(1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) · x_t ([DDPM] eq. 7)."""
-    ab = _at(schedule.alphas_bar, t, x_t)
-    ab_prev = _at(schedule.alphas_bar_prev, t, x_t)
-    beta = _at(schedule.betas, t, x_t)
-    alpha = _at(schedule.alphas, t, x_t)
+    ab = gather_at(schedule.alphas_bar, t, x_t)
+    ab_prev = gather_at(schedule.alphas_bar_prev, t, x_t)
+    beta = gather_at(schedule.betas, t, x_t)
+    alpha = gather_at(schedule.alphas, t, x_t)
     return (ab_prev.sqrt() * beta / (1.0 - ab)) * x0 + (alpha.sqrt() * (1.0 - ab_prev) / (1.0 - ab)) * x_t
 
 
 def posterior_mean_from_eps(schedule: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """μ = (1/√α_t) (x_t − β_t/√(1 − ᾱ_t) · ε) ([DDPM] eq. 11): eq. 7 with x_0 from eq. 4."""
-    ab = _at(schedule.alphas_bar, t, x_t)
-    beta = _at(schedule.betas, t, x_t)
-    alpha = _at(schedule.alphas, t, x_t)
+    ab = gather_at(schedule.alphas_bar, t, x_t)
+    beta = gather_at(schedule.betas, t, x_t)
+    alpha = gather_at(schedule.alphas, t, x_t)
     return (x_t - beta / (1.0 - ab).sqrt() * eps) / alpha.sqrt()
 
 
 def posterior_variance(schedule: Schedule, t: Tensor, like: Tensor) -> Tensor:
     """β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t ([DDPM] eq. 7), broadcastable to ``like``."""
-    return _at(schedule.posterior_variance, t, like)
+    return gather_at(schedule.posterior_variance, t, like)

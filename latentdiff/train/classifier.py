@@ -170,12 +170,12 @@ def train_classifier(cfg: ClassifierTrainConfig, resume: bool = False) -> Path:
     from latentdiff.config import to_dict
     from latentdiff.pipeline import Pipeline
     from latentdiff.train.loop import run_stage
-    from latentdiff.train.run import _prepare_data, make_accelerator, seed_init
+    from latentdiff.train.run import make_accelerator, prepare_data, seed_init
 
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg.device, cfg.classifier.loop.mixed_precision)
     pipe = Pipeline.load(cfg.model or None, device=accelerator.device)
-    train_recs, hold_recs = _prepare_data(cfg, accelerator)
+    train_recs, hold_recs = prepare_data(cfg, accelerator)
     if cfg.max_images:
         train_recs = train_recs[: cfg.max_images]
     objs_train, objs_hold = record_objects(train_recs), record_objects(hold_recs)

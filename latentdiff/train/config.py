@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from latentdiff.config import COMPILE_MODES, ScheduleConfig, _check_choice
+from latentdiff.config import COMPILE_MODES, ScheduleConfig, check_choice
 from latentdiff.errors import ConfigError
 from latentdiff.models.factory import ImageTowerConfig, TextConfig, UNetConfig, VAEConfig
 
@@ -34,9 +34,9 @@ class LoopConfig:
     time_limit_s: float = 0.0
 
     def __post_init__(self):
-        _check_choice(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
-        _check_choice(self, "compile", ("none", *COMPILE_MODES))
-        _check_choice(self, "data_on_device", ("auto", "yes", "no"))
+        check_choice(self, "mixed_precision", ("auto", "no", "bf16", "fp16"))
+        check_choice(self, "compile", ("none", *COMPILE_MODES))
+        check_choice(self, "data_on_device", ("auto", "yes", "no"))
         if self.sync_every < 0:
             raise ConfigError(f"sync_every: expected 0 (auto) or a positive integer, got {self.sync_every}")
         if self.time_limit_s < 0:
@@ -130,7 +130,7 @@ class TrainConfig:
     stages: tuple[str, ...] = ("vae", "clip", "unet")
 
     def __post_init__(self):
-        _check_choice(self, "device", ("auto", "cpu", "cuda"))
+        check_choice(self, "device", ("auto", "cpu", "cuda"))
         for s in self.stages:
             if s not in ("vae", "clip", "unet"):
                 raise ConfigError(f"stages: expected items among vae, clip, unet, got {s!r}")

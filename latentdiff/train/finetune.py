@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from latentdiff.config import _check_choice, to_dict
+from latentdiff.config import check_choice, to_dict
 from latentdiff.errors import ConfigError, DataError, UserError
 from latentdiff.lora import LORA_LAYERS, add_lora
 from latentdiff.pixels import save_grid
@@ -76,10 +76,10 @@ class FinetuneConfig:
     loop: LoopConfig = dataclasses.field(default_factory=lambda: default_loop("lora"))  # see default_loop(method)
 
     def __post_init__(self):
-        _check_choice(self, "method", METHODS)
-        _check_choice(self, "background", ("white", "black"))
-        _check_choice(self, "lora_layers", tuple(LORA_LAYERS))
-        _check_choice(self, "device", ("auto", "cpu", "cuda"))
+        check_choice(self, "method", METHODS)
+        check_choice(self, "background", ("white", "black"))
+        check_choice(self, "lora_layers", tuple(LORA_LAYERS))
+        check_choice(self, "device", ("auto", "cpu", "cuda"))
         if self.rank < 1:
             raise ConfigError(f"rank: expected a positive integer, got {self.rank}")
         if not 0.0 <= self.caption_dropout <= 1.0:
@@ -156,10 +156,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_step: Callable[[int],
     from latentdiff.train.run import make_accelerator
 
     records = load_folder(cfg.data)
-    out = _check_output(cfg.out)
+    out = check_output(cfg.out)
     accelerator = make_accelerator(cfg.device, cfg.loop.mixed_precision)
     main = accelerator.is_main_process
-    base = _load_base(cfg)
+    base = load_base(cfg)
     size = _resolution(cfg, base)
     intake = take_in(records, size, cfg.background, root=Path(cfg.data), progress=main)
     if main:
@@ -167,13 +167,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, on_step: Callable[[int],
     if not intake.records:
         raise DataError(f"{cfg.data}: none of its {intake.total} images can be used (see the summary above)")
     if main:
-        _make_output(out)
+        make_output(out)
         (out / "intake.json").write_text(json.dumps(intake.to_json(), indent=1))
-        _check_identity(out, _identity(cfg, base, size, len(intake.records)), resume)
+        check_identity(out, _identity(cfg, base, size, len(intake.records)), resume)
     base.to(accelerator.device)
     mean, std = _latents(accelerator, out, base, intake, size, cfg.background)
     texts = [r.text for r in intake.records]
-    tokens, null = _tokens(base, texts, log if main else (lambda _: None))
+    tokens, null = caption_token_ids(base, texts, log if main else (lambda _: None))
     torch.manual_seed(seed_for(cfg.seed, STAGE_IDS["finetune"], 1 << 30))  # LoRA's initial A from the seed
     prompts = list(dict.fromkeys(texts))[: cfg.validation_prompts]
     stage = FinetuneStage(cfg, base, mean, std, tokens, null, accelerator.device, prompts)
@@ -191,21 +191,21 @@ def _what(cfg: FinetuneConfig) -> str:
     return f"LoRA rank {cfg.rank} on the {parts}'s {where}" if cfg.method == "lora" else f"all of the {parts}"
 
 
-def _check_output(text: str) -> Path:
+def check_output(text: str) -> Path:
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     return out
 
 
-def _make_output(out: Path) -> None:
+def make_output(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
 
 
-def _load_base(cfg: FinetuneConfig):
+def load_base(cfg: FinetuneConfig):
     from latentdiff.pipeline import Pipeline
 
     base = Pipeline.load(cfg.model, device="cpu", dtype=torch.float32, config=cfg.model_config,
@@ -235,7 +235,7 @@ def _identity(cfg: FinetuneConfig, base, size: int, images: int) -> dict:
             "images": images}
 
 
-def _check_identity(out: Path, identity: dict, resume: bool, keys: tuple[str, ...] = IDENTITY_KEYS,
+def check_identity(out: Path, identity: dict, resume: bool, keys: tuple[str, ...] = IDENTITY_KEYS,
                     name: str = "finetune.json") -> None:
     """Write ``name`` (``finetune.json``); on ``--resume`` first refuse ``keys`` that differ from the run's."""
     path = out / name
@@ -265,7 +265,7 @@ def _latents(accelerator, out: Path, base, intake, size: int, background: str):
     return mean, std
 
 
-def _tokens(base, texts: list[str], log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+def caption_token_ids(base, texts: list[str], log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids of the captions, (N, L), and of the empty prompt, (L,), padded as the pipeline pads."""
     length = base.max_length
     kw = dict(padding="max_length", max_length=length, truncation=True, return_tensors="pt")

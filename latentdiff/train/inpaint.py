@@ -270,7 +270,7 @@ def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
     from latentdiff.data.latents import cached_latents, load_images
     from latentdiff.models.inpaint import inpainting_unet
     from latentdiff.train.loop import run_stage
-    from latentdiff.train.run import _timed, _Timer, derived_run, main_first, seed_init
+    from latentdiff.train.run import StageTimer, derived_run, main_first, seed_init, timed_stage
     from latentdiff.train.stages import vae_latent_stats
 
     out = Path(cfg.out)
@@ -286,8 +286,8 @@ def train_inpaint(cfg: InpaintTrainConfig, resume: bool = False) -> Path:
     unet = (base.unet if base.is_inpainting else inpainting_unet(base.unet)).train().requires_grad_(True)
     stage = InpaintTrainStage(cfg, unet, base, images, mean, std, examples_of(train_recs, size), device, hold_recs)
     folder = out / "inpaint"
-    timer = _Timer(out / "times.json", f"{device.type} x{accelerator.num_processes}", main)
-    _timed("inpaint", folder, resume, timer,
+    timer = StageTimer(out / "times.json", f"{device.type} x{accelerator.num_processes}", main)
+    timed_stage("inpaint", folder, resume, timer,
            lambda: run_stage(stage, cfg.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg)), cfg.loop.steps)
     if not main:
         return out / "model"

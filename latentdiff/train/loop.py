@@ -221,7 +221,7 @@ class _Log:
                 f.write(json.dumps(row) + "\n")
 
 
-def _save_validation(out: Path, step: int, metrics: dict | None) -> dict:
+def save_validation(out: Path, step: int, metrics: dict | None) -> dict:
     """Keep a validation's figures beside its picture (``val/step0001000.json``; a resumed run rewrites its
     own) and print them when there are any beyond the step; returns them."""
     metrics = dict(metrics or {})
@@ -304,7 +304,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
                                     {**_saved(counters), "ema_step": ema.optimization_step, "config": config_dict},
                                     keep=cfg.keep_checkpoints)
             if validate:
-                _save_validation(out, n, _with_ema(stage, accelerator.unwrap_model(model), ema,
+                save_validation(out, n, _with_ema(stage, accelerator.unwrap_model(model), ema,
                                                    lambda m: stage.validate(m, n, out)))
             if interrupted:
                 accelerator.wait_for_everyone()
@@ -321,7 +321,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
     if main:
         unwrapped = accelerator.unwrap_model(model)
         metrics = _with_ema(stage, unwrapped, ema, lambda m: stage.validate(m, last, out))
-        metrics = _save_validation(out, last, metrics)
+        metrics = save_validation(out, last, metrics)
         result = _with_ema(stage, unwrapped, ema, lambda m: stage.finish(m, result))
         (out / "metrics.json").write_text(json.dumps({**metrics, **_saved(counters), "steps": last}, indent=1))
     accelerator.wait_for_everyone()

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentdiff.config import _check_choice, to_dict
+from latentdiff.config import check_choice, to_dict
 from latentdiff.diffusion.policy import POLICY_SAMPLERS
 from latentdiff.errors import ConfigError, UserError
 from latentdiff.lora import LORA_LAYERS
@@ -119,7 +119,7 @@ class RewardConfig:
     def __post_init__(self):
         for name, choices in (("method", ("lora", "full")), ("objective", OBJECTIVES), ("sampler", POLICY_SAMPLERS),
                               ("lora_layers", tuple(LORA_LAYERS)), ("device", ("auto", "cpu", "cuda"))):
-            _check_choice(self, name, choices)
+            check_choice(self, name, choices)
         checks = ((self.rank >= 1, "rank: expected a positive integer"),
                   (self.images_per_prompt >= 1, "images_per_prompt: expected a positive integer"),
                   (self.samples_per_epoch % self.images_per_prompt == 0,
@@ -441,28 +441,28 @@ def finetune_reward(cfg: RewardConfig, resume: bool = False, on_step: Callable[[
                     log: Callable[[str], None] = print) -> Path:
     """Reward fine-tuning (module docstring); returns the LoRA file or the model folder. The reward and the
     prompts are checked before any model is loaded."""
-    from latentdiff.train.finetune import _check_identity, _check_output, _load_base, _make_output
-    from latentdiff.train.loop import STAGE_IDS, _save_validation, run_stage, seed_for
+    from latentdiff.train.finetune import check_identity, check_output, load_base, make_output
+    from latentdiff.train.loop import STAGE_IDS, run_stage, save_validation, seed_for
     from latentdiff.train.rewards import load_reward
     from latentdiff.train.run import make_accelerator
 
     reward = load_reward(cfg.reward)
     pool = prompt_pool(cfg, reward)
-    out = _check_output(cfg.out)
+    out = check_output(cfg.out)
     accelerator = make_accelerator(cfg.device, cfg.loop.mixed_precision)
     if accelerator.num_processes > 1:
         raise UserError("reward fine-tuning runs in one process (its epochs are sampled there); "
                         "start it without accelerate launch")
-    base = _load_base(cfg)
-    _make_output(out)
-    _check_identity(out, _identity(cfg, base, pool), resume, IDENTITY_KEYS, "reward.json")
+    base = load_base(cfg)
+    make_output(out)
+    check_identity(out, _identity(cfg, base, pool), resume, IDENTITY_KEYS, "reward.json")
     base.to(accelerator.device)
     start = _start_step(out, resume)
     torch.manual_seed(seed_for(cfg.seed, STAGE_IDS["reward"], 1 << 30))  # LoRA's initial A from the seed
     stage = RewardStage(cfg, base, reward, pool, accelerator.device, start, out)
     log(_summary(cfg, stage, len(pool)))
     if start == 0 and _no_checkpoint(out):  # the "before" grid and reward
-        _save_validation(out, 0, stage.validate(stage.model, 0, out))
+        save_validation(out, 0, stage.validate(stage.model, 0, out))
     return run_stage(stage, cfg.loop, out, cfg.seed, accelerator, resume, to_dict(cfg), on_step, final=out)
 
 

@@ -51,7 +51,7 @@ def make_accelerator(device: str, mixed_precision: str):
     return Accelerator(cpu=not cuda, mixed_precision=mixed_precision)
 
 
-def _prepare_data(cfg: TrainConfig, accelerator):
+def prepare_data(cfg: TrainConfig, accelerator):
     folder = Path(cfg.data.folder)
     if cfg.data.shapes_num > 0 and not (folder / "metadata.jsonl").is_file():
         if accelerator.is_main_process:
@@ -99,17 +99,17 @@ def derived_run(cfg, mixed_precision: str, inpainting_ok: bool = False):
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    train_recs, hold_recs = _prepare_data(cfg, accelerator)
+    train_recs, hold_recs = prepare_data(cfg, accelerator)
     return accelerator, base, train_recs, hold_recs
 
 
-def _tokens(tokenizer, texts: list[str]) -> torch.Tensor:
+def tokenize_captions(tokenizer, texts: list[str]) -> torch.Tensor:
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     return ids  # (N, 77) int64
 
 
-class _Timer:
+class StageTimer:
     def __init__(self, path: Path, device: str, active: bool):
         self.path, self.device, self.active = path, device, active
 
@@ -135,11 +135,11 @@ def train(cfg: TrainConfig, resume: bool = False, only: tuple[str, ...] | None =
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    train_recs, hold_recs = _prepare_data(cfg, accelerator)
+    train_recs, hold_recs = prepare_data(cfg, accelerator)
     size = cfg.vae.model.sample_size
     tokenizer = load_clip_tokenizer(None)
     tokenizer.model_max_length = cfg.clip.text.max_length
-    timer = _Timer(out / "times.json", f"{device.type} x{accelerator.num_processes}", main)
+    timer = StageTimer(out / "times.json", f"{device.type} x{accelerator.num_processes}", main)
     stages = only or cfg.stages
     images = holdout = None
 
@@ -174,7 +174,7 @@ def _stage_done(folder: Path) -> bool:
     return (folder / DONE).is_file()
 
 
-def _timed(stage_name, folder: Path, resume: bool, timer: _Timer, fn, steps: int):
+def timed_stage(stage_name, folder: Path, resume: bool, timer: StageTimer, fn, steps: int):
     """Run ``fn()`` unless the stage finished earlier (then a resume skips it); record its time. A stage
     stopped by its time limit before ``steps`` is not marked finished: a resume goes on with it."""
     if _stage_done(folder):
@@ -211,7 +211,7 @@ def _run_vae(cfg, out, resume, accelerator, imgs, timer):
         stage = VAETrainStage(cfg.vae, images, holdout, accelerator.device)
         run_stage(stage, cfg.vae.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.vae))
 
-    _timed("vae", folder, resume, timer, go, cfg.vae.loop.steps)
+    timed_stage("vae", folder, resume, timer, go, cfg.vae.loop.steps)
 
 
 def _run_clip(cfg, out, resume, accelerator, imgs, train_recs, hold_recs, tokenizer, timer):
@@ -222,11 +222,11 @@ def _run_clip(cfg, out, resume, accelerator, imgs, train_recs, hold_recs, tokeni
     def go():
         images, holdout = imgs()
         seed_init(cfg.seed, "clip")
-        stage = ClipTrainStage(cfg.clip, images, _tokens(tokenizer, [r.text for r in train_recs]), holdout,
-                               _tokens(tokenizer, [r.text for r in hold_recs]), accelerator.device)
+        stage = ClipTrainStage(cfg.clip, images, tokenize_captions(tokenizer, [r.text for r in train_recs]), holdout,
+                               tokenize_captions(tokenizer, [r.text for r in hold_recs]), accelerator.device)
         run_stage(stage, cfg.clip.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.clip))
 
-    _timed("clip", folder, resume, timer, go, cfg.clip.loop.steps)
+    timed_stage("clip", folder, resume, timer, go, cfg.clip.loop.steps)
 
 
 def finished_stages(out: Path):
@@ -252,8 +252,8 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
     encode = lambda x: vae_latent_stats(vae, x, device)  # noqa: E731
     mean, std, _ = main_first(accelerator, lambda: cached_latents(out / "latents", vae, train_recs, size, encode,
                                                                  lambda: imgs()[0]))
-    tokens = _tokens(tokenizer, [r.text for r in train_recs])
-    null = _tokens(tokenizer, [""])[0]
+    tokens = tokenize_captions(tokenizer, [r.text for r in train_recs])
+    null = tokenize_captions(tokenizer, [""])[0]
     assemble = lambda unet, text, dest: assemble_model(dest, unet, vae, text or text_encoder, tokenizer,  # noqa: E731
                                                        cfg, out)
     seed_init(cfg.seed, "unet")
@@ -261,7 +261,7 @@ def _run_unet(cfg, out, resume, accelerator, imgs, train_recs, tokenizer, timer)
     if cfg.unet.grounding_loss > 0:
         stage.set_grounding(cfg.unet.grounding_loss, *grounding_data(train_recs, tokenizer, size),
                             min_t=cfg.unet.grounding_min_t)
-    _timed("unet", folder, resume, timer,
+    timed_stage("unet", folder, resume, timer,
            lambda: run_stage(stage, cfg.unet.loop, folder, cfg.seed, accelerator, resume, to_dict(cfg.unet)),
            cfg.unet.loop.steps)
     if not accelerator.is_main_process:

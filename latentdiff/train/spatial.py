@@ -237,7 +237,7 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
     """Run the recipe (module docstring); returns ``OUT/final/`` + ``gligen``, ``layout_controlnet`` or
     ``controlnet``."""
     from latentdiff.data.latents import cached_latents, load_images
-    from latentdiff.train.finetune import _tokens
+    from latentdiff.train.finetune import caption_token_ids
     from latentdiff.train.loop import run_stage
     from latentdiff.train.run import derived_run, main_first, seed_init
     from latentdiff.train.stages import vae_latent_stats
@@ -252,7 +252,7 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
     encode = lambda x: vae_latent_stats(base.vae, x, device)  # noqa: E731
     mean, std, _ = main_first(accelerator, lambda: cached_latents(cache, base.vae, train_recs, size, encode,
                                                                  lambda: load_images(train_recs, size, main)))
-    tokens, null = _tokens(base, [r.text for r in train_recs], print if main else (lambda _: None))
+    tokens, null = caption_token_ids(base, [r.text for r in train_recs], print if main else (lambda _: None))
     seed_init(cfg.seed, cfg.condition)
     model = build_model(cfg.condition, base, cfg.gate_init, cfg.method, cfg.init, cfg.binder)
     stage = SpatialStage(cfg, base, model, mean, std, tokens, null, train_recs, size, device, hold_recs)
