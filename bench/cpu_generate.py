@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -80,25 +79,6 @@ def startup(model: str | None, repeats: int) -> dict:
             "startup_overhead_s": statistics.median(r[0] - f[0] for r, f in zip(runs, floor)),
             "startup_overhead_cpu_s": statistics.median(r[1] - f[1] for r, f in zip(runs, floor)),
             "startup_runs": runs, "floor_runs": floor}
-
-
-def cpu_model_name() -> str:
-    """``lscpu``'s model name (/proc/cpuinfo's where lscpu is missing), else the platform's word."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def diffusers_pipeline(pipe, model: str | None):
@@ -224,7 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from latentdiff.speed import cpu_bf16_kind
+    from latentdiff.speed import cpu_bf16_kind, cpu_model_name
 
     sizes = [int(n) for n in args.num_images.split(",")]
     result = {"cpu": cpu_model_name(), "cores": os.cpu_count(), "cpu_bf16": cpu_bf16_kind(),

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 import os
+import platform
+import subprocess
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -148,6 +150,12 @@ def parse_speed(text: str, flag: str = "--speed") -> Speed:
             raise UserError(f"{flag} {text!r}: unknown word {word!r}; expected a comma list of "
                             f"{', '.join(SPEC_WORDS)}")
     return speed_from(**options)
+
+
+def speed_option(text: str | None, flag: str = "--speed") -> Speed | None:
+    """A front end's ``--speed`` value: None (the plain float32 path) for None or ``plain``, else
+    :func:`parse_speed`."""
+    return None if text is None or text.strip() == "plain" else parse_speed(text, flag)
 
 
 def auto_options(device: str | torch.device = "cpu", flags: frozenset[str] | None = None) -> dict[str, Any]:
@@ -321,6 +329,25 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cpu_model_name() -> str:
+    """``lscpu``'s model name (/proc/cpuinfo's where lscpu is missing), else the platform's word."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_threads() -> int:

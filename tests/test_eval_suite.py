@@ -181,6 +181,19 @@ def test_sections_without_their_inputs_are_skipped_with_the_reason(tiny_model_di
     assert set(json.loads((out / "results.json").read_text())["results"]) == {"accuracy", "_totals"}
 
 
+def test_eval_runs_the_fast_path_by_default_and_records_it(tiny_model_dir, tmp_path, tiny_suite):
+    """The suite takes `--speed auto` unless told `--speed plain`; the report names what ran."""
+    from latentdiff.speed import Speed, resolve_auto
+
+    chosen = resolve_auto(Speed(auto=True), "cpu").describe()
+    for flags, expected in (([], chosen), (["--speed", "plain"], "plain (float32)")):
+        out = tmp_path / f"r{len(flags)}"
+        assert main(["eval", "--model", str(tiny_model_dir), "--out", str(out), "--sections", "accuracy",
+                     "--limit", "1", "--steps", "2", "--device", "cpu", *flags]) == 0
+        assert json.loads((out / "results.json").read_text())["meta"]["speed"] == expected
+        assert f"Speed options: {expected}" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("flags,words", [
     (["--sections", "accuracy,speed"], "--sections 'accuracy,speed': expected a comma-separated subset of"),
     (["--suite", "huge"], "--suite 'huge': expected quick or full"),
@@ -189,6 +202,7 @@ def test_sections_without_their_inputs_are_skipped_with_the_reason(tiny_model_di
     (["--classifier", "/nonexistent/clf"], "--classifier /nonexistent/clf: not found"),
     (["--num-images", "0"], "--num-images 0: expected a positive integer"),
     (["--sampler", "heun"], "--sampler 'heun': unknown sampler"),
+    (["--speed", "turbo"], "--speed 'turbo': unknown word 'turbo'"),
 ])
 def test_eval_flag_errors_are_one_line(tiny_model_dir, tmp_path, capsys, flags, words):
     code = main(["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path), *flags])

@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="image j of every prompt starts from seed + j")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 16)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--speed", default="auto", metavar="LIST",
+                   help="speed options as for 'latentdiff generate --speed' (default: auto, the fast path this "
+                        "machine supports, as recorded in the report); plain: the exact float32 path")
     p.set_defaults(handler=run)
 
 
@@ -122,7 +125,9 @@ def _machine(pipe) -> str:
 
     if pipe.device.type == "cuda":
         return torch.cuda.get_device_name(pipe.device)
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    from latentdiff.speed import cpu_model_name
+
+    return f"{cpu_model_name()} ({platform.machine()}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def _features(args, pipe, skipped: dict) -> tuple[dict, dict]:
@@ -153,9 +158,11 @@ def run(args: argparse.Namespace) -> int:
     from latentdiff.lora import parse_lora_spec
     from latentdiff.models.classifier import ClassifierGuide, load_classifier
     from latentdiff.pipeline import Pipeline
+    from latentdiff.speed import speed_option
 
     suite, sections = _suite(args), _sections(args.sections)
     sampler, device = parse_sampler(args.sampler), parse_device(args.device)
+    speed = speed_option(args.speed)
     if args.inception_weights and not Path(args.inception_weights).is_file():
         raise UserError(f"--inception-weights {args.inception_weights}: file not found")
     loras = [parse_lora_spec(text) for text in args.lora]
@@ -164,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = Pipeline.load(args.model, device=device)
     if loras:
         pipe.load_loras(loras)
+    if speed is not None:
+        pipe.optimize(speed)  # after the LoRAs, which must come first
     opts = pipe.resolve(steps=args.steps, sampler=sampler)
     skipped: dict[str, str] = {}
     meta_files: dict = {}
@@ -198,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {"model": args.model or "the default model", "suite": suite.name, "date": report.now(),
             "command": "latentdiff " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "model_sha256": pipe.weights_sha256, "versions": _versions(), "machine": _machine(pipe),
+            "speed": pipe.speed.describe() if pipe.speed is not None else "plain (float32)",
             "seconds": time.time() - t0, "skipped": skipped, "settings": dataclasses.asdict(suite), **meta_files,
             "loras": [{**e, "path": str(p)} for (p, _), e in zip(loras, pipe.loras)]}  # the path as given
     path = report.write_report(out, results, meta, {k: c.title for k, c in SECTION_CLASSES.items()})

@@ -42,8 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "shipped inpainting model when serving the default model, else none)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="apply a LoRA file (to the served model, not to --inpaint-model)")
-    p.add_argument("--speed", default=None, metavar="LIST",
-                   help="speed options as for generate, e.g. auto or fast (see docs/performance.md)")
+    p.add_argument("--speed", default="auto", metavar="LIST",
+                   help="speed options as for generate, e.g. auto or fast (see docs/performance.md; default: auto, "
+                        "the fast path this machine supports; plain: the exact float32 path)")
     limit_flags(p, "per request", WEB_LIMITS)
     p.set_defaults(handler=run_serve)
 
@@ -83,7 +84,7 @@ def load_inpaint_model(pipe, given: str | None, device: str | None):
 
 def run_serve(args: argparse.Namespace) -> int:
     from latentdiff.lora import parse_lora_spec
-    from latentdiff.speed import parse_speed
+    from latentdiff.speed import speed_option
     from latentdiff.web.security import parse_origins, token_required
     from latentdiff.web.server import make_server, page_url
 
@@ -93,7 +94,7 @@ def run_serve(args: argparse.Namespace) -> int:
     parse_origins(args.allow_origin)
     device = parse_device(args.device)
     loras = [parse_lora_spec(text) for text in args.lora]
-    speed = parse_speed(args.speed) if args.speed is not None else None
+    speed = speed_option(args.speed)
     pipe = load_pipeline(args, args.model, device)
     attach_spatial(pipe, args.layout_model, args.segmap_model)
     inpaint = load_inpaint_model(pipe, args.inpaint_model, device)

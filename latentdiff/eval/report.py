@@ -206,7 +206,8 @@ def write_report(out: Path, results: dict, meta: dict, titles: dict[str, str]) -
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     lines = [f"# Evaluation of `{meta['model']}` ({meta['suite']} suite)", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; wall time {meta['seconds']:.0f} s on "
-             f"{meta['machine']}  ", f"Model weights sha256: `{meta['model_sha256']}`  "]
+             f"{meta['machine']}  ", f"Model weights sha256: `{meta['model_sha256']}`  ",
+             f"Speed options: {meta.get('speed', 'plain (float32)')}  "]
     for key in ("classifier", "clip", "inception"):
         if meta.get(key):
             lines.append(f"{key.capitalize()}: `{meta[key]['path']}` (sha256 `{meta[key]['sha256']}`)  ")
