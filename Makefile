@@ -97,3 +97,4 @@ inpaint-model: $(STAMP)
 	rm -rf latentdiff/assets/inpaint_model
 	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint7/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
 	rm -rf latentdiff/assets/inpaint_model/clip   # the CLIP towers ship once, with the default model
+	$(VPY) scripts/link_shared_weights.py latentdiff/assets/inpaint_model   # frozen VAE, text encoder, tokenizer: stored once

@@ -304,10 +304,12 @@ def weights_hash(files: list[str | Path], root: str | Path | None = None) -> str
     """One SHA-256 for a set of weight files: sha256 over the lines ``"<name> <sha256 of file>\\n"`` sorted
     by name, where name is the path relative to ``root`` (or the file name). A single file's hash is that
     file's own SHA-256, so it matches ``sha256sum`` of a single-file checkpoint."""
-    files = [Path(f).resolve() for f in files]  # a relative path and an absolute root must still compare
+    # absolute, so a relative path and an absolute root still compare; not resolved, so a file that is a link
+    # (a weight stored once and linked from a second model folder) is named by its place in this folder
+    files = [Path(os.path.abspath(f)) for f in files]
     if len(files) == 1:
         return file_sha256(files[0])
-    root = Path(root).resolve() if root else None
+    root = Path(os.path.abspath(root)) if root else None
     names = sorted((str(f.relative_to(root)) if root else f.name, f) for f in files)
     h = hashlib.sha256()
     for name, f in names:
