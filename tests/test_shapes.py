@@ -194,3 +194,33 @@ def test_only_star_writes_a_200_image_fine_tuning_set(tmp_path):
     records = load_folder(tmp_path / "stars")
     assert len(records) == 200 and all("star" in r.text for r in records)
     assert not any(w in r.text for r in records for w in ("circle", "square", "triangle"))
+
+
+def test_box_phrases_take_the_article_of_captions():
+    import dataclasses
+
+    scene = sh.sample_scene(np.random.default_rng(3), (3, 3), sh.BASE_SHAPES, exclude_held_out=False)
+    for obj in scene.objects:
+        assert obj.phrase == sh.with_article(f"{obj.colour} {obj.shape}")
+    orange = dataclasses.replace(scene.objects[0], colour="orange")
+    assert orange.phrase == f"an orange {orange.shape}"
+
+
+def test_relation_captions_name_the_relation_of_two_object_scenes():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from relation_captions import fixed_article, relation_caption
+
+    boxes = [{"phrase": "a red circle", "box": [40, 0, 60, 20]}, {"phrase": "an orange square", "box": [0, 4, 20, 24]}]
+    assert relation_caption({"text": "a red circle and an orange square", "boxes": boxes}) == \
+        "a red circle right of an orange square"
+    assert relation_caption({"text": "an orange square and a red circle", "boxes": boxes}) == \
+        "an orange square left of a red circle"
+    same = [{**boxes[0]}, {**boxes[1], "phrase": "a red circle"}]
+    assert relation_caption({"text": "a red circle and a red circle", "boxes": same}) == \
+        "a red circle right of a red circle"
+    assert relation_caption({"text": "a red circle above an orange square", "boxes": boxes}) == \
+        "a red circle above an orange square"
+    assert fixed_article("a orange square") == "an orange square" and fixed_article("a red circle") == "a red circle"

@@ -90,8 +90,8 @@ class ShapeObject:
 
     @property
     def phrase(self) -> str:
-        """The box phrase of the layout format: colour + shape, e.g. ``"a red circle"``."""
-        return f"a {self.colour} {self.shape}"
+        """The box phrase of the layout format: colour + shape, e.g. ``"a red circle"``, ``"an orange square"``."""
+        return with_article(f"{self.colour} {self.shape}")
 
 
 @dataclass(frozen=True)
