@@ -2,7 +2,7 @@
 :class:`~latentdiff.pipeline.Pipeline` generates with.
 
 * :func:`load_model` — a model's components from None (the default model), a diffusers folder, a single LDM
-  checkpoint file (:func:`model_path`). Format conversion is
+  checkpoint file, or a Hugging Face Hub id (``owner/name``: :func:`model_path`). Format conversion is
   :mod:`latentdiff.interop`'s; this module decides where a model comes from.
 * :class:`Model` — the components with where they came from: :meth:`Model.load`, :meth:`Model.save`,
   :meth:`Model.export_single_file`; a layout checkpoint (layout ControlNet or GLIGEN layers, told apart and
@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import inspect
+import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -28,7 +30,7 @@ from latentdiff.config import ScheduleConfig
 from latentdiff.diffusion.sampling import make_scheduler, scheduler_class
 from latentdiff.diffusion.schedule import Schedule
 from latentdiff.errors import UserError
-from latentdiff.interop import Components, load_components, save_diffusers
+from latentdiff.interop import PICKLE_SUFFIXES, Components, load_components, save_diffusers
 from latentdiff.interop import export_single_file as export_components
 from latentdiff.limits import Limits
 from latentdiff.models.control import NUM_CLASSES, layout_controlnet_config, load_fitting_controlnet
@@ -40,6 +42,11 @@ from latentdiff.speed import optimized
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 # Used when a model's latentdiff.json has no "generate_defaults"; DPM-Solver++(2M) converges in ~25 steps.
 GENERATE_DEFAULTS = {"sampler": "dpm++", "steps": 25, "guidance": 4.0}
+# owner/name as the Hub spells repository ids; a path with more parts, or a weight file's name, is not one.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# What a diffusers model needs from a Hub repository: configs, tokenizer files and the components' safetensors
+# (not the single-file checkpoints many repositories also carry at their root).
+HUB_FILES = ["*.json", "*.txt", "*/*.safetensors"]
 # Keys of a model's scheduler config that shape the timestep grid; passed to every sampler that takes them.
 SCHEDULER_KEYS = ("timestep_spacing", "steps_offset", "set_alpha_to_one")
 
@@ -62,21 +69,54 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 # --- where a model comes from ----------------------------------------------------------------------------
 
-def model_path(path: str | Path | None) -> Path:
-    """The local path of a model: the default model's folder for None; anything else as given."""
+def model_path(path: str | Path | None, *, allow_unsafe_pickle: bool = False) -> Path:
+    """The local path of a model: the default model's folder for None; a Hub id (``owner/name``, not an
+    existing local path) resolved through the Hugging Face cache, downloading it unless ``HF_HUB_OFFLINE`` is
+    set; anything else as given."""
     if path is None:
         if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
             raise UserError(f"no default model is installed (expected {DEFAULT_MODEL_DIR}); pass --model PATH "
                             f"(a diffusers folder or a .safetensors checkpoint)")
         return DEFAULT_MODEL_DIR
+    if isinstance(path, str) and not Path(path).exists() and is_hub_id(path):
+        return hub_snapshot(path, allow_unsafe_pickle=allow_unsafe_pickle)
     return Path(path)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a Hugging Face Hub repository id (owner/name) rather than a file's path."""
+    return HUB_ID.fullmatch(name) is not None and not name.lower().endswith((".safetensors", *PICKLE_SUFFIXES))
+
+
+def hub_snapshot(repo_id: str, *, allow_unsafe_pickle: bool = False) -> Path:
+    """The folder of ``repo_id``'s snapshot in the Hugging Face cache (``HF_HUB_CACHE``), downloaded when
+    online as diffusers' ``from_pretrained`` does; offline, an id missing from the cache is a one-line error."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+    cache = constants.HF_HUB_CACHE
+    patterns = HUB_FILES + (["*/*.bin"] if allow_unsafe_pickle else [])
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=offline, allow_patterns=patterns))
+    except LocalEntryNotFoundError:
+        if not offline:
+            raise UserError(f"{repo_id}: model not found: not a local path, and the Hugging Face Hub could not be "
+                            f"reached to download it") from None
+        raise UserError(f"{repo_id}: model not found: not a local path, and the Hugging Face Hub id is not in the "
+                        f"local Hugging Face cache ({cache}); this machine is offline (HF_HUB_OFFLINE)") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{repo_id}: model not found: not a local path, nor a repository of the Hugging Face Hub "
+                        f"this machine may read") from None
+    except HFValidationError:
+        raise UserError(f"{repo_id}: model not found") from None
 
 
 def load_model(path: str | Path | None, *, config: str | Path | None = None,
                allow_unsafe_pickle: bool = False) -> Components:
     """A model's components, frozen for inference (``eval()``, no gradients), from :func:`model_path`'s
     answer for ``path`` (``config``: see :func:`latentdiff.interop.load_components`)."""
-    comps = load_components(model_path(path), config=config,
+    comps = load_components(model_path(path, allow_unsafe_pickle=allow_unsafe_pickle), config=config,
                             allow_unsafe_pickle=allow_unsafe_pickle)
     for m in (comps.unet, comps.vae, comps.text_encoder):
         m.eval().requires_grad_(False)
@@ -180,8 +220,8 @@ class Model:
              dtype: torch.dtype | None = None, *, config: str | Path | None = None,
              allow_unsafe_pickle: bool = False):
         """Load a model: None for the default model, a diffusers folder, a single LDM checkpoint file
-        (``config`` names its component configs when they are not embedded; see :mod:`latentdiff.interop`).
-        ``dtype`` defaults to float32."""
+        (``config`` names its component configs when they are not embedded; see :mod:`latentdiff.interop`) or
+        a Hugging Face Hub id (:func:`model_path`). ``dtype`` defaults to float32."""
         dev = resolve_device(device)
         c = load_model(path, config=config, allow_unsafe_pickle=allow_unsafe_pickle)
         return cls(c.unet, c.vae, c.text_encoder, c.tokenizer, schedule_from_scheduler_config(c.scheduler_config),

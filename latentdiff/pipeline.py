@@ -1,7 +1,7 @@
 """Text-to-image generation: prompt → conditions → guided denoiser → sampler → VAE decode.
 
 >>> from latentdiff import Pipeline
->>> pipe = Pipeline.load(None)                 # the default model; or a folder / .safetensors path
+>>> pipe = Pipeline.load(None)                 # the default model; or a folder / .safetensors path / Hub id
 >>> images = pipe.generate("a red circle", seed=0, num_images=4)
 
 A :class:`Pipeline` is a loaded :class:`~latentdiff.checkpoint.Model` (networks, schedule, attached
