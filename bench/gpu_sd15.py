@@ -119,9 +119,10 @@ def build(b: Bench) -> None:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from latentdiff.checkpoint import schedule_from_scheduler_config
     from latentdiff.interop import sd_config_dir
     from latentdiff.models.tokenizer import byte_level_clip_tokenizer
-    from latentdiff.pipeline import Pipeline, schedule_from_scheduler_config
+    from latentdiff.pipeline import Pipeline
     from latentdiff.quiet import quiet_libraries
 
     folder = sd_config_dir("sd1")

@@ -282,6 +282,7 @@ def swap_test(unet, schedule, ctx_own, ctx_swapped, data, sf: float) -> dict:
 
 # --- driver --------------------------------------------------------------------------------------
 def prepare(pipe, num: int, log) -> dict:
+    from latentdiff.models.text import max_length, tokenize
     from latentdiff.train.stages import vae_latent_stats
 
     log(f"data: {num} one-object scenes (seed 11), 256 validation scenes (seed 12)")
@@ -296,10 +297,9 @@ def prepare(pipe, num: int, log) -> dict:
     for s, cap in zip(val_scenes, val_caps):
         other = [p for p in sw.POSITIONS if p != s.objects[0].position][int(rng.integers(8))]
         swapped.append(cap[: cap.rindex(" the ") + 5] + other)
-    length = pipe.max_length
+    length = max_length(pipe.text_encoder)
     token_obj, instances = grounding_inputs(pipe.tokenizer, scenes, captions, length)
-    ids = lambda caps: pipe.tokenizer(caps, padding="max_length", max_length=length, truncation=True,  # noqa: E731
-                                      return_tensors="pt").input_ids
+    ids = lambda caps: tokenize(pipe.tokenizer, pipe.text_encoder, caps).input_ids  # noqa: E731
     return {"mean": mean, "std": std, "ctx": encode(pipe, captions), "null": encode(pipe, [""])[0],
             "ids": ids(captions), "null_ids": ids([""])[0],
             "token_obj": token_obj, "instances": instances,

@@ -58,7 +58,7 @@ def main() -> None:
 
     from latentdiff.commands.generate import LAYOUT_FOLDERS, spatial_checkpoint
     from latentdiff.eval.spatial import draw_layout, draw_segmap
-    from latentdiff.layout import LayoutEntry, Spatial
+    from latentdiff.layout import LayoutEntry, Spatial, regional_share
     from latentdiff.pipeline import Pipeline
     from latentdiff.pixels import save_grid
     from latentdiff.regions import bind_regions
@@ -73,7 +73,7 @@ def main() -> None:
         layout = [LayoutEntry(ph, tuple(v / 64 for v in box)) for ph, box in boxes]
         seg = segmap_for(boxes, classes, size)
         tiles += [draw_layout([(e.phrase, e.box) for e in layout], size), draw_segmap(seg)]
-        share = pipe.regional_share(None, layout)  # every layout as generate draws it: the checkpoint's
+        share = regional_share(pipe, None, layout)  # every layout as generate draws it: the checkpoint's
         bound = bind_regions(prompt, seg).layout  # as generate --segmap; None: the prompt does not bind
         regions = Spatial(segmap=seg) if bound is None else Spatial(bound, seg, s, region_phrases=True,
                                                                     regional_text=share)

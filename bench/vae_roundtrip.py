@@ -59,7 +59,7 @@ def parse_args(argv=None):
 def load_vae(model: str | None, folder: str | None = None):
     from diffusers import AutoencoderKL
 
-    from latentdiff.pipeline import DEFAULT_MODEL_DIR
+    from latentdiff.checkpoint import DEFAULT_MODEL_DIR
 
     return AutoencoderKL.from_pretrained(folder or str(Path(model or DEFAULT_MODEL_DIR) / "vae"),
                                          torch_dtype=torch.float32)

@@ -29,7 +29,9 @@ import torch
 from torch import Tensor
 
 from latentdiff.diffusion.schedule import Schedule, prediction_to_eps
+from latentdiff.limits import Limits
 from latentdiff.models.control import control_picture
+from latentdiff.models.text import encode_prompt
 
 
 def _cat(values: list):
@@ -104,6 +106,14 @@ class Conditioning:
         """Apply ``fn`` to every route that is set."""
         return replace(self, **{f.name: _map(getattr(self, f.name), fn) for f in fields(self)
                                 if getattr(self, f.name) is not None})
+
+
+def text_conditioning(tokenizer, text_encoder, prompts: list[str], limits: Limits | None = None) -> Conditioning:
+    """The text conditioner: one :class:`Conditioning` row per prompt, its ``context`` the prompt's encoding
+    (:func:`latentdiff.models.text.encode_prompt`); each distinct text is encoded once."""
+    unique = list(dict.fromkeys(prompts))
+    ctx = encode_prompt(tokenizer, text_encoder, unique, limits)  # (U, 77, D)
+    return Conditioning(context=ctx).index([unique.index(p) for p in prompts])
 
 
 def unet_model(unet, schedule: Schedule, prediction: str | None = None, dtype: torch.dtype | None = None,

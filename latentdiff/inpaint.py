@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from latentdiff.conditioning import Conditioning
 from latentdiff.errors import UserError
 from latentdiff.limits import MAX_MASK_BLUR, MAX_RESAMPLE
 from latentdiff.pixels import to_unit_hwc
+from latentdiff.provenance import PNG_KEY, record
+from latentdiff.request import batches, plan
 
 MODES = ("auto", "model", "blend")
 DEFAULT_MASK_BLUR = 4  # px of feathering outside the mask (64×64 shapes images)
@@ -248,6 +251,14 @@ def whole_image_concat(pipe, batch: int, height: int, width: int) -> Tensor:
     return inpainting_concat(pipe.vae, image, mask).expand(batch, -1, -1, -1)
 
 
+def with_concat(pipe, cond: Conditioning, uncond: Conditioning | None, batch: InpaintBatch | None, height: int,
+                width: int) -> tuple[Conditioning, Conditioning | None]:
+    """``cond`` and ``uncond`` with an inpainting U-Net's extra inputs: ``batch``'s mask and masked latents,
+    or (no ``batch``: text-to-image) :func:`whole_image_concat`. Both branches get the same ``concat``."""
+    concat = batch.concat if batch is not None else whole_image_concat(pipe, cond.batch_size, height, width)
+    return replace(cond, concat=concat), None if uncond is None else replace(uncond, concat=concat)
+
+
 @dataclass(frozen=True)
 class InpaintBatch:
     """What inpainting adds to a batch of text-to-image rows (see :meth:`Pipeline.sample_rows`).
@@ -358,17 +369,14 @@ def inpaint(pipe, prompt: str | list[str], image: Any, mask: Any = None, *, mode
     original, alpha = inputs.image[:h, :w], feather(inputs.mask[:h, :w], mask_blur)
     settings = {"mode": mode, "strength": strength, "mask_blur": mask_blur, "resample": resample,
                 "image_sha256": inputs.image_sha256, "mask_sha256": inputs.mask_sha256, "height": h, "width": w}
-    rows = pipe.plan(prompt, negative_prompt, num_images, seed)
-    bs = pipe.batch_size(opts["height"], opts["width"], batch_size)
-    pipe.check_batch(min(bs, len(rows)), opts["steps"], opts["height"], opts["width"])
+    rows = plan(pipe.limits, prompt, negative_prompt, num_images, seed)
     where = dict(device=pipe.device, dtype=pipe.dtype)
     images = []
-    for start in range(0, len(rows), bs):
-        batch = rows[start:start + bs]
+    for batch in batches(pipe, rows, opts, batch_size):  # the batch size is checked before any work
         latents = pipe.sample_rows(batch, inpaint=one.repeat(len(batch)), progress=progress, **opts, **where)
         for i, px in enumerate(pipe.decode_latents(latents)[:, :h, :w]):
             img = Image.fromarray(composite(px, original, alpha))
-            record = pipe.record(batch, i, **opts, **where)
-            img.info["latentdiff"] = type(record)(**{**record.__dict__, "extra": {"inpaint": settings}}).to_json()
+            rec = replace(record(pipe, batch, i, **opts, **where), extra={"inpaint": settings})
+            img.info[PNG_KEY] = rec.to_json()
             images.append(img)
     return images

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from latentdiff.conditioning import Conditioning, Grounding
+from latentdiff.diffusion.guidance import nested_guidance
 from latentdiff.errors import UserError
 from latentdiff.limits import check_text, short
 
@@ -178,6 +179,46 @@ def recorded_spatial(record, segmap: np.ndarray | None = None, where: str = "the
                    region_phrases=bool(layout and layout.get("region_phrases")),
                    regional_text=float(layout.get("regional_text", 0.0)) if layout else 0.0)
 
+
+def text_guidance(pipe, guidance: float | None, spatial: Spatial | None = None) -> float | None:
+    """The text guidance a call asks for: ``guidance`` when given; for region phrases (a layout bound from
+    the prompt to the map, :mod:`latentdiff.regions`) the layout checkpoint's ``region_guidance`` when it
+    has one; else None, the model's default."""
+    if guidance is None and spatial is not None and spatial.region_phrases:
+        return pipe.region_guidance
+    return guidance
+
+
+def regional_share(pipe, share: float | None, layout) -> float:
+    """The share of each layout box's text that is its phrase alone (regional text, :func:`region_weights`)
+    for a call with ``layout`` (None: no layout, so 0): ``share`` when given, else the layout checkpoint's
+    ``regional_text`` (0 when it has none)."""
+    if layout is None:
+        return 0.0
+    return pipe.regional_text if share is None else float(share)
+
+
+def check_spatial(pipe, spatial: Spatial, height: int, width: int) -> None:
+    """A one-line error when ``spatial`` asks for a checkpoint ``pipe`` lacks, or does not fit the image."""
+    if spatial.layout is not None and not pipe.layout_slots:
+        raise UserError("this model has no layout checkpoint (layout_controlnet/ or gligen/); pass "
+                        "--layout-model DIR")
+    if spatial.layout is not None and len(spatial.layout) > pipe.layout_slots:
+        raise UserError(f"{len(spatial.layout)} layout boxes; this model supports at most {pipe.layout_slots}")
+    if spatial.segmap is not None and pipe.controlnet is None:
+        raise UserError("this model has no segmentation ControlNet (controlnet/); pass --segmap-model DIR")
+    if spatial.segmap is not None and spatial.segmap.shape != (height, width):
+        raise UserError(f"segmentation map of size {spatial.segmap.shape[1]}x{spatial.segmap.shape[0]}; the "
+                        f"image is {width}x{height}")
+
+
+def spatial_denoiser(pipe, model, spatial: Spatial, cond: Conditioning, uncond: Conditioning | None,
+                     guidance: float, size: tuple[int, int]):
+    """The denoiser of a call with a layout and/or a map: checked against ``pipe``'s checkpoints
+    (:func:`check_spatial`), then guided with the nested multi-condition formula over
+    :func:`guidance_chain`."""
+    check_spatial(pipe, spatial, *size)
+    return nested_guidance(model, *guidance_chain(pipe, spatial, cond, uncond, guidance, size))
 
 def grounding_for(pipe, layout: list[LayoutEntry], batch: int, slots: int) -> Grounding:
     """The GLIGEN tokens of one layout for ``batch`` images."""

@@ -4,7 +4,7 @@ Each PNG written by ``latentdiff generate`` carries one ``tEXt`` chunk with key 
 object (a :class:`Record`) with the prompt, negative prompt, seed, sampler, steps, guidance, size, the
 model's name, path and weights hash, the LoRA files applied (path, scale, sha256), the device and dtype,
 the latentdiff version, and the batch the image was drawn in. ``latentdiff replay`` reads it back and
-regenerates the image.
+regenerates the image: :func:`record` writes a record for a pipeline's image, :func:`replay` redraws it.
 
 A record is input anyone can craft (a PNG's text chunk), so :meth:`Record.from_json` checks every field's
 type and range before anything acts on it (:func:`check_record`): a prompt must be text, a batch must be
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latentdiff import __version__
 from latentdiff.errors import UserError
 from latentdiff.limits import MAX_SEED, MAX_THREADS, Limits, check_int, check_number, check_text, short
 
@@ -261,6 +262,85 @@ def read_record(path: str | Path, limits: Limits | None = None) -> Record:
     return Record.from_json(text, str(path), limits)
 
 
+# --- record and replay ----------------------------------------------------------------------------------
+
+def record(pipe, batch: list, index: int, *, steps, guidance, sampler, height, width, device=None,
+           dtype=None, guide=None, spatial=None) -> Record:
+    """The :class:`Record` of row ``index`` of ``batch`` (:class:`latentdiff.request.Row` values) drawn by
+    ``pipe`` (a :class:`~latentdiff.pipeline.Pipeline`): ``guide`` (classifier guidance), the pipeline's speed
+    options and ``spatial`` (the layout / map, :class:`latentdiff.layout.Spatial`, with the checkpoints used)
+    are described in ``extra``."""
+    row = batch[index]
+    device, dtype = device or pipe.device, dtype or pipe.dtype
+    prompts = [r.prompt for r in batch]
+    negs = [r.negative_prompt for r in batch]
+    extra = {**({"classifier_guidance": guide.describe()} if guide is not None else {}),
+             **({"speed": pipe.speed.describe()} if pipe.speed is not None else {})}
+    if spatial is not None:
+        extra.update(spatial.describe())
+        extra["spatial_checkpoints"] = dict(pipe.spatial_paths)
+    return Record(
+        prompt=row.prompt, negative_prompt=row.negative_prompt, seed=row.seed, sampler=sampler, steps=steps,
+        guidance=guidance, height=height, width=width, model_name=pipe.name,
+        model_path=None if pipe.is_default or pipe.path is None else str(pipe.path),
+        model_sha256=pipe.weights_sha256, device=device.type, dtype=str(dtype).removeprefix("torch."),
+        latentdiff_version=__version__, batch_seed=batch[0].seed, batch_size=len(batch), batch_index=index,
+        batch_prompts=None if len(set(prompts)) == 1 else prompts,
+        batch_negative_prompts=None if len(set(negs)) == 1 else negs, loras=pipe.loras or None, extra=extra)
+
+
+def replay(pipe, rec: Record, guide=None, segmap=None):
+    """Regenerate the image (PIL, with its record) that ``rec`` describes: redraw its batch with ``pipe`` and
+    return its row. An image made with classifier guidance needs its ``guide``; one made with a layout or a
+    segmentation map needs those checkpoints attached, and the map itself as ``segmap`` ((H, W) class ids,
+    checked against the recorded hash); the boxes and scales come from the record."""
+    from PIL import Image
+
+    # imported here: reading and checking a record must not import torch
+    from latentdiff.layout import recorded_spatial
+    from latentdiff.request import Row, check_batch
+
+    spatial = recorded_spatial(rec, segmap)
+    if "inpaint" in rec.extra:
+        raise UserError("an inpainted image: replay cannot redraw it without the input image and mask; "
+                        "run latentdiff inpaint again with the settings in its record")
+    apply_recorded_loras(pipe, rec.loras or [])
+    n = rec.batch_size
+    pipe.limits.check_images(n, "batch_size")  # before the rows are built (read_record checks it too)
+    prompts = rec.batch_prompts or [rec.prompt] * n
+    negs = rec.batch_negative_prompts or [rec.negative_prompt] * n
+    if len(prompts) != n or len(negs) != n or not 0 <= rec.batch_index < n:
+        raise UserError("the latentdiff record's batch fields are inconsistent")
+    rows = [Row(p, q, rec.batch_seed + i) for i, (p, q) in enumerate(zip(prompts, negs))]
+    if "classifier_guidance" in rec.extra and guide is None:
+        raise UserError("the image was made with classifier guidance; replay needs its classifier")
+    opts = pipe.resolve(rec.steps, rec.guidance, rec.sampler, rec.height, rec.width)
+    check_batch(pipe, n, opts["steps"], opts["height"], opts["width"], recorded=True)
+    pixels = pipe.decode_latents(pipe.sample_rows(rows, guide=guide, spatial=spatial, **opts))
+    img = Image.fromarray(pixels[rec.batch_index])
+    img.info[PNG_KEY] = record(pipe, rows, rec.batch_index, **opts, guide=guide, spatial=spatial).to_json()
+    return img
+
+
+def apply_recorded_loras(pipe, recorded: list[dict]) -> None:
+    """Apply the LoRA files a record names to ``pipe`` (unless it already has exactly those), checking that
+    each file still has the recorded contents."""
+    def key(entries):
+        return [(e["sha256"], float(e["scale"])) for e in entries]
+
+    if key(pipe.loras) == key(recorded):
+        return
+    if pipe.loras:
+        raise UserError("this pipeline has other LoRA files applied than the record names")
+    for entry in recorded:
+        if not Path(entry["path"]).is_file():
+            raise UserError(f"the image was made with the LoRA file {entry['path']}, which is not there any more")
+    pipe.load_loras([(e["path"], e["scale"]) for e in recorded])
+    for entry, loaded in zip(recorded, pipe.loras):
+        if loaded["sha256"] != entry["sha256"]:
+            raise UserError(f"{entry['path']}: has sha256 {loaded['sha256'][:12]}…, the image was made with "
+                            f"{entry['sha256'][:12]}…")
+
 # --- weights hash -------------------------------------------------------------------------------------
 
 def _cache_file() -> Path:
@@ -298,6 +378,14 @@ def file_sha256(path: str | Path, *, use_cache: bool = True) -> str:
         except OSError:
             pass  # a read-only home: hashing still works, only uncached
     return digest
+
+
+def model_sha256(weight_files: list[Path], path: Path | None) -> str:
+    """The weights hash a record names for a model loaded from ``path``: :func:`weights_hash` of its weight
+    files (names relative to ``path`` when it is a folder), or "unsaved" for an in-memory model."""
+    if not weight_files:
+        return "unsaved"
+    return weights_hash(weight_files, path if path and path.is_dir() else None)
 
 
 def weights_hash(files: list[str | Path], root: str | Path | None = None) -> str:

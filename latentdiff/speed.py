@@ -195,6 +195,19 @@ def resolve_auto(speed: Speed, device: str | torch.device, flags: frozenset[str]
     return Speed(**{**chosen, **given})
 
 
+def optimized(pipe, speed: Speed | None = None, **options) -> tuple[Speed, Any]:
+    """What :meth:`Pipeline.optimize` applies: a :class:`Speed` value and/or its options as keywords
+    (``dtype``, ``channels_last``, ``attention``, ``fuse_qkv``, ``compile``, ``compile_vae``, ``cuda_graph``,
+    ``threads``; all off by default; ``auto=True``: what this machine supports, resolved for ``pipe``'s
+    device), added to the options applied before (``pipe.speed``), applied to ``pipe`` in place
+    (:func:`apply`; LoRA files and layout or segmentation checkpoints must be applied first). Returns (the
+    options now in effect, the U-Net callable the denoiser should use). See docs/performance.md."""
+    merged = resolve_auto(speed_from(speed, **options), pipe.device)
+    if pipe.speed is not None:  # keep what was applied before; the new value adds to it
+        merged = speed_from(pipe.speed, **merged.describe())
+    return merged, apply(pipe, merged)
+
+
 def apply(pipe, speed: Speed):
     """Apply ``speed`` to ``pipe``'s networks in place; return the U-Net callable the denoiser should use.
     ``auto`` must have been resolved (:func:`resolve_auto`; :meth:`Pipeline.optimize` does)."""

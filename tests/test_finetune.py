@@ -335,7 +335,7 @@ def test_star_concept_on_the_default_model(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    from latentdiff.pipeline import DEFAULT_MODEL_DIR
+    from latentdiff.checkpoint import DEFAULT_MODEL_DIR
 
     if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
         pytest.skip("the default model is not installed")

@@ -18,7 +18,8 @@ from latentdiff.inpaint import (
     prepare_batch,
 )
 from latentdiff.models.inpaint import inpainting_unet
-from latentdiff.pipeline import Pipeline, Row
+from latentdiff.pipeline import Pipeline
+from latentdiff.request import Row
 
 STEPS = 3
 

@@ -283,8 +283,9 @@ def test_regional_text_draws_each_box_from_its_own_phrase(checkpoints, guidance)
     equal to the prompt it is the plain layout (up to float rounding); with other phrases the image changes,
     more with a larger share; the record keeps the share and gives it back."""
     from latentdiff.layout import recorded_spatial
-    from latentdiff.pipeline import Pipeline, Row
+    from latentdiff.pipeline import Pipeline
     from latentdiff.provenance import Record
+    from latentdiff.request import Row
 
     pipe = Pipeline.load(checkpoints, device="cpu").attach_layout(checkpoints / "layout_controlnet")
     prompt = "a red circle left of a blue square"
@@ -425,8 +426,8 @@ def test_training_moves_only_the_new_layers_and_saves_them(shapes_records, condi
 def test_the_default_model_ships_its_checkpoints_and_picks_them_up(tmp_path, capsys):
     """`--layout` / `--segmap` alone use the default model's own layout_controlnet/ and controlnet/, the
     layout at the checkpoint's own guidance scale; gligen/ ships too, for --layout-model."""
+    from latentdiff.checkpoint import DEFAULT_MODEL_DIR
     from latentdiff.cli import main
-    from latentdiff.pipeline import DEFAULT_MODEL_DIR
 
     assert (DEFAULT_MODEL_DIR / "gligen" / "config.json").is_file()
     marker = json.loads((DEFAULT_MODEL_DIR / "layout_controlnet" / "condition.json").read_text())

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from latentdiff.checkpoint import schedule_from_scheduler_config
 from latentdiff.conditioning import Conditioning, unet_model
 from latentdiff.errors import UserError
-from latentdiff.pipeline import Pipeline, PromptTruncatedWarning, schedule_from_scheduler_config
+from latentdiff.models.text import PromptTruncatedWarning
+from latentdiff.pipeline import Pipeline
 
 STEPS = 4
 
@@ -88,9 +90,9 @@ def test_bad_options_are_user_errors(pipe, kwargs, words):
 
 
 def test_default_model_missing_is_a_user_error(monkeypatch, tmp_path):
-    import latentdiff.pipeline as lp
+    import latentdiff.checkpoint as ckpt
 
-    monkeypatch.setattr(lp, "DEFAULT_MODEL_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(ckpt, "DEFAULT_MODEL_DIR", tmp_path / "nothing")
     with pytest.raises(UserError, match="no default model is installed.*--model"):
         Pipeline.load(None)
     with pytest.raises(UserError, match="model not found"):

@@ -70,13 +70,14 @@ def test_step_log_probs_equal_an_independent_gaussian_density(sampler, eta, pred
     from latentdiff.conditioning import unet_model
     from latentdiff.diffusion.guidance import classifier_free_guidance
     from latentdiff.diffusion.policy import make_chain, sample_trajectories
+    from latentdiff.diffusion.sampling import seeded_generators
 
     pipe = build_tiny_pipeline(prediction=prediction)
     prompts = ["a red circle", "a blue square"]
     cond, uncond = pipe.conditioning(prompts), pipe.conditioning([""] * 2)
     denoiser = classifier_free_guidance(unet_model(pipe.unet, pipe.schedule), cond, uncond, 3.0)
     chain = make_chain(pipe.schedule, 4, sampler, eta)
-    gens = pipe.generators([7, 8])
+    gens = seeded_generators([7, 8])
     x_T = pipe.initial_latents([7, 8], 32, 32, gens)
     states, log_probs = sample_trajectories(denoiser, chain, x_T, gens)
     assert states.shape == (2, 5, 4, 8, 8) and log_probs.shape == (2, 3)
@@ -109,13 +110,14 @@ def test_ddpm_step_and_ddim_with_eta_1_are_the_same_chain():
     from latentdiff.conditioning import unet_model
     from latentdiff.diffusion.guidance import classifier_free_guidance
     from latentdiff.diffusion.policy import make_chain, sample_trajectories
+    from latentdiff.diffusion.sampling import seeded_generators
 
     pipe = build_tiny_pipeline()
     denoiser = classifier_free_guidance(unet_model(pipe.unet, pipe.schedule), pipe.conditioning(["a red circle"]),
                                         None, 1.0)
     runs = {}
     for sampler in ("ddpm", "ddim"):
-        gens = pipe.generators([3])
+        gens = seeded_generators([3])
         runs[sampler] = sample_trajectories(denoiser, make_chain(pipe.schedule, 5, sampler, 1.0),
                                             pipe.initial_latents([3], 32, 32, gens), gens)
     assert torch.allclose(runs["ddpm"][0], runs["ddim"][0], atol=1e-4)

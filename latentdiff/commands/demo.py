@@ -63,8 +63,9 @@ def generate_grid(out: Path, seed: int, model: str | None = None) -> Path | None
     without a default model."""
     import numpy as np
 
+    from latentdiff.checkpoint import DEFAULT_MODEL_DIR
     from latentdiff.eval.scorer import score
-    from latentdiff.pipeline import DEFAULT_MODEL_DIR, Pipeline
+    from latentdiff.pipeline import Pipeline
     from latentdiff.pixels import save_grid
 
     if model is None and not (DEFAULT_MODEL_DIR / "model_index.json").is_file():

@@ -245,7 +245,7 @@ class UserWarnings(warnings.catch_warnings):
         self.command = command
 
     def __enter__(self):
-        from latentdiff.pipeline import PromptTruncatedWarning
+        from latentdiff.models.text import PromptTruncatedWarning
 
         super().__enter__()
         previous = warnings.showwarning
@@ -332,7 +332,7 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
     """Attach the checkpoints the flags need and read the layout / segmentation map (or None)."""
     if args.layout is None and args.segmap is None:
         return None
-    from latentdiff.layout import Spatial, read_layout, read_segmap
+    from latentdiff.layout import Spatial, read_layout, read_segmap, regional_share
 
     size = pipe.resolve(height=height, width=width)
     h, w = size["height"], size["width"]
@@ -349,7 +349,7 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
         regions = layout is not None
     layout_scale = pipe.layout_scale if scales["layout_scale"] is None else scales["layout_scale"]
     return Spatial(layout, segmap, layout_scale=layout_scale, segmap_scale=scales["segmap_scale"],
-                   region_phrases=regions, regional_text=pipe.regional_share(scales["regional_text"], layout))
+                   region_phrases=regions, regional_text=regional_share(pipe, scales["regional_text"], layout))
 
 
 def region_phrases(pipe, args: argparse.Namespace, segmap):

@@ -84,7 +84,7 @@ def run_spatial(args: argparse.Namespace) -> int:
     result = train_spatial(cfg, resume=args.resume)
     print(f"{cfg.condition}: {result}")
     if args.install:
-        from latentdiff.pipeline import DEFAULT_MODEL_DIR
+        from latentdiff.checkpoint import DEFAULT_MODEL_DIR
 
         print(f"installed: {install(result, Path(cfg.base_model) if cfg.base_model else DEFAULT_MODEL_DIR)}")
     return 0

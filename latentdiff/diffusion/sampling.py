@@ -33,6 +33,12 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 SAMPLERS = ("ddpm", "ddim", "dpm++", "euler")
 
 
+def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded with that image's seed: a seed means the same noise on any device,
+    and an image's noise does not depend on the others drawn with it."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
 def randn(shape: Sequence[int], generator: Generators = None, device: torch.device | str = "cpu",
           dtype: torch.dtype = torch.float32) -> Tensor:
     """Standard normal noise of ``shape`` (B, ...), drawn on the CPU and moved to ``device``.
@@ -113,28 +119,29 @@ def ddpm_sample(denoiser: Denoiser, schedule: Schedule, x_T: Tensor, *, steps: i
     return x
 
 
+def scheduler_class(name: str) -> type:
+    """The diffusers scheduler class that sampler ``name`` (ddim | dpm++ | euler | ddpm) runs."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    classes = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
+               "ddpm": DDPMScheduler}
+    if name not in classes:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    return classes[name]
+
+
 def make_scheduler(name: str, schedule: Schedule, **overrides):
     """A diffusers scheduler for sampler ``name`` (ddim | dpm++ | euler | ddpm) on our schedule.
 
     The denoiser always returns ε̂, so the scheduler is built with ``prediction_type="epsilon"``;
     ``overrides`` pass any further scheduler options (for instance a loaded model's scheduler config).
     """
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-
     kwargs = dict(num_train_timesteps=schedule.num_timesteps, trained_betas=schedule.betas.numpy().tolist(),
                   prediction_type="epsilon", timestep_spacing="trailing")
-    if name == "ddim":
-        cls, kwargs = DDIMScheduler, {**kwargs, "clip_sample": False, "set_alpha_to_one": True}
-    elif name == "dpm++":
-        cls, kwargs = DPMSolverMultistepScheduler, {**kwargs, "algorithm_type": "dpmsolver++", "solver_order": 2}
-    elif name == "euler":
-        cls = EulerDiscreteScheduler
-    elif name == "ddpm":
-        cls, kwargs = DDPMScheduler, {**kwargs, "clip_sample": False}
-    else:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    options = {"ddim": {"clip_sample": False, "set_alpha_to_one": True},
+               "dpm++": {"algorithm_type": "dpmsolver++", "solver_order": 2}, "ddpm": {"clip_sample": False}}
+    cls = scheduler_class(name)
+    return cls(**{**kwargs, **options.get(name, {}), **overrides})
 
 
 def vp_scale(scheduler, t: int | None) -> float:

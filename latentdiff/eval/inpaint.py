@@ -113,7 +113,7 @@ def evaluate(pipe, cases: list[EditCase], mode: str, *, steps: int | None = None
     """Inpaint every case with ``pipe`` in ``mode`` (model | blend | auto); returns (report dict, the
     feathered results (64, 64, 3) uint8). Case i uses seed + i."""
     from latentdiff.inpaint import InpaintBatch, composite, feather, load_inputs, prepare_batch, resolve_mode
-    from latentdiff.pipeline import Row
+    from latentdiff.request import Row
 
     mode = resolve_mode(pipe, mode)
     opts = pipe.resolve(steps, guidance, sampler, 64, 64)

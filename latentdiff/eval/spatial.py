@@ -51,15 +51,15 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     captioned object's colour and shape verdicts. ``region_phrases`` (map alone): the caption's objects are
     bound to the map's regions (:func:`latentdiff.regions.bind_regions`) and drawn as a layout too, at
     ``region_scale`` (default: the layout checkpoint's scale) and, unless ``guidance`` is given, the
-    checkpoint's ``region_guidance`` (:meth:`Pipeline.text_guidance`), as ``latentdiff generate --segmap``
+    checkpoint's ``region_guidance`` (:func:`latentdiff.layout.text_guidance`), as ``latentdiff generate --segmap``
     does; the metrics then hold the text guidance the images were drawn with (a list when it varied).
     ``regional_text``: the share of each box's text that is its phrase alone
     (:func:`latentdiff.layout.region_weights`); default: the layout checkpoint's
-    (:meth:`Pipeline.regional_share`), as generate does; the metrics hold the share the images with a layout
+    (:func:`latentdiff.layout.regional_share`), as generate does; the metrics hold the share the images with a layout
     were drawn with, read from their records like the guidance."""
     from latentdiff.data.latents import layout_of, segmap_of
     from latentdiff.eval.scorer import score_layout, score_segmap
-    from latentdiff.layout import LayoutEntry, Spatial
+    from latentdiff.layout import LayoutEntry, Spatial, regional_share
     from latentdiff.provenance import Record
     from latentdiff.regions import bind_regions
 
@@ -77,7 +77,7 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
             layout_scale = region_scale
         spatial = None if text_only else Spatial(boxes, seg if use_seg else None, layout_scale=layout_scale,
                                                  segmap_scale=scale, region_phrases=regioned,
-                                                 regional_text=pipe.regional_share(regional_text, boxes))
+                                                 regional_text=regional_share(pipe, regional_text, boxes))
         image = pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size, width=size,
                               spatial=spatial)[0]
         img = np.asarray(image)

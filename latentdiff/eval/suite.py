@@ -97,7 +97,7 @@ class ImageBank:
         self.where = dict(device=pipe.device, dtype=pipe.dtype)
 
     def draw(self, jobs: list[Job]) -> None:
-        from latentdiff.pipeline import Row
+        from latentdiff.request import Row
 
         todo = list(dict.fromkeys(j for j in jobs if j not in self.images))
         groups: dict[tuple, list[Job]] = {}

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from latentdiff.errors import UserError
+from latentdiff.models.text import tokenize
 
 WEIGHTS = "gligen.safetensors"
 CONFIG = "config.json"
@@ -65,9 +66,7 @@ def phrase_embeddings(text_encoder, tokenizer, phrases: list[str]) -> Tensor:
     phrase, (P, D) float32 — GLIGEN's phrase feature."""
     if not phrases:
         return torch.zeros(0, text_encoder.config.hidden_size)
-    tok = tokenizer(list(phrases), padding="max_length", max_length=text_encoder.config.max_position_embeddings,
-                    truncation=True, return_tensors="pt")
-    out = text_encoder(tok.input_ids.to(text_encoder.device))
+    out = text_encoder(tokenize(tokenizer, text_encoder, phrases).input_ids.to(text_encoder.device))
     return out.pooler_output.float()  # (P, D)
 
 

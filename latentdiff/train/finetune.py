@@ -34,6 +34,7 @@ import torch
 from latentdiff.config import check_choice, to_dict
 from latentdiff.errors import ConfigError, DataError, UserError
 from latentdiff.lora import LORA_LAYERS, add_lora
+from latentdiff.models.text import max_length, tokenize
 from latentdiff.pixels import save_grid
 from latentdiff.train.config import LoopConfig
 from latentdiff.train.stages import LatentDenoisingStage, UNetWithText
@@ -266,10 +267,11 @@ def _latents(accelerator, out: Path, base, intake, size: int, background: str):
 
 
 def caption_token_ids(base, texts: list[str], log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of the captions, (N, L), and of the empty prompt, (L,), padded as the pipeline pads."""
-    length = base.max_length
-    kw = dict(padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    """Token ids of the captions, (N, L), and of the empty prompt, (L,), padded as the pipeline pads
+    (:func:`latentdiff.models.text.tokenize`)."""
+    length = max_length(base.text_encoder)
     long = sum(len(ids) > length for ids in base.tokenizer(texts, verbose=False).input_ids)
     if long:
         log(f"note: {long} captions are longer than {length} tokens; their ends are cut off")
-    return base.tokenizer(texts, **kw).input_ids, base.tokenizer([""], **kw).input_ids[0]
+    return (tokenize(base.tokenizer, base.text_encoder, texts).input_ids,
+            tokenize(base.tokenizer, base.text_encoder, [""]).input_ids[0])

@@ -135,6 +135,8 @@ def _common(pipe, req: dict, limits: Limits, size: tuple[int, int] | None = None
                 sampler=req.get("sampler") or None)
     if size is None:
         size = (_int(req, "height", 1, limits.max_side), _int(req, "width", 1, limits.max_side))
+    from latentdiff.request import batch_size
+
     resolved = pipe.resolve(opts["steps"], opts["guidance"], opts["sampler"], *size)
     if max(resolved["height"], resolved["width"]) > limits.max_side:
         raise UserError(f"size {resolved['width']}x{resolved['height']}: the largest side allowed is "
@@ -143,14 +145,16 @@ def _common(pipe, req: dict, limits: Limits, size: tuple[int, int] | None = None
         raise UserError(f"steps {resolved['steps']}: expected 1..{limits.max_steps}")
     opts.update(steps=resolved["steps"], guidance=resolved["guidance"], sampler=resolved["sampler"])
     opts.update(height=resolved["height"], width=resolved["width"])
-    limits.check_batch(pipe.batch_size(opts["height"], opts["width"]), opts["height"], opts["width"],
+    limits.check_batch(batch_size(pipe, opts["height"], opts["width"]), opts["height"], opts["width"],
                        pipe.vae_scale_factor)
     return opts
 
 
 def _total(pipe, opts: dict) -> int:
     """U-Net evaluations of a request: its steps once per forward batch."""
-    return opts["steps"] * math.ceil(opts["num_images"] / pipe.batch_size(opts["height"], opts["width"]))
+    from latentdiff.request import batch_size
+
+    return opts["steps"] * math.ceil(opts["num_images"] / batch_size(pipe, opts["height"], opts["width"]))
 
 
 # --- kinds ----------------------------------------------------------------------------------------
@@ -211,13 +215,13 @@ def _scale(req: dict, name: str, default: float = 1.0) -> float:
 def plan_layout(pipe, req: dict, limits: Limits) -> Plan:
     """Boxes + phrases → ``Pipeline.generate(prompt, spatial=Spatial(layout=…))`` (issue #7), with the layout
     checkpoint's regional text."""
-    from latentdiff.layout import Spatial
+    from latentdiff.layout import Spatial, regional_share
 
     if not layout_support(pipe)["layout"]:
         raise UserError(UNAVAILABLE["layout"])
     layout = _boxes(req, min(MAX_BOXES, pipe.layout_slots))
     spatial = Spatial(layout=layout, layout_scale=_scale(req, "layout_scale", getattr(pipe, "layout_scale", 1.0)),
-                      regional_text=pipe.regional_share(None, layout))  # the checkpoint's, as the CLI
+                      regional_text=regional_share(pipe, None, layout))  # the checkpoint's, as the CLI
     opts = _common(pipe, req, limits)
     return Plan("layout", lambda p: p.generate(spatial=spatial, **opts), _total(pipe, opts))
 
@@ -226,7 +230,7 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
     """A class-index PNG (its size is the image's) → ``Pipeline.generate(prompt, spatial=Spatial(segmap=…))``.
     With ``region_phrases`` (default true) and a layout checkpoint attached, a shapes-world prompt's objects
     are bound to the map's regions and drawn as a layout too (:mod:`latentdiff.regions`), as the CLI does."""
-    from latentdiff.layout import Spatial, segmap_array
+    from latentdiff.layout import Spatial, regional_share, segmap_array, text_guidance
 
     if not layout_support(pipe)["segmap"]:
         raise UserError(UNAVAILABLE["segmap"])
@@ -249,8 +253,8 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
         bound = bind_regions(opts["prompt"], segmap).layout  # None: the prompt does not bind; the map alone
         if bound is not None:
             spatial = replace(spatial, layout=bound, layout_scale=getattr(pipe, "layout_scale", 1.0),
-                              region_phrases=True, regional_text=pipe.regional_share(None, bound))
-            opts["guidance"] = pipe.resolve(guidance=pipe.text_guidance(_float(req, "guidance"), spatial))["guidance"]
+                              region_phrases=True, regional_text=regional_share(pipe, None, bound))
+            opts["guidance"] = pipe.resolve(guidance=text_guidance(pipe, _float(req, "guidance"), spatial))["guidance"]
     return Plan("segmap", lambda p: p.generate(spatial=spatial, **opts), _total(pipe, opts))
 
 
