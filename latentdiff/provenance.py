@@ -388,17 +388,21 @@ def model_sha256(weight_files: list[Path], path: Path | None) -> str:
     return weights_hash(weight_files, path if path and path.is_dir() else None)
 
 
+def _name_in(file: Path, root: Path) -> str:
+    """``file``'s path relative to ``root``, both reached through any linked folders (resolved), but the file
+    itself not followed: a weight stored once and linked from a second model folder is named by its place in
+    this folder, as it would be were it a copy."""
+    return str((file.parent.resolve() / file.name).relative_to(root.resolve()))
+
+
 def weights_hash(files: list[str | Path], root: str | Path | None = None) -> str:
     """One SHA-256 for a set of weight files: sha256 over the lines ``"<name> <sha256 of file>\\n"`` sorted
     by name, where name is the path relative to ``root`` (or the file name). A single file's hash is that
     file's own SHA-256, so it matches ``sha256sum`` of a single-file checkpoint."""
-    # absolute, so a relative path and an absolute root still compare; not resolved, so a file that is a link
-    # (a weight stored once and linked from a second model folder) is named by its place in this folder
     files = [Path(os.path.abspath(f)) for f in files]
     if len(files) == 1:
         return file_sha256(files[0])
-    root = Path(os.path.abspath(root)) if root else None
-    names = sorted((str(f.relative_to(root)) if root else f.name, f) for f in files)
+    names = sorted((_name_in(f, Path(root)) if root else f.name, f) for f in files)
     h = hashlib.sha256()
     for name, f in names:
         h.update(f"{name} {file_sha256(f)}\n".encode())

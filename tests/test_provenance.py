@@ -25,3 +25,25 @@ def test_weights_hash_same_for_relative_and_absolute_paths(tmp_path, monkeypatch
 def test_weights_hash_of_one_file_is_its_sha256(tmp_path):
     (tmp_path / "a.safetensors").write_bytes(b"abc")
     assert weights_hash([tmp_path / "a.safetensors"]) == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_a_linked_weight_counts_as_a_copy_in_its_folder(tmp_path):
+    """A weight stored once and linked from a second folder (scripts/link_shared_weights.py) hashes as a copy
+    would, also when the folder itself is reached through a linked parent."""
+    for name in ("copy", "linked", "shared"):
+        (tmp_path / name / "vae").mkdir(parents=True)
+        (tmp_path / name / "unet").mkdir()
+    for name in ("copy", "linked"):
+        (tmp_path / name / "unet" / "w.safetensors").write_bytes(b"unet")
+    (tmp_path / "copy" / "vae" / "w.safetensors").write_bytes(b"vae")
+    (tmp_path / "shared" / "vae" / "w.safetensors").write_bytes(b"vae")
+    (tmp_path / "linked" / "vae" / "w.safetensors").symlink_to("../../shared/vae/w.safetensors")
+    (tmp_path / "alias").symlink_to(tmp_path / "linked")
+
+    def files(folder):
+        return [folder / "unet" / "w.safetensors", folder / "vae" / "w.safetensors"]
+
+    copy = weights_hash(files(tmp_path / "copy"), tmp_path / "copy")
+    assert weights_hash(files(tmp_path / "linked"), tmp_path / "linked") == copy
+    assert weights_hash(files(tmp_path / "alias"), (tmp_path / "linked").resolve()) == copy
+    assert weights_hash(files(tmp_path / "linked"), tmp_path / "alias") == copy
