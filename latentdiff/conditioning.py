@@ -15,7 +15,8 @@ A :class:`Conditioning` carries every route a latent U-Net can take, batched alo
   (:func:`latentdiff.models.control.rasterise_layout`; all zeros is the null layout). ``None`` when the
   layout goes through GLIGEN's ``grounding`` instead, or there is none.
 
-New routes are new typed fields, never a string switch.
+New routes are new typed fields, never a string switch. Each route has a null value ∅ (:meth:`Conditioning.null`);
+:func:`drop_conditions`, the condition dropout of every training stage, empties routes to it per sample.
 :func:`unet_model` turns a U-Net into the ``model(x_t, t, cond) -> ε̂`` that
 :func:`latentdiff.diffusion.guidance.classifier_free_guidance` wraps into a denoiser; the guidance module
 batches conditions with ``type(cond).cat``.
@@ -106,6 +107,41 @@ class Conditioning:
         """Apply ``fn`` to every route that is set."""
         return replace(self, **{f.name: _map(getattr(self, f.name), fn) for f in fields(self)
                                 if getattr(self, f.name) is not None})
+
+    def null(self, context: Tensor) -> "Conditioning":
+        """The null condition ∅ of every route that is set: ``context`` for the text (the empty prompt's
+        encoding, or its token ids), no used grounding slot, all-zero control pictures. ``concat`` is kept:
+        an inpainting U-Net's mask and masked image are inputs, not a condition guidance or dropout removes."""
+        zeros = lambda v: None if v is None else torch.zeros_like(v)  # noqa: E731
+        return replace(self, context=context, grounding=None if self.grounding is None else self.grounding.null(),
+                       control=zeros(self.control), layout_control=zeros(self.layout_control))
+
+
+def _select(drop: Tensor, null, value):
+    """Rows of ``value`` where ``drop`` (B,) is False, of ``null`` (a row or a batch) where it is True."""
+    if isinstance(value, Grounding):
+        return Grounding(*(_select(drop, getattr(null, f.name), getattr(value, f.name)) for f in fields(value)))
+    d = drop.to(value.device).view(-1, *[1] * (value.ndim - 1))  # (B, 1, ...)
+    return torch.where(d, null.to(value.device), value)
+
+
+def drop_conditions(cond: Conditioning, null: Conditioning, p: dict[str, float],
+                    generator: torch.Generator) -> tuple[Conditioning, dict[str, Tensor]]:
+    """Condition dropout, the training half of classifier-free guidance (Ho & Salimans 2022, "Classifier-Free
+    Diffusion Guidance", Algorithm 1: c ← ∅ with probability p_uncond): each sample's route ``name`` is
+    replaced by its null value (``null``'s, usually :meth:`Conditioning.null`) with probability ``p[name]``,
+    independently per sample and route, so one network learns ε(x_t, c) and ε(x_t, ∅) for every branch the
+    sampler's guidance asks for. Routes not in ``p`` are kept.
+
+    The one dropout of every training stage. The draws are one ``torch.rand(B)`` per route, in the order of
+    ``p``, by ``generator`` on its device (u < p drops), drawn even when p is 0 — so a seeded run's random
+    stream does not depend on the rates. Pure: returns the new conditions and each route's drop mask (B,) bool.
+    """
+    b, routes = cond.batch_size, {}
+    masks = {name: torch.rand(b, generator=generator, device=generator.device) < prob for name, prob in p.items()}
+    for name, drop in masks.items():
+        routes[name] = _select(drop, getattr(null, name), getattr(cond, name))
+    return replace(cond, **routes), masks
 
 
 def text_conditioning(tokenizer, text_encoder, prompts: list[str], limits: Limits | None = None) -> Conditioning:

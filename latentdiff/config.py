@@ -2,7 +2,8 @@
 
 ``load_config(path, Cls)`` reads a YAML mapping into the dataclass ``Cls``. Every key must be a field
 of the dataclass (nested dataclasses for nested mappings) and every value must have the field's type;
-otherwise a :class:`~latentdiff.errors.ConfigError` names the file, the dotted key and the problem.
+otherwise a :class:`~latentdiff.errors.ConfigError` names the file, the dotted key and the problem (for a
+key that was renamed, :data:`RENAMED_KEYS`, its new name).
 Missing keys take the dataclass defaults.
 
 Config classes of individual components live next to the code that uses them; this module holds only
@@ -44,6 +45,9 @@ class ScheduleConfig:
                 f"got {self.beta_start}, {self.beta_end}"
             )
 
+
+# Keys an older recipe may still use, and their names now: an old key is an error that says the new one.
+RENAMED_KEYS = {"caption_dropout": "cond_dropout", "text_dropout": "cond_dropout"}
 
 # torch.compile's modes, for the inference speed options and the training loop's ``compile``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -90,6 +94,11 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    renamed = [k for k in unknown if RENAMED_KEYS.get(k) in fields]
+    if renamed:
+        old, new = renamed[0], RENAMED_KEYS[renamed[0]]
+        raise ConfigError(f"key '{prefix}{old}' was renamed to '{prefix}{new}' (one name for the text-condition "
+                          f"dropout of every training stage); rename it in the file")
     if unknown:
         key = f"{prefix}{unknown[0]}"
         raise ConfigError(f"unknown key '{key}' (allowed: {', '.join(sorted(fields))})")

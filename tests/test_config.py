@@ -44,6 +44,18 @@ def test_unknown_key_names_key_and_file(tmp_path):
     assert str(p) in str(e.value) and "inner.lrr" in str(e.value) and "unknown key" in str(e.value)
 
 
+@pytest.mark.parametrize("old", ["caption_dropout", "text_dropout"])
+def test_an_old_dropout_key_says_it_was_renamed(tmp_path, old):
+    """One name, cond_dropout, for the text-condition dropout of every recipe: an old one is a clear error."""
+    from latentdiff.train.spatial import SpatialTrainConfig
+
+    p = write(tmp_path, f"condition: segmap\n{old}: 0.2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, SpatialTrainConfig)
+    assert str(p) in str(e.value) and f"'{old}' was renamed to 'cond_dropout'" in str(e.value)
+    assert load_config(write(tmp_path, "cond_dropout: 0.2\n"), SpatialTrainConfig).cond_dropout == 0.2
+
+
 @pytest.mark.parametrize("text,key", [("steps: ten\n", "steps"), ("steps: 1.5\n", "steps"),
                                       ("inner:\n  lr: fast\n", "inner.lr"),
                                       ("inner:\n  layers: [1, a]\n", "inner.layers[1]"),

@@ -291,7 +291,8 @@ def test_all_images_unusable_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, words", [
     (["--lora", "0"], "--lora 0: must be at least 1"),
-    (["--caption-dropout", "1.5"], "--caption-dropout 1.5: expected a probability"),
+    (["--cond-dropout", "1.5"], "--cond-dropout 1.5: expected a probability"),
+    (["--caption-dropout", "1.5"], "--cond-dropout 1.5: expected a probability"),  # the old name, kept
     (["--lr", "-1"], "--lr -1: must be positive"),
     (["--steps", "x"], "--steps 'x': expected an integer"),
     (["--resolution", "30"], "--resolution 30: expected a multiple of 4"),
@@ -302,7 +303,7 @@ def test_bad_finetune_flags(flags, words, tiny_model_dir, stars, tmp_path, capsy
     assert code == 2 and words in err and err.count("\n") == 1
 
 
-def test_caption_dropout_rate_when_the_text_encoder_is_trained(tiny_model_dir):
+def test_cond_dropout_rate_when_the_text_encoder_is_trained(tiny_model_dir):
     """With a trained text encoder contexts cannot be cached; the dropout then swaps token ids, at rate p."""
     from latentdiff.pipeline import Pipeline
     from latentdiff.train.finetune import FinetuneConfig, FinetuneStage
@@ -310,7 +311,7 @@ def test_caption_dropout_rate_when_the_text_encoder_is_trained(tiny_model_dir):
     base = Pipeline.load(tiny_model_dir, device="cpu")
     texts = ["a red star", "a blue star", "a green star", "a white star"] * 2
     tok = lambda t: base.tokenizer(t, padding="max_length", max_length=77, return_tensors="pt").input_ids  # noqa
-    cfg = FinetuneConfig(data=".", out=".", caption_dropout=0.3, train_text_encoder=True)
+    cfg = FinetuneConfig(data=".", out=".", cond_dropout=0.3, train_text_encoder=True)
     stage = FinetuneStage(cfg, base, torch.zeros(8, 4, 8, 8), torch.ones(8, 4, 8, 8), tok(texts), tok([""])[0],
                           torch.device("cpu"), [])
     g = torch.Generator().manual_seed(0)

@@ -143,15 +143,23 @@ def test_two_process_training_keeps_ranks_in_sync(tmp_path, tiny_data, pretraine
 
 
 def test_conditioning_dropout_rate():
-    from latentdiff.train.stages import UNetTrainStage
+    """drop_conditions, the dropout of every stage: each route at its own rate, independently, to its null."""
+    from latentdiff.conditioning import Conditioning, drop_conditions
 
-    stage = UNetTrainStage.__new__(UNetTrainStage)
+    cond = Conditioning(context=torch.ones(256, 3, 2), control=torch.ones(256, 5, 4, 4))
     for p in (0.0, 0.1, 0.5):
-        stage.cfg = type("C", (), {"cond_dropout": p})()
         g = torch.Generator().manual_seed(0)
-        drops = torch.cat([stage.drop_mask(256, g) for _ in range(200)]).float()
-        n = drops.numel()
-        assert abs(drops.mean().item() - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 1e-9
+        draws = [drop_conditions(cond, cond.null(torch.zeros(3, 2)), {"context": p, "control": 0.3}, g)
+                 for _ in range(200)]
+        for out, masks in draws[:3]:
+            assert torch.equal(out.context.flatten(1).eq(0).all(1), masks["context"])  # dropped rows are ∅
+            assert torch.equal(out.control.flatten(1).eq(0).all(1), masks["control"])
+        for route, rate in (("context", p), ("control", 0.3)):
+            drops = torch.cat([m[route] for _, m in draws]).float()
+            n = drops.numel()
+            assert abs(drops.mean().item() - rate) <= 4 * (rate * (1 - rate) / n) ** 0.5 + 1e-9
+        both = torch.cat([m["context"] & m["control"] for _, m in draws]).float().mean().item()
+        assert abs(both - 0.3 * p) <= 4 * (0.3 * p / 51200) ** 0.5 + 1e-9  # independent routes
 
 
 def test_dropout_replaces_caption_with_empty_prompt(tmp_path, tiny_data, pretrained_stages):

@@ -42,9 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", default=None, metavar="B", help="images per step (default 16)")
     p.add_argument("--resolution", default=None, metavar="R",
                    help="train on R×R centre crops (default: the model's native size)")
-    p.add_argument("--caption-dropout", default="0.1", metavar="P",
+    p.add_argument("--cond-dropout", default="0.1", metavar="P",
                    help="probability that a caption is replaced by the empty prompt, so that classifier-free "
-                        "guidance keeps working (default 0.1)")
+                        "guidance keeps working (default 0.1; the cond_dropout of every training recipe)")
+    p.add_argument("--caption-dropout", dest="cond_dropout", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # its old name, kept so that users' scripts keep working
     p.add_argument("--background", default="white", choices=("white", "black"),
                    help="what transparent pixels are composited on (default: white)")
     p.add_argument("--ema-decay", default=None, metavar="D", help="EMA decay of the weights (default 0 LoRA, "
@@ -69,9 +71,9 @@ def build_config(args: argparse.Namespace):
     from latentdiff.train.finetune import FinetuneConfig, default_loop
 
     method = "full" if args.full else "lora"
-    dropout = parse_float("--caption-dropout", args.caption_dropout)
+    dropout = parse_float("--cond-dropout", args.cond_dropout)
     if not 0.0 <= dropout <= 1.0:
-        raise UserError(f"--caption-dropout {args.caption_dropout}: expected a probability in [0, 1]")
+        raise UserError(f"--cond-dropout {args.cond_dropout}: expected a probability in [0, 1]")
     lr = parse_float("--lr", args.lr)
     if lr is not None and lr <= 0:
         raise UserError(f"--lr {args.lr}: must be positive")
@@ -91,7 +93,7 @@ def build_config(args: argparse.Namespace):
             allow_unsafe_pickle=args.allow_unsafe_pickle, method=method,
             rank=parse_int("--lora", args.lora, 1) or 8, lora_alpha=alpha, lora_layers=args.lora_layers,
             train_text_encoder=args.train_text_encoder,
-            caption_dropout=dropout, resolution=parse_int("--resolution", args.resolution, 8),
+            cond_dropout=dropout, resolution=parse_int("--resolution", args.resolution, 8),
             background=args.background, seed=parse_int("--seed", args.seed, 0, 2**63 - 1), device=args.device,
             validation_prompts=parse_int("--validation-prompts", args.validation_prompts, 0), loop=loop)
     except ConfigError as exc:  # pragma: no cover - the flags above are checked first

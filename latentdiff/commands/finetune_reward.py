@@ -12,7 +12,7 @@ from latentdiff.errors import UserError
 
 # finetune flags that belong to training on a data folder: refused with --reward (value, default)
 _DATA_ONLY = (("data", "--data", None), ("steps", "--steps", None), ("resolution", "--resolution", None),
-              ("train_text_encoder", "--train-text-encoder", False), ("caption_dropout", "--caption-dropout", "0.1"),
+              ("train_text_encoder", "--train-text-encoder", False), ("cond_dropout", "--cond-dropout", "0.1"),
               ("background", "--background", "white"))
 
 

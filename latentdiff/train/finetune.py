@@ -67,7 +67,7 @@ class FinetuneConfig:
     lora_alpha: float | None = None  # None: = rank, so the LoRA update is scaled by α/r = 1
     lora_layers: str = "attention"  # attention | all (adds the convolutions, see latentdiff.lora)
     train_text_encoder: bool = False
-    caption_dropout: float = 0.1  # probability that a caption becomes the empty prompt (keeps guidance working)
+    cond_dropout: float = 0.1  # probability that a caption becomes the empty prompt (keeps guidance working)
     resolution: int | None = None  # None: the model's native size
     background: str = "white"  # what transparent pixels are composited on: white | black
     min_snr_gamma: float | None = 5.0
@@ -83,8 +83,8 @@ class FinetuneConfig:
         check_choice(self, "device", ("auto", "cpu", "cuda"))
         if self.rank < 1:
             raise ConfigError(f"rank: expected a positive integer, got {self.rank}")
-        if not 0.0 <= self.caption_dropout <= 1.0:
-            raise ConfigError(f"caption_dropout: expected a probability in [0, 1], got {self.caption_dropout}")
+        if not 0.0 <= self.cond_dropout <= 1.0:
+            raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
         if self.resolution is not None and self.resolution < 8:
             raise ConfigError(f"resolution: expected at least 8 pixels, got {self.resolution}")
 
@@ -97,7 +97,7 @@ class FinetuneStage(LatentDenoisingStage):
     def __init__(self, cfg: FinetuneConfig, base, latent_mean, latent_std, tokens, null_tokens, device,
                  validation_prompts: list[str]):
         self.cfg, self.base = cfg, base
-        self.cond_dropout, self.min_snr_gamma = cfg.caption_dropout, cfg.min_snr_gamma
+        self.cond_dropout, self.min_snr_gamma = cfg.cond_dropout, cfg.min_snr_gamma
         train_text = self.train_text = cfg.train_text_encoder
         self._setup(latent_mean, latent_std, base.scaling_factor, base.schedule, tokens, null_tokens,
                     base.text_encoder, device, encode_captions=not train_text)

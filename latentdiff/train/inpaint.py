@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from latentdiff.conditioning import Conditioning, drop_conditions
 from latentdiff.config import to_dict
 from latentdiff.data.latents import square_box
 from latentdiff.diffusion.loss import diffusion_loss
@@ -203,8 +204,9 @@ class InpaintTrainStage:
             masks.append(mask)
             ids.append(self.text_id[draw_caption(ex, obj, self.cfg.masks, rng)])
             kinds.append(kind)
-        ctx = self.contexts[ids].clone()
-        ctx[torch.rand(len(ids), generator=generator) < self.cfg.cond_dropout] = self.null_context
+        text = Conditioning(context=self.contexts[ids])  # (B, L, D)
+        ctx = drop_conditions(text, text.null(self.null_context), {"context": self.cfg.cond_dropout},
+                              generator)[0].context
         mask = torch.from_numpy(np.stack(masks)).float()[:, None] / 255.0
         return mask, ctx, kinds
 

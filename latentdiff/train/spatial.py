@@ -16,23 +16,23 @@ stays frozen:
 * ``segmap``: a ControlNet copied from the U-Net (:mod:`latentdiff.models.control`) is trained on the one-hot
   class maps. Result: ``OUT/final/controlnet/``.
 
-Each condition has its own dropout: the caption becomes the empty prompt with probability ``text_dropout``
-and, independently, the layout/map becomes its null value (no used slot / the all-zero map) with
-probability ``spatial_dropout``, so one model serves every branch of the nested guidance of
-:func:`latentdiff.diffusion.guidance.nested_guidance`. Copy the result into the model folder
+Each condition has its own dropout (:func:`latentdiff.conditioning.drop_conditions`): the caption becomes the
+empty prompt with probability ``cond_dropout`` and, independently, the layout/map becomes its null value (no
+used slot / the all-zero map) with probability ``spatial_dropout``, so one model serves every branch of the
+nested guidance of :func:`latentdiff.diffusion.guidance.nested_guidance`. Copy the result into the model folder
 (``MODEL/layout_controlnet`` or ``MODEL/gligen``, ``MODEL/controlnet``) and ``latentdiff generate
 --layout/--segmap`` finds it.
 """
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from latentdiff.conditioning import ConditionedUNet, Conditioning, Grounding
+from latentdiff.conditioning import ConditionedUNet, Conditioning, Grounding, drop_conditions
 from latentdiff.config import to_dict
 from latentdiff.data.latents import layout_of, segmap_of
 from latentdiff.errors import ConfigError
@@ -57,7 +57,7 @@ class SpatialTrainConfig:
     data: DataConfig = DataConfig()
     loop: LoopConfig = LoopConfig(steps=600, batch_size=32, lr=3e-4, warmup_steps=50, checkpoint_every=100,
                                   log_every=10, ema_decay=0.999)
-    text_dropout: float = 0.1
+    cond_dropout: float = 0.1  # the caption's (the text route's), as in every stage
     spatial_dropout: float = 0.1
     min_snr_gamma: float | None = 5.0
     validation_cases: int = 8
@@ -100,7 +100,7 @@ class SpatialTrainConfig:
             raise ConfigError("binder: only the segmentation map has a region binder (condition: segmap)")
         if self.init and self.condition == "layout" and self.method != "controlnet":
             raise ConfigError("init: only a ControlNet starts from a trained folder (method: controlnet, or segmap)")
-        for name in ("text_dropout", "spatial_dropout"):
+        for name in ("cond_dropout", "spatial_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
 
@@ -117,7 +117,7 @@ class SpatialStage(LatentDenoisingStage):
         from latentdiff.models.gligen import MAX_BOXES, grounding_tensors, phrase_embeddings
 
         self.name, self.cfg, self.base, self.model = cfg.condition, cfg, base, model
-        self.cond_dropout, self.min_snr_gamma = cfg.text_dropout, cfg.min_snr_gamma
+        self.cond_dropout, self.min_snr_gamma = cfg.cond_dropout, cfg.min_snr_gamma
         self._setup(mean, std, base.scaling_factor, base.schedule, tokens, null_tokens, base.text_encoder, device)
         self.size, self.holdout = size, list(holdout)
         if cfg.condition == "layout":
@@ -134,19 +134,25 @@ class SpatialStage(LatentDenoisingStage):
             self.segmaps = torch.from_numpy(np.stack([segmap_of(r, size) for r in records]))  # (N, S, S) uint8
 
     def condition(self, index, generator) -> Conditioning:
+        """The batch's caption and layout or map, each emptied to its null value (the empty prompt; no used
+        slot / the all-zero map) by :func:`~latentdiff.conditioning.drop_conditions`: the caption with
+        probability ``cond_dropout``, then, independently, the layout/map with ``spatial_dropout``."""
         from latentdiff.models.control import one_hot, rasterise_layout
 
-        ctx = self.context(index, generator)  # (B, L, D), text dropout applied
-        keep = (torch.rand(index.shape[0], generator=generator) >= self.cfg.spatial_dropout).float()  # (B,)
+        ctx = self.contexts[self.caption_index[index]]  # (B, L, D)
+        if self.cfg.condition == "layout":  # the boxes as GLIGEN's tokens; a layout ControlNet draws them below
+            full = Conditioning(ctx, grounding=Grounding(self.boxes[index], self.embeddings[index], self.slots[index]))
+        else:
+            full = Conditioning(ctx, control=one_hot(self.segmaps[index]))  # (B, K, S, S)
+        route = "control" if full.control is not None else "grounding"
+        cond, masks = drop_conditions(full, full.null(self.null_context),
+                                      {"context": self.cfg.cond_dropout, route: self.cfg.spatial_dropout}, generator)
+        self.dropped = masks["context"]
         if self.cfg.condition == "layout" and self.cfg.method == "controlnet":
-            picture = rasterise_layout(self.boxes[index], self.embeddings[index], self.slots[index] * keep[:, None],
-                                       self.size, self.size)  # (B, D + 1, S, S); dropped: all zeros
-            return Conditioning(context=ctx, layout_control=picture).to(self.device)
-        if self.cfg.condition == "layout":
-            g = Grounding(self.boxes[index], self.embeddings[index], self.slots[index] * keep[:, None])
-            return Conditioning(context=ctx, grounding=g).to(self.device)
-        control = one_hot(self.segmaps[index]) * keep[:, None, None, None]  # (B, K, S, S); dropped: all zeros
-        return Conditioning(context=ctx, control=control).to(self.device)
+            g = cond.grounding
+            picture = rasterise_layout(g.boxes, g.embeddings, g.mask, self.size, self.size)  # (B, D + 1, S, S)
+            cond = replace(cond, grounding=None, layout_control=picture)  # dropped: all zeros
+        return cond.to(self.device)
 
     def predict(self, model, x_t, t, cond):
         return model(x_t, t, cond)

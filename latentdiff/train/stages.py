@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from latentdiff.conditioning import Conditioning, drop_conditions
 from latentdiff.diffusion.loss import diffusion_loss
 from latentdiff.diffusion.schedule import Schedule
 from latentdiff.models.factory import build_clip, build_unet, build_vae
@@ -229,22 +230,23 @@ class LatentDenoisingStage(OnDevice):
         self.grounding_min_t = int(min_t)
         self.capture = CrossAttnCapture.attach(self.unet)
 
-    def drop_mask(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """Which captions of the batch become the empty prompt: Bernoulli(cond_dropout) per sample, (B,).
-        The last mask drawn is kept in ``self.dropped`` (the grounding loss leaves those captions out)."""
-        self.dropped = torch.rand(batch, generator=generator, device=self.data_device) < self.cond_dropout
-        return self.dropped
+    def drop_text(self, captions: torch.Tensor, null: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``captions`` (B, ...: contexts or token ids) with each replaced by ``null`` (the empty prompt's)
+        with probability ``cond_dropout`` (:func:`latentdiff.conditioning.drop_conditions`). The drop mask is
+        kept in ``self.dropped`` (the grounding loss leaves those captions out)."""
+        cond = Conditioning(context=captions)
+        cond, masks = drop_conditions(cond, cond.null(null), {"context": self.cond_dropout}, generator)
+        self.dropped = masks["context"]
+        return cond.context
 
     def context(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Cross-attention context of a batch, (B, L, D), with conditioning dropout applied."""
-        drop = self.drop_mask(index.shape[0], generator)[:, None, None]  # (B, 1, 1)
-        return torch.where(drop, self.null_context, self.contexts[self.caption_index[index]])
+        return self.drop_text(self.contexts[self.caption_index[index]], self.null_context, generator)
 
     def caption_tokens(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Token ids of a batch's captions, (B, L), with conditioning dropout applied (for a text encoder
         that is being trained, so its contexts cannot be cached)."""
-        drop = self.drop_mask(index.shape[0], generator)[:, None]  # (B, 1)
-        return torch.where(drop, self.null_tokens, self.unique_tokens[self.caption_index[index]])
+        return self.drop_text(self.unique_tokens[self.caption_index[index]], self.null_tokens, generator)
 
     def condition(self, index: torch.Tensor, generator: torch.Generator):
         if self.train_text:
