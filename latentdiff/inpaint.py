@@ -16,6 +16,10 @@ Two ways through the one sampling path of :meth:`Pipeline.sample_rows`, differin
 In both, the decoded image is composited onto the input with a feathered mask (:func:`feather`): pixels
 further than ``mask_blur`` px outside the mask are exactly the input's.
 
+Inpainting is a conditioner, not a pipeline of its own: :func:`inpainting` reads and checks the inputs into an
+:class:`Inpainting` value, and :meth:`Pipeline.generate` — the driver of every call — draws with it, so a
+layout and a segmentation map (``spatial``) work in the same call as they do without inpainting.
+
 Masks: L, RGB (luminance) or RGBA/LA (luminance × alpha) images the size of the input, or the input's
 own alpha channel (``mask_from_alpha``: transparent = repaint). Soft masks are thresholded at 0.5 for
 the U-Net (diffusers' convention) and kept soft for the composite. Images whose sides are not multiples of
@@ -32,6 +36,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +47,12 @@ from PIL import Image
 from torch import Tensor
 
 from latentdiff.conditioning import Conditioning
+from latentdiff.diffusion.blend import known_region_hook
+from latentdiff.diffusion.sampling import sampling_timesteps
+from latentdiff.diffusion.schedule import q_sample
 from latentdiff.errors import UserError
 from latentdiff.limits import MAX_MASK_BLUR, MAX_RESAMPLE
 from latentdiff.pixels import to_unit_hwc
-from latentdiff.provenance import PNG_KEY, record
-from latentdiff.request import batches, plan
 
 MODES = ("auto", "model", "blend")
 DEFAULT_MASK_BLUR = 4  # px of feathering outside the mask (64×64 shapes images)
@@ -292,20 +298,12 @@ class InpaintBatch:
         return InpaintBatch(cat("known"), cat("mask"), cat("concat"), first.blend, first.strength, first.resample)
 
     def start_step(self, steps: int) -> int:
-        """Steps skipped for ``strength`` (diffusers' rule: run int(steps · strength) of them)."""
-        run = min(int(steps * self.strength), steps)
-        if run < 1:
-            raise UserError(f"strength {self.strength:g} with {steps} steps runs no step; raise --strength "
-                            f"or --steps")
-        return steps - run
+        """Steps skipped for ``strength`` (:func:`start_step`)."""
+        return start_step(self.strength, steps)
 
     def sampling(self, x_T: Tensor, schedule, sampler: str, steps: int, scheduler_config: dict) -> tuple[Tensor, dict]:
         """(the start state, the extra keyword arguments of :func:`~latentdiff.diffusion.sampling.sample`).
         x_T: (B, C, h, w), the seeded noise; it also noises the known latents, at the start and in blend."""
-        from latentdiff.diffusion.blend import known_region_hook
-        from latentdiff.diffusion.sampling import sampling_timesteps
-        from latentdiff.diffusion.schedule import q_sample
-
         known = self.known.to(x_T)
         start = self.start_step(steps)
         if start:
@@ -315,6 +313,14 @@ class InpaintBatch:
         if self.blend:
             kwargs["on_step"] = known_region_hook(schedule, known, self.mask.to(x_T), x_T)
         return x_T, kwargs
+
+
+def start_step(strength: float, steps: int) -> int:
+    """Steps skipped for ``strength`` (diffusers' rule: run int(steps · strength) of them)."""
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise UserError(f"strength {strength:g} with {steps} steps runs no step; raise --strength or --steps")
+    return steps - run
 
 
 def resolve_mode(pipe, mode: str) -> str:
@@ -330,13 +336,18 @@ def resolve_mode(pipe, mode: str) -> str:
     return mode
 
 
-def prepare_batch(pipe, inputs: InpaintInputs, mode: str, strength: float = 1.0, resample: int = 1) -> InpaintBatch:
-    """The :class:`InpaintBatch` of one input image (batch 1) for ``pipe`` in ``mode`` (auto | model | blend)."""
-    mode = resolve_mode(pipe, mode)
+def check_strength_resample(strength: float, resample: int) -> None:
+    """``strength`` in (0, 1] and ``resample`` a whole number in 1..MAX_RESAMPLE, or a one-line error."""
     if not 0.0 < strength <= 1.0:
         raise UserError(f"--strength {strength:g}: expected a number in (0, 1]")
     if isinstance(resample, bool) or not isinstance(resample, int) or not 1 <= resample <= MAX_RESAMPLE:
         raise UserError(f"--resample {resample!r}: expected a whole number in 1..{MAX_RESAMPLE}")
+
+
+def prepare_batch(pipe, inputs: InpaintInputs, mode: str, strength: float = 1.0, resample: int = 1) -> InpaintBatch:
+    """The :class:`InpaintBatch` of one input image (batch 1) for ``pipe`` in ``mode`` (auto | model | blend)."""
+    mode = resolve_mode(pipe, mode)
+    check_strength_resample(strength, resample)
     image = to_unit_hwc(inputs.image[None])  # (1, 3, H, W)
     mask = binarize(torch.from_numpy(inputs.mask)[None, None])  # (1, 1, H, W)
     known = encode_images(pipe.vae, image)
@@ -345,38 +356,87 @@ def prepare_batch(pipe, inputs: InpaintInputs, mode: str, strength: float = 1.0,
 
 
 
-# --- the driver -----------------------------------------------------------------------------------
+# --- the conditioner of a call -------------------------------------------------------------------
 
-def inpaint(pipe, prompt: str | list[str], image: Any, mask: Any = None, *, mode: str = "auto",
-            strength: float = 1.0, mask_blur: int = DEFAULT_MASK_BLUR, resample: int = 1,
-            mask_from_alpha: bool = False, negative_prompt: str | list[str] | None = None, num_images: int = 1,
-            steps: int | None = None, guidance: float | None = None, sampler: str | None = None, seed: int = 0,
-            progress: bool = False, batch_size: int | None = None) -> list:
-    """Inpaint ``image`` where ``mask`` is white (module docstring); returns PIL images of the input's size,
-    each with its provenance record in ``image.info["latentdiff"]`` (the inpainting settings and the
-    input and mask hashes under ``extra["inpaint"]``). Image k of the call uses seed + k."""
+@dataclass(frozen=True)
+class Inpainting:
+    """The inpainting conditioner of a :meth:`Pipeline.generate <latentdiff.pipeline.Pipeline.generate>` call:
+    one input image and mask with the call's inpainting options (built by :func:`inpainting`). ``generate``
+    stays the one driver; it asks this value to :meth:`check` the resolved options before any work, to
+    :meth:`prepare` the :class:`InpaintBatch` that :meth:`Pipeline.sample_rows` adds to each batch (the
+    ``concat`` route, the start and the blend hook), to :meth:`finish` each decoded image (crop, composite)
+    and for the record's ``extra["inpaint"]`` (:attr:`settings`). So inpainting combines with a layout or a
+    segmentation map (``spatial``) like any other condition."""
+
+    inputs: InpaintInputs
+    mode: str  # model | blend (resolved)
+    strength: float = 1.0
+    mask_blur: int = DEFAULT_MASK_BLUR
+    resample: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) the images are drawn at: the input's, padded to the VAE factor."""
+        return self.inputs.image.shape[:2]
+
+    def check(self, opts: dict) -> None:
+        """One-line errors for options that do not go with inpainting (``opts``: resolved, as from
+        :meth:`Pipeline.resolve`), before any work."""
+        if self.resample != 1 and (self.mode != "blend" or opts["sampler"] != "ddpm"):
+            raise UserError(f"--resample {self.resample}: RePaint resampling is for --mode blend with --sampler ddpm")
+        check_strength_resample(self.strength, self.resample)
+        start_step(self.strength, opts["steps"])
+        if (opts["height"], opts["width"]) != self.size:
+            raise ValueError(f"inpainting draws at the input's size {self.size}, not {opts['height'], opts['width']}")
+
+    def prepare(self, pipe) -> InpaintBatch:
+        """The input's batch (batch 1; the VAE encodes the image once per call)."""
+        return prepare_batch(pipe, self.inputs, self.mode, self.strength, self.resample)
+
+    def finish(self, pixels: np.ndarray) -> np.ndarray:
+        """A decoded image (H', W', 3) uint8 → cropped to the input's size and composited onto it with the
+        feathered mask: exactly the input further than ``mask_blur`` px outside the mask."""
+        h, w = self.inputs.height, self.inputs.width
+        return composite(pixels[:h, :w], self.inputs.image[:h, :w], self.alpha)
+
+    @cached_property
+    def alpha(self) -> np.ndarray:
+        """The composite weights (h, w) of the input's mask (:func:`feather`), computed once per call."""
+        return feather(self.inputs.mask[:self.inputs.height, :self.inputs.width], self.mask_blur)
+
+    @property
+    def settings(self) -> dict:
+        """What a record keeps of the call's inpainting (``extra["inpaint"]``)."""
+        x = self.inputs
+        return {"mode": self.mode, "strength": self.strength, "mask_blur": self.mask_blur, "resample": self.resample,
+                "image_sha256": x.image_sha256, "mask_sha256": x.mask_sha256, "height": x.height, "width": x.width}
+
+
+def inpainting(pipe, image: Any, mask: Any = None, *, mode: str = "auto", strength: float = 1.0,
+               mask_blur: int = DEFAULT_MASK_BLUR, resample: int = 1, mask_from_alpha: bool = False) -> Inpainting:
+    """Read and check an image and its mask for ``pipe`` (module docstring) into the :class:`Inpainting`
+    conditioner of a call."""
     inputs = load_inputs(image, mask, pipe.vae_scale_factor, mask_from_alpha=mask_from_alpha,
                          max_side=pipe.limits.max_side)
     mode = resolve_mode(pipe, mode)
     if isinstance(mask_blur, bool) or not isinstance(mask_blur, int) or not 0 <= mask_blur <= MAX_MASK_BLUR:
         raise UserError(f"--mask-blur {mask_blur!r}: expected a whole number of pixels in 0..{MAX_MASK_BLUR}")
-    opts = pipe.resolve(steps, guidance, sampler, *inputs.image.shape[:2])
-    if resample != 1 and (mode != "blend" or opts["sampler"] != "ddpm"):
-        raise UserError(f"--resample {resample}: RePaint resampling is for --mode blend with --sampler ddpm")
-    one = prepare_batch(pipe, inputs, mode, strength, resample)
-    one.start_step(opts["steps"])  # check strength before any work
-    h, w = inputs.height, inputs.width
-    original, alpha = inputs.image[:h, :w], feather(inputs.mask[:h, :w], mask_blur)
-    settings = {"mode": mode, "strength": strength, "mask_blur": mask_blur, "resample": resample,
-                "image_sha256": inputs.image_sha256, "mask_sha256": inputs.mask_sha256, "height": h, "width": w}
-    rows = plan(pipe.limits, prompt, negative_prompt, num_images, seed)
-    where = dict(device=pipe.device, dtype=pipe.dtype)
-    images = []
-    for batch in batches(pipe, rows, opts, batch_size):  # the batch size is checked before any work
-        latents = pipe.sample_rows(batch, inpaint=one.repeat(len(batch)), progress=progress, **opts, **where)
-        for i, px in enumerate(pipe.decode_latents(latents)[:, :h, :w]):
-            img = Image.fromarray(composite(px, original, alpha))
-            rec = replace(record(pipe, batch, i, **opts, **where), extra={"inpaint": settings})
-            img.info[PNG_KEY] = rec.to_json()
-            images.append(img)
-    return images
+    return Inpainting(inputs, mode, strength, mask_blur, resample)
+
+
+def inpaint(pipe, prompt: str | list[str], image: Any, mask: Any = None, *, mode: str = "auto",
+            strength: float = 1.0, mask_blur: int = DEFAULT_MASK_BLUR, resample: int = 1,
+            mask_from_alpha: bool = False, negative_prompt: str | list[str] | None = None, num_images: int = 1,
+            steps: int | None = None, guidance: float | None = None, sampler: str | None = None, seed: int = 0,
+            progress: bool = False, batch_size: int | None = None, spatial=None) -> list:
+    """Inpaint ``image`` where ``mask`` is white (module docstring); returns PIL images of the input's size,
+    each with its provenance record in ``image.info["latentdiff"]`` (the inpainting settings and the
+    input and mask hashes under ``extra["inpaint"]``). Image k of the call uses seed + k. ``spatial``: a
+    layout and/or segmentation map (:class:`latentdiff.layout.Spatial`) of the padded input's size, as for
+    :meth:`Pipeline.generate`, whose options the others are. The drawing is :meth:`Pipeline.generate`'s, with
+    the :func:`inpainting` conditioner."""
+    cond = inpainting(pipe, image, mask, mode=mode, strength=strength, mask_blur=mask_blur, resample=resample,
+                      mask_from_alpha=mask_from_alpha)
+    height, width = cond.size
+    return pipe.generate(prompt, negative_prompt, num_images, steps, guidance, sampler, seed, height, width,
+                         progress, batch_size, spatial=spatial, inpaint=cond)

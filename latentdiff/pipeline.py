@@ -15,6 +15,7 @@ checked against ``pipe.limits`` before any work, :mod:`latentdiff.request`'s; re
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -69,8 +70,9 @@ class Pipeline(Model):
                     inpaint=None, guide=None, spatial=None) -> Tensor:
         """Draw one batch: conditions → guided denoiser → sampler. Returns latents x_0 (B, C, h, w) fp32.
         ``latents`` replaces the seeded x_T; ``device``/``dtype`` (the U-Net's) are looked up when not given.
-        ``inpaint`` (a :class:`latentdiff.inpaint.InpaintBatch`) adds the inpainting conditions, start and
-        step hook; an inpainting U-Net without it repaints the whole image (text-to-image).
+        ``inpaint`` (a :class:`latentdiff.inpaint.InpaintBatch`, one row per row) adds the inpainting
+        conditions (the ``concat`` route of both guidance branches), start and step hook; an inpainting U-Net
+        without it repaints the whole image (text-to-image).
         ``guide`` (for example a :class:`~latentdiff.models.classifier.ClassifierGuide`) wraps the denoiser
         once more: ``guide.wrap(denoiser, schedule)``. ``spatial`` (a :class:`latentdiff.layout.Spatial`)
         adds layout and segmentation routes, guided with the nested multi-condition formula."""
@@ -122,7 +124,8 @@ class Pipeline(Model):
     def generate(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_images: int = 1, steps: int | None = None, guidance: float | None = None,
                  sampler: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
-                 progress: bool = False, batch_size: int | None = None, guide=None, spatial=None) -> list:
+                 progress: bool = False, batch_size: int | None = None, guide=None, spatial=None,
+                 inpaint=None) -> list:
         """Generate images (PIL). Unset options come from the model's defaults (``self.defaults``: dpm++,
         25 steps, guidance 4.0 unless the model's latentdiff.json says otherwise) and its native size.
 
@@ -130,24 +133,35 @@ class Pipeline(Model):
         :mod:`latentdiff.provenance`) is in ``image.info["latentdiff"]``. ``guide``: classifier guidance
         (:class:`~latentdiff.models.classifier.ClassifierGuide`), described in the record's ``extra``.
         ``spatial``: layout and/or segmentation map (:class:`latentdiff.layout.Spatial`), needing
-        :meth:`attach_layout` / :meth:`attach_segmap`.
+        :meth:`attach_layout` / :meth:`attach_segmap`. ``inpaint``: the inpainting conditioner
+        (:class:`latentdiff.inpaint.Inpainting`; :meth:`inpaint` builds it), which sets the size, adds its
+        conditions to every batch and composites each image onto the input.
         """
         opts = self.resolve(steps, text_guidance(self, guidance, spatial), sampler, height, width)
+        if inpaint is not None:
+            inpaint.check(opts)
         rows = plan(self.limits, prompt, negative_prompt, num_images, seed)
         where = dict(device=self.device, dtype=self.dtype)  # diffusers' .dtype walks every module: ask once
+        work = batches(self, rows, opts, batch_size)  # the batch size is checked before any work
+        one = None if inpaint is None else inpaint.prepare(self)  # the input's conditions, computed once
         images = []
-        for batch in batches(self, rows, opts, batch_size):  # the batch size is checked before any work
-            pixels = self.decode_latents(self.sample_rows(batch, progress=progress, guide=guide, spatial=spatial,
-                                                          **opts, **where))
+        for batch in work:
+            pixels = self.decode_latents(self.sample_rows(
+                batch, progress=progress, guide=guide, spatial=spatial,
+                inpaint=None if one is None else one.repeat(len(batch)), **opts, **where))
             for i, px in enumerate(pixels):
-                img = Image.fromarray(px)
-                img.info[PNG_KEY] = record(self, batch, i, **opts, **where, guide=guide, spatial=spatial).to_json()
+                img = Image.fromarray(px if inpaint is None else inpaint.finish(px))
+                rec = record(self, batch, i, **opts, **where, guide=guide, spatial=spatial)
+                if inpaint is not None:
+                    rec = replace(rec, extra={**rec.extra, "inpaint": inpaint.settings})
+                img.info[PNG_KEY] = rec.to_json()
                 images.append(img)
         return images
 
     def inpaint(self, prompt: str | list[str], image, mask=None, **kwargs) -> list:
         """Repaint ``image`` where ``mask`` is white: see :func:`latentdiff.inpaint.inpaint` (modes model |
-        blend | auto, strength, mask_blur, resample, mask_from_alpha and the options of :meth:`generate`)."""
+        blend | auto, strength, mask_blur, resample, mask_from_alpha, a layout or map as ``spatial``, and the
+        options of :meth:`generate`)."""
         return inpainting.inpaint(self, prompt, image, mask, **kwargs)
 
     def replay(self, rec, guide=None, segmap=None) -> Any:

@@ -251,6 +251,40 @@ def test_modes_and_option_checks(pipe, ipipe):
     assert rec["extra"]["inpaint"]["mode"] == "blend" and rec["extra"]["inpaint"]["resample"] == 2
 
 
+@pytest.mark.parametrize("mode, layout_kind", [("blend", "gligen"), ("blend", "layout_controlnet"),
+                                              ("model", "layout_controlnet")])
+def test_inpainting_takes_a_layout_and_a_map_in_the_same_call(spatial_model_dir, inpaint_dir, mode, layout_kind):
+    """Inpainting is a conditioner like the others: with a layout (and a map) in the same call the known pixels
+    are kept, the layout reaches the network (the result differs from inpainting without it, and moving the
+    box changes it) and the record names both."""
+    from latentdiff.layout import LayoutEntry, Spatial
+
+    pipe = Pipeline.load(spatial_model_dir if mode == "blend" else inpaint_dir, device="cpu")
+    pipe.attach_layout(spatial_model_dir / layout_kind)
+    image, mask = scene()
+    kw = dict(mode=mode, steps=STEPS, seed=2, mask_blur=1, guidance=2.0)
+    plain = np.asarray(pipe.inpaint("a red circle", image, mask, **kw)[0]).astype(int)
+    spatial = Spatial([LayoutEntry("a red circle", (0.2, 0.2, 0.6, 0.6))], layout_scale=2.0)
+    out = pipe.inpaint("a red circle", image, mask, spatial=spatial, **kw)[0]
+    got = np.asarray(out).astype(int)
+    keep = far_from(mask, 1)
+    np.testing.assert_array_equal(got[keep], image[keep])
+    assert np.abs(got - plain)[~keep].max() > 0  # the layout was used
+    rec = json.loads(out.info["latentdiff"])["extra"]
+    assert rec["layout"]["boxes"][0]["phrase"] == "a red circle" and rec["inpaint"]["mode"] == mode
+    moved = Spatial([LayoutEntry("a red circle", (0.5, 0.5, 0.9, 0.9))], layout_scale=2.0)
+    assert np.abs(np.asarray(pipe.inpaint("a red circle", image, mask, spatial=moved, **kw)[0]).astype(int)
+                  - got).max() > 0
+    if mode == "model":  # and a segmentation map on top
+        pipe.attach_segmap(spatial_model_dir / "controlnet")
+        seg = np.zeros((32, 32), np.uint8)
+        seg[6:20, 6:20] = 1
+        both = pipe.inpaint("a red circle", image, mask, spatial=Spatial(spatial.layout, seg, 2.0, 2.0), **kw)[0]
+        np.testing.assert_array_equal(np.asarray(both).astype(int)[keep], image[keep])
+        assert json.loads(both.info["latentdiff"])["extra"]["segmap"]["classes"] == [0, 1]
+        assert np.abs(np.asarray(both).astype(int) - got).max() > 0
+
+
 def test_replay_refuses_an_inpainted_image(pipe):
     from latentdiff.provenance import Record
 
