@@ -73,3 +73,30 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, files, capsys, extra, 
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("latentdiff inpaint: error: ") and words.format(tmp=tmp) in err
+
+
+def test_inpaint_takes_a_layout_like_generate(spatial_model_dir, files, capsys):
+    """`latentdiff inpaint --layout`: the layout is drawn in the repainted region, the rest is kept, the record
+    names it; its flags are checked as generate's."""
+    tmp, image, mask = files
+    (tmp / "layout.json").write_text(json.dumps([{"phrase": "a red circle", "box": [6, 4, 22, 20]}]))
+    argv = ["inpaint", "a red circle", "--image", str(tmp / "img.png"), "--mask", str(tmp / "mask.png"), "--model",
+            str(spatial_model_dir), "--mode", "blend", "--steps", "2", "--mask-blur", "1", "--device", "cpu"]
+    code, out, err = run(capsys, *argv, "--out", str(tmp / "plain"))
+    assert code == 0, err
+    with Image.open(out.split()[0]) as img:
+        plain = np.asarray(img.convert("RGB")).astype(int)
+    code, out, err = run(capsys, *argv, "--layout", str(tmp / "layout.json"), "--layout-scale", "2",
+                         "--out", str(tmp / "laid"))
+    assert code == 0, err
+    with Image.open(out.split()[0]) as img:
+        rec = json.loads(img.info["latentdiff"])
+        px = np.asarray(img.convert("RGB")).astype(int)
+    assert rec["extra"]["layout"]["boxes"][0]["phrase"] == "a red circle" and "inpaint" in rec["extra"]
+    ys, xs = np.nonzero(mask)
+    far = np.ones(mask.shape, bool)
+    far[max(ys.min() - 1, 0):ys.max() + 2, max(xs.min() - 1, 0):xs.max() + 2] = False  # the mask and its feather
+    np.testing.assert_array_equal(px[far], image[far])
+    assert np.abs(px - plain).max() > 0
+    code, out, err = run(capsys, *argv, "--layout-scale", "2", "--out", str(tmp / "bad"))
+    assert code == 2 and "--layout-scale needs --layout FILE or --segmap FILE" in err and err.count("\n") == 1

@@ -61,33 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"classifier guidance scale s (default: {DEFAULT_CLASSIFIER_SCALE:g}; 0 = none)")
     g.add_argument("--classifier", default=None, metavar="DIR",
                    help="classifier folder from 'latentdiff train-classifier' (default: MODEL/classifier)")
-    g.add_argument("--layout", default=None, metavar="FILE",
-                   help='layout JSON: [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in pixels '
-                        '(x1, y1 exclusive); needs a layout checkpoint (MODEL/layout_controlnet, MODEL/gligen or '
-                        '--layout-model)')
-    g.add_argument("--layout-normalized", action="store_true", help="the layout's boxes are in [0, 1]")
-    g.add_argument("--layout-scale", default=None, metavar="S",
-                   help="guidance scale of the layout or of --segmap's region phrases (1 = no extra guidance; "
-                        "default: the layout checkpoint's layout_scale, 3 for the default model's, else 1)")
-    g.add_argument("--layout-model", default=None, metavar="DIR",
-                   help="layout checkpoint folder, a layout ControlNet or GLIGEN layers, for --layout or --segmap's "
-                        "region phrases (default: MODEL/layout_controlnet, else MODEL/gligen)")
-    g.add_argument("--segmap", default=None, metavar="PNG",
-                   help="segmentation map: single-channel or palette PNG of class ids (0 background, 1 circle, "
-                        "2 square, 3 triangle, 4 star) of the image's size; needs MODEL/controlnet or --segmap-model")
-    g.add_argument("--segmap-scale", default=None, metavar="S",
-                   help="guidance scale of the segmentation map (1 = no extra guidance, default: 1)")
-    g.add_argument("--segmap-model", default=None, metavar="DIR",
-                   help="segmentation ControlNet folder (default: MODEL/controlnet)")
-    g.add_argument("--no-region-phrases", action="store_true",
-                   help="with --segmap and no --layout: draw the map alone. By default the objects a shapes-world "
-                        "prompt names are bound to the map's regions of their class (by the positions, sizes and "
-                        "relation it states) and each drawn as a layout phrase in its region's box, when the model "
-                        "has a layout checkpoint (see docs/layout.md)")
-    g.add_argument("--regional-text", default=None, metavar="A",
-                   help="the share in [0, 1] of each layout box's text that is its phrase alone, the prompt's "
-                        "elsewhere (regional text: keeps one object's colour out of another's box; default: the "
-                        "layout checkpoint's regional_text, 0.5 for the default model's, else 0)")
+    spatial_flags(g)
     limit_flags(g)
     g.set_defaults(handler=run_generate)
 
@@ -123,6 +97,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"),
                    help="weights' precision in the export (fp16 halves the size; loading upcasts to fp32)")
     e.set_defaults(handler=run_export)
+
+
+def spatial_flags(g) -> None:
+    """The --layout / --segmap flags (and their scales, checkpoints, region phrases, regional text), shared by
+    ``generate`` and ``inpaint``; :func:`check_spatial_flags` and :func:`spatial_conditions` read them."""
+    g.add_argument("--layout", default=None, metavar="FILE",
+                   help='layout JSON: [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in pixels '
+                        '(x1, y1 exclusive); needs a layout checkpoint (MODEL/layout_controlnet, MODEL/gligen or '
+                        '--layout-model)')
+    g.add_argument("--layout-normalized", action="store_true", help="the layout's boxes are in [0, 1]")
+    g.add_argument("--layout-scale", default=None, metavar="S",
+                   help="guidance scale of the layout or of --segmap's region phrases (1 = no extra guidance; "
+                        "default: the layout checkpoint's layout_scale, 3 for the default model's, else 1)")
+    g.add_argument("--layout-model", default=None, metavar="DIR",
+                   help="layout checkpoint folder, a layout ControlNet or GLIGEN layers, for --layout or --segmap's "
+                        "region phrases (default: MODEL/layout_controlnet, else MODEL/gligen)")
+    g.add_argument("--segmap", default=None, metavar="PNG",
+                   help="segmentation map: single-channel or palette PNG of class ids (0 background, 1 circle, "
+                        "2 square, 3 triangle, 4 star) of the image's size; needs MODEL/controlnet or --segmap-model")
+    g.add_argument("--segmap-scale", default=None, metavar="S",
+                   help="guidance scale of the segmentation map (1 = no extra guidance, default: 1)")
+    g.add_argument("--segmap-model", default=None, metavar="DIR",
+                   help="segmentation ControlNet folder (default: MODEL/controlnet)")
+    g.add_argument("--no-region-phrases", action="store_true",
+                   help="with --segmap and no --layout: draw the map alone. By default the objects a shapes-world "
+                        "prompt names are bound to the map's regions of their class (by the positions, sizes and "
+                        "relation it states) and each drawn as a layout phrase in its region's box, when the model "
+                        "has a layout checkpoint (see docs/layout.md)")
+    g.add_argument("--regional-text", default=None, metavar="A",
+                   help="the share in [0, 1] of each layout box's text that is its phrase alone, the prompt's "
+                        "elsewhere (regional text: keeps one object's colour out of another's box; default: the "
+                        "layout checkpoint's regional_text, 0.5 for the default model's, else 0)")
 
 
 def model_flags(p: argparse.ArgumentParser) -> None:

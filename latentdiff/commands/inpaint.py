@@ -11,6 +11,7 @@ from latentdiff.commands.generate import (
     SAMPLERS,
     UserWarnings,
     check_request,
+    check_spatial_flags,
     free_path,
     limit_flags,
     model_flags,
@@ -21,6 +22,8 @@ from latentdiff.commands.generate import (
     parse_sampler,
     prepare_out_dir,
     prompt_slug,
+    spatial_conditions,
+    spatial_flags,
 )
 from latentdiff.commands.train import add_latent_cache_arg
 from latentdiff.errors import UserError
@@ -62,6 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", default=None, metavar="N", help="images per forward pass (default: up to 8)")
     p.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     p.add_argument("--device", default="auto", metavar="DEV", help="cpu | cuda | auto (default: auto)")
+    spatial_flags(p.add_argument_group("layout and segmentation map, as in generate (the image's size, padded to "
+                                       "a multiple of 8)"))
     limit_flags(p)
     p.set_defaults(handler=run_inpaint)
 
@@ -114,24 +119,27 @@ def run_inpaint(args: argparse.Namespace) -> int:
     check_request(limits, prompt=args.prompt, negative_prompt=args.negative_prompt, num=num, steps=steps,
                   height=None, width=None, batch=batch)
     device = parse_device(args.device)
+    scales = check_spatial_flags(args)
     for flag, value in (("--image", args.image), ("--mask", args.mask)):
         if value is not None and not Path(value).is_file():
             raise UserError(f"{flag} {value}: file not found")
     from latentdiff.inpaint import load_inputs
 
     # sizes, modes and a mask that selects nothing: refused before the model loads
-    load_inputs(args.image, args.mask, mask_from_alpha=args.mask_from_alpha, max_side=limits.max_side)
+    inputs = load_inputs(args.image, args.mask, mask_from_alpha=args.mask_from_alpha, max_side=limits.max_side)
     out = prepare_out_dir(args.out)
     pipe = Pipeline.load(_choose_model(args, args.mode), device=device or "auto", config=args.config,
                          allow_unsafe_pickle=args.allow_unsafe_pickle)
     pipe.limits = limits
+    f = pipe.vae_scale_factor  # the images are drawn at the input's size padded to multiples of f
+    spatial = spatial_conditions(pipe, args, scales, -(-inputs.height // f) * f, -(-inputs.width // f) * f)
     kwargs = {} if blur is None else {"mask_blur": blur}
     with UserWarnings("inpaint"):
         images = pipe.inpaint(args.prompt, args.image, args.mask, mode=args.mode, strength=strength,
                               resample=resample, mask_from_alpha=args.mask_from_alpha,
                               negative_prompt=args.negative_prompt, num_images=num, steps=steps,
                               guidance=guidance, sampler=sampler, seed=seed, progress=sys.stderr.isatty(),
-                              batch_size=batch, **kwargs)
+                              batch_size=batch, spatial=spatial, **kwargs)
     for img in images:
         record = Record.from_json(img.info["latentdiff"])
         print(save_png(img, free_path(out, f"{prompt_slug(args.prompt)}_inpaint_{record.seed}"), record))
