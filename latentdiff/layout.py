@@ -257,9 +257,7 @@ def guidance_chain(pipe, spatial: Spatial, cond: Conditioning, uncond: Condition
     elif spatial.layout is not None:
         full = replace(full, grounding=grounding_for(pipe, spatial.layout, b, pipe.layout_slots))
     base = uncond if uncond is not None else cond  # guidance 1: the text is in every branch
-    zeros = lambda v: None if v is None else torch.zeros_like(v)  # noqa: E731
-    current = replace(base, grounding=None if full.grounding is None else full.grounding.null(),
-                      control=zeros(full.control), layout_control=zeros(full.layout_control))
+    current = full.null(base.context)  # C_0: the null of every route (both branches share any concat)
     text = lambda c: c  # noqa: E731  (the prompt's text as it is)
     if spatial.regional_text and spatial.layout is not None:
         if size is None:
