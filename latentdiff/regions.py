@@ -27,7 +27,7 @@ import numpy as np
 
 from latentdiff.data.components import label_components
 from latentdiff.data.grammar import CaptionError, parse_caption
-from latentdiff.data.shapes import CANVAS, SEG_LABELS, SIZE_THRESHOLD, position_of, relation_holds
+from latentdiff.data.shapes import CANVAS, SEG_LABELS, SIZE_THRESHOLD, position_of, relation_holds, with_article
 from latentdiff.layout import LayoutEntry
 
 MIN_PIXELS = 4  # smaller connected pieces of a class are specks, not regions
@@ -126,5 +126,5 @@ def bind_regions(prompt: str, segmap: np.ndarray) -> Binding:
             if best is None or agreed > best[0]:
                 best = (agreed, stated, combo)
     agreed, stated, combo = best
-    layout = [LayoutEntry(f"a {o.colour} {o.shape}", regions[k].box) for o, k in zip(spec.objects, combo)]
+    layout = [LayoutEntry(with_article(f"{o.colour} {o.shape}"), regions[k].box) for o, k in zip(spec.objects, combo)]
     return Binding(layout, agreed=agreed, stated=stated)
