@@ -348,14 +348,14 @@ class Model:
     def latent_channels(self) -> int:
         return int(self.unet.config.out_channels)
 
-    def _concat_channels(self) -> int:
+    def concat_channels(self) -> int:
         """Input channels of the U-Net beyond x_t: 0 for text-to-image, 1 + C for inpainting (mask + latents)."""
         return self.unet.config.in_channels - self.unet.config.out_channels
 
     @property
     def is_inpainting(self) -> bool:
         """Whether the U-Net takes diffusers' inpainting inputs: x_t, the mask and masked-image latents."""
-        return self._concat_channels() == self.latent_channels + 1
+        return self.concat_channels() == self.latent_channels + 1
 
     def sampler_overrides(self, sampler: str) -> dict:
         """The model's timestep-grid settings that ``sampler`` takes (the module's :func:`sampler_overrides`)."""

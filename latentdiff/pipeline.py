@@ -53,7 +53,7 @@ class Pipeline(Model):
 
     def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(B, C, H/f, W/f): the shape of x_T for images of height × width."""
-        return (batch, self.unet.config.in_channels - self._concat_channels(),
+        return (batch, self.unet.config.in_channels - self.concat_channels(),
                 height // self.vae_scale_factor, width // self.vae_scale_factor)
 
     def initial_latents(self, seeds: Sequence[int], height: int, width: int,
@@ -84,7 +84,7 @@ class Pipeline(Model):
             x_T = latents.to(device=device, dtype=torch.float32)
         cond = self.conditioning([r.prompt for r in rows])
         uncond = self.conditioning([r.negative_prompt for r in rows]) if guidance != 1.0 else None
-        if self._concat_channels():  # an inpainting U-Net: its mask and masked latents, or the whole image's
+        if self.concat_channels():  # an inpainting U-Net: its mask and masked latents, or the whole image's
             cond, uncond = inpainting.with_concat(self, cond, uncond, inpaint, height, width)
         extra = {}
         if inpaint is not None:

@@ -211,7 +211,7 @@ def load_base(cfg: FinetuneConfig):
 
     base = Pipeline.load(cfg.model, device="cpu", dtype=torch.float32, config=cfg.model_config,
                          allow_unsafe_pickle=cfg.allow_unsafe_pickle)
-    if base._concat_channels():
+    if base.concat_channels():
         raise UserError(f"{cfg.model or 'the default model'}: an inpainting model (its U-Net takes extra inputs); "
                         f"fine-tune the text-to-image model it was made from")
     return base

@@ -93,7 +93,7 @@ def derived_run(cfg, mixed_precision: str, inpainting_ok: bool = False):
     if base.is_inpainting and not inpainting_ok:
         raise UserError(f"base_model {cfg.base_model or 'default'}: is an inpainting model (extra U-Net "
                         f"inputs); start from a text-to-image model")
-    if base._concat_channels() and not base.is_inpainting:
+    if base.concat_channels() and not base.is_inpainting:
         raise UserError(f"base_model {cfg.base_model or 'default'}: has extra U-Net inputs; start from a "
                         f"text-to-image model")
     if accelerator.is_main_process:
