@@ -43,6 +43,7 @@ MAX_THREADS = 4096  # speed option threads (torch.set_num_threads)
 # Control characters (Unicode category Cc) other than tab, newline and carriage return, and surrogates (Cs).
 _NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 DEFAULT_BATCH = 8  # images per forward pass unless a call says otherwise (when they fit max_batch_pixels)
+MAX_SCALE = 50  # a condition's guidance scale (layout, segmentation map): 0..50, 1 = no extra guidance
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,28 @@ def check_number(value, name: str, lo: float | None = None, hi: float | None = N
             f"≥ {lo:g}" if lo is not None else f"≤ {hi:g}")
         raise UserError(f"{name} {short(value)}: expected a number {span}")
     return number
+
+
+def parse_float(name: str, value) -> float | None:
+    """A finite number from a flag's text or a request's field (a number or text); None stays None (unset).
+    Else a one-line :class:`UserError` naming ``name`` and the value. The CLI and the web app share it."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{name} {value!r}: expected a number") from None
+    if not math.isfinite(number) or isinstance(value, bool):
+        raise UserError(f"{name} {value!r}: expected a finite number")
+    return number
+
+
+def check_scale(name: str, value: float | None) -> float | None:
+    """A condition's guidance scale (layout, segmentation map) in 0..:data:`MAX_SCALE`; None stays None (the
+    default). Else a one-line :class:`UserError`."""
+    if value is not None and not 0 <= value <= MAX_SCALE:
+        raise UserError(f"{name} {value:g}: expected 0..{MAX_SCALE} (1 = no extra guidance)")
+    return value
 
 
 def check_int(value, name: str, lo: int, hi: int | None = None) -> int:

@@ -9,7 +9,6 @@ only when a command runs, so ``latentdiff generate --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from latentdiff.errors import UserError
-from latentdiff.limits import MAX_SEED, Limits, check_text
+from latentdiff.limits import MAX_SEED, Limits, check_scale, check_text, parse_float
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "euler")  # mirrors latentdiff.diffusion.sampling.SAMPLERS (lazy import)
 FORMATS = ("diffusers", "single-file")
@@ -195,18 +194,6 @@ def parse_int(flag: str, text: str | None, minimum: int | None = None, maximum: 
     return value
 
 
-def parse_float(flag: str, text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected a number") from None
-    if not math.isfinite(value):
-        raise UserError(f"{flag} {text!r}: expected a finite number")
-    return value
-
-
 def parse_sampler(text: str | None) -> str | None:
     if text is not None and text not in SAMPLERS:
         raise UserError(f"--sampler {text!r}: unknown sampler; expected one of {', '.join(SAMPLERS)}")
@@ -303,11 +290,11 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
     for flag, path in (("--layout", args.layout), ("--segmap", args.segmap)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path}: file not found")
-    segmap_scale = parse_float("--segmap-scale", args.segmap_scale)
+    segmap_scale = check_scale("--segmap-scale", parse_float("--segmap-scale", args.segmap_scale))
     share = parse_float("--regional-text", args.regional_text)
     if share is not None and not 0.0 <= share <= 1.0:
         raise UserError(f"--regional-text {args.regional_text}: expected a share in [0, 1]")
-    return {"layout_scale": parse_float("--layout-scale", args.layout_scale),  # None: the checkpoint's own
+    return {"layout_scale": check_scale("--layout-scale", parse_float("--layout-scale", args.layout_scale)),
             "segmap_scale": 1.0 if segmap_scale is None else segmap_scale,
             "regional_text": share}  # None: the layout checkpoint's
 

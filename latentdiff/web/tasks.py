@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from latentdiff.errors import UserError
-from latentdiff.limits import MAX_SEED, Limits, check_text
+from latentdiff.limits import MAX_SEED, Limits, check_scale, check_text, parse_float
 
 KINDS = ("txt2img", "inpaint", "layout", "segmap")
 MAX_BOXES = 16
@@ -88,15 +88,7 @@ def _int(req: dict, name: str, lo: int, hi: int, default: int | None = None) -> 
 
 def _float(req: dict, name: str) -> float | None:
     value = req.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} {value!r}: expected a number") from None
-    if not math.isfinite(number) or isinstance(value, bool):
-        raise UserError(f"{name} {value!r}: expected a finite number")
-    return number
+    return parse_float(name, None if value == "" else value)  # a blank field: unset
 
 
 def decode_image(data: Any, name: str, max_side: int):
@@ -204,12 +196,8 @@ def _boxes(req: dict, max_boxes: int) -> list:
 
 
 def _scale(req: dict, name: str, default: float = 1.0) -> float:
-    value = _float(req, name)
-    if value is None:
-        return default
-    if not 0 <= value <= 50:
-        raise UserError(f"{name} {value:g}: expected 0..50 (1 = no extra guidance)")
-    return value
+    value = check_scale(name, _float(req, name))
+    return default if value is None else value
 
 
 def plan_layout(pipe, req: dict, limits: Limits) -> Plan:
