@@ -170,6 +170,30 @@ def test_cli_region_phrases_need_a_layout_checkpoint_and_a_map(spatial_model_dir
     assert "--layout-model needs --layout FILE or --segmap FILE" in capsys.readouterr().err
 
 
+def test_request_conditions_decides_for_the_cli_and_the_web_app(spatial_model_dir, tmp_path, capsys):
+    """The one library function both front ends call: region phrases bound (with a layout checkpoint attached
+    on demand), the checkpoint's defaults, a note saying why a prompt was not bound; scales checked alike."""
+    from latentdiff.cli import main
+    from latentdiff.conditions import Conditions, request_conditions
+    from latentdiff.pipeline import Pipeline
+
+    seg = np.asarray(Image.open(_two_object_map(tmp_path)))
+    pipe = Pipeline.load(spatial_model_dir, device="cpu").attach_segmap(spatial_model_dir / "controlnet")
+    assert request_conditions(pipe, PROMPT, guidance=2.0) == Conditions(None, 2.0)  # neither a layout nor a map
+    alone = request_conditions(pipe, PROMPT, segmap=seg)  # nowhere to find a layout checkpoint
+    assert alone.spatial.layout is None and "has no layout checkpoint" in alone.notes[0] and not pipe.layout_slots
+    off = request_conditions(pipe, PROMPT, segmap=seg, region_phrases=False)
+    assert off.spatial.layout is None and off.notes == () and off.spatial.segmap_scale == 1.0
+    bound = request_conditions(pipe, PROMPT, segmap=seg, find_layout=lambda: spatial_model_dir / "layout_controlnet")
+    assert pipe.layout_slots and bound.spatial.region_phrases and bound.spatial.layout_scale == pipe.layout_scale
+    assert [e.phrase for e in bound.spatial.layout] == ["a blue square", "a red circle"]
+    assert bound.notes[0].startswith("--segmap: region phrases from the prompt: a blue square")
+    cat = request_conditions(pipe, "a cat", segmap=seg, segmap_scale=2.0)
+    assert cat.spatial.layout is None and "not a shapes-world caption" in cat.notes[0]
+    assert main(["generate", PROMPT, "--segmap", str(tmp_path / "seg.png"), "--layout-scale", "99"]) == 2
+    assert "--layout-scale 99: expected 0..50 (1 = no extra guidance)" in capsys.readouterr().err
+
+
 def test_run_cases_binds_the_captions_as_the_cli_does(spatial_model_dir, tmp_path):
     from latentdiff.data.folder import load_folder
     from latentdiff.data.latents import segmap_of

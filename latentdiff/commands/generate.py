@@ -295,8 +295,7 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
     if share is not None and not 0.0 <= share <= 1.0:
         raise UserError(f"--regional-text {args.regional_text}: expected a share in [0, 1]")
     return {"layout_scale": check_scale("--layout-scale", parse_float("--layout-scale", args.layout_scale)),
-            "segmap_scale": 1.0 if segmap_scale is None else segmap_scale,
-            "regional_text": share}  # None: the layout checkpoint's
+            "segmap_scale": segmap_scale, "regional_text": share}  # None: the default (request_conditions)
 
 
 LAYOUT_FOLDERS = ("layout_controlnet", "gligen")  # a model folder's layout checkpoints, the first found is used
@@ -321,53 +320,31 @@ def spatial_checkpoint(pipe, flag: str, explicit: str | None, names: str | tuple
                     f"(written by 'latentdiff train-spatial')")
 
 
-def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int | None, width: int | None):
-    """Attach the checkpoints the flags need and read the layout / segmentation map (or None)."""
-    if args.layout is None and args.segmap is None:
-        return None
-    from latentdiff.layout import Spatial, read_layout, read_segmap, regional_share
+def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int | None, width: int | None,
+                       guidance: float | None):
+    """Attach the checkpoints the flags need, read the layout / segmentation map and turn them into the
+    call's conditions and text guidance (:func:`latentdiff.conditions.request_conditions`, as the web app
+    does); its notes go to stderr."""
+    from latentdiff.conditions import request_conditions
+    from latentdiff.layout import read_layout, read_segmap
 
-    size = pipe.resolve(height=height, width=width)
-    h, w = size["height"], size["width"]
     layout = segmap = None
-    if args.layout is not None:
-        pipe.attach_layout(spatial_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS))
-        layout = read_layout(args.layout, w, h, args.layout_normalized, pipe.layout_slots)
-    if args.segmap is not None:
-        pipe.attach_segmap(spatial_checkpoint(pipe, "--segmap-model", args.segmap_model, "controlnet"))
-        segmap = read_segmap(args.segmap, w, h)
-    regions = False
-    if layout is None and segmap is not None and not args.no_region_phrases and args.prompt.strip():
-        layout = region_phrases(pipe, args, segmap)
-        regions = layout is not None
-    layout_scale = pipe.layout_scale if scales["layout_scale"] is None else scales["layout_scale"]
-    return Spatial(layout, segmap, layout_scale=layout_scale, segmap_scale=scales["segmap_scale"],
-                   region_phrases=regions, regional_text=regional_share(pipe, scales["regional_text"], layout))
-
-
-def region_phrases(pipe, args: argparse.Namespace, segmap):
-    """The layout binding the prompt's objects to the map's regions (latentdiff.regions), with the layout
-    checkpoint attached; None, with a line on stderr saying why, when the prompt does not bind or the model
-    has no layout checkpoint."""
-    from latentdiff.regions import bind_regions
-
-    binding = bind_regions(args.prompt, segmap)
-    if binding.layout is None:
-        print(f"--segmap: the prompt's colours are left to the text, {binding.reason}; "
-              "--layout gives a phrase per box", file=sys.stderr)
-        return None
-    folder = spatial_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS, required=False)
-    if folder is None:
-        print(f"--segmap: {pipe.name} has no layout checkpoint to draw the prompt's objects in their regions; "
-              "the map is drawn alone (--layout-model DIR gives one)", file=sys.stderr)
-        return None
-    pipe.attach_layout(folder)
-    guidance = "" if args.guidance is not None or pipe.region_guidance is None else (
-        f"; text guidance {pipe.region_guidance:g}, the layout checkpoint's region_guidance (--guidance overrides)")
-    share = "" if args.regional_text is not None or not pipe.regional_text else (
-        f"; regional text {pipe.regional_text:g}, the checkpoint's (--regional-text overrides)")
-    print(f"--segmap: region phrases from the prompt: {binding.describe()}{guidance}{share}", file=sys.stderr)
-    return binding.layout
+    if args.layout is not None or args.segmap is not None:
+        size = pipe.resolve(height=height, width=width)  # the layout's boxes and the map are the image's size
+        h, w = size["height"], size["width"]
+        if args.layout is not None:
+            pipe.attach_layout(spatial_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS))
+            layout = read_layout(args.layout, w, h, args.layout_normalized, pipe.layout_slots)
+        if args.segmap is not None:
+            pipe.attach_segmap(spatial_checkpoint(pipe, "--segmap-model", args.segmap_model, "controlnet"))
+            segmap = read_segmap(args.segmap, w, h)
+    conditions = request_conditions(
+        pipe, args.prompt, layout, segmap, **scales, region_phrases=not args.no_region_phrases, guidance=guidance,
+        find_layout=lambda: spatial_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS,
+                                               required=False))
+    for note in conditions.notes:
+        print(note, file=sys.stderr)
+    return conditions
 
 
 def load_pipeline(args: argparse.Namespace, model: str | None, device: str | None):
@@ -403,7 +380,7 @@ def run_generate(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
     pipe = load_pipeline(args, args.model, device)
     pipe.limits = limits
-    spatial = spatial_conditions(pipe, args, spatial_flags, height, width)
+    conditions = spatial_conditions(pipe, args, spatial_flags, height, width, guidance)
     if loras:
         pipe.load_loras(loras)
     guide = classifier_guide(pipe, args.classifier_guidance, cg_scale, args.classifier)
@@ -411,10 +388,13 @@ def run_generate(args: argparse.Namespace) -> int:
         pipe.optimize(speed)  # after LoRAs and spatial checkpoints, which must come first
     if guide is not None and guidance is None and args.prompt == args.negative_prompt:
         guidance = 1.0  # ε_∅ + w(ε_∅ − ε_∅) = ε_∅: skip the second pass
+    else:
+        guidance = conditions.guidance
     with UserWarnings("generate"):
         images = pipe.generate(args.prompt, negative_prompt=args.negative_prompt, num_images=num, steps=steps,
                                guidance=guidance, sampler=sampler, seed=seed, height=height, width=width,
-                               progress=sys.stderr.isatty(), batch_size=batch, guide=guide, spatial=spatial)
+                               progress=sys.stderr.isatty(), batch_size=batch, guide=guide,
+                               spatial=conditions.spatial)
     for img in images:
         record = Record.from_json(img.info["latentdiff"])
         path = save_png(img, free_path(out, f"{prompt_slug(args.prompt)}_{record.seed}"), record)

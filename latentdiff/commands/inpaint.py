@@ -132,14 +132,16 @@ def run_inpaint(args: argparse.Namespace) -> int:
                          allow_unsafe_pickle=args.allow_unsafe_pickle)
     pipe.limits = limits
     f = pipe.vae_scale_factor  # the images are drawn at the input's size padded to multiples of f
-    spatial = spatial_conditions(pipe, args, scales, -(-inputs.height // f) * f, -(-inputs.width // f) * f)
+    conditions = spatial_conditions(pipe, args, scales, -(-inputs.height // f) * f, -(-inputs.width // f) * f,
+                                    guidance)
     kwargs = {} if blur is None else {"mask_blur": blur}
     with UserWarnings("inpaint"):
         images = pipe.inpaint(args.prompt, args.image, args.mask, mode=args.mode, strength=strength,
                               resample=resample, mask_from_alpha=args.mask_from_alpha,
                               negative_prompt=args.negative_prompt, num_images=num, steps=steps,
-                              guidance=guidance, sampler=sampler, seed=seed, progress=sys.stderr.isatty(),
-                              batch_size=batch, spatial=spatial, **kwargs)
+                              guidance=conditions.guidance, sampler=sampler, seed=seed,
+                              progress=sys.stderr.isatty(), batch_size=batch, spatial=conditions.spatial,
+                              **kwargs)
     for img in images:
         record = Record.from_json(img.info["latentdiff"])
         print(save_png(img, free_path(out, f"{prompt_slug(args.prompt)}_inpaint_{record.seed}"), record))

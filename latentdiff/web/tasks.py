@@ -8,8 +8,9 @@ the model's own checks (:meth:`Pipeline.resolve`), uploads (a base64 ``data:`` U
 an image no larger than the size limit — read from the header, before any pixel is decoded) and the
 inpainting mask (the image's size; :func:`latentdiff.inpaint.load_inputs`).
 
-Layout boxes and segmentation maps become a :class:`latentdiff.layout.Spatial` for ``Pipeline.generate``;
-they are offered when the pipeline has the checkpoint they need attached (a layout one:
+Layout boxes and segmentation maps become a :class:`latentdiff.layout.Spatial` for ``Pipeline.generate``
+through :func:`latentdiff.conditions.request_conditions`, as on the command line (region phrases, the
+layout checkpoint's defaults); they are offered when the pipeline has the checkpoint they need attached (a layout one:
 :meth:`Pipeline.attach_layout`; a segmentation ControlNet: :meth:`Pipeline.attach_segmap`; ``latentdiff
 serve`` attaches MODEL/layout_controlnet (else MODEL/gligen) and MODEL/controlnet when the model folder has
 them), and refused with a message that says how to get one otherwise (:func:`layout_support`).
@@ -195,30 +196,33 @@ def _boxes(req: dict, max_boxes: int) -> list:
     return out
 
 
-def _scale(req: dict, name: str, default: float = 1.0) -> float:
-    value = check_scale(name, _float(req, name))
-    return default if value is None else value
+def _spatial_plan(kind: str, pipe, req: dict, opts: dict, **parts) -> Plan:
+    """The plan of a layout or map request: its conditions and text guidance from the library function the CLI
+    calls too (:func:`latentdiff.conditions.request_conditions`: region phrases, the layout checkpoint's
+    defaults)."""
+    from latentdiff.conditions import request_conditions
+
+    conditions = request_conditions(pipe, opts["prompt"], guidance=_float(req, "guidance"), **parts)
+    if conditions.guidance is not None:  # None: the model's, as _common resolved it
+        opts = {**opts, "guidance": float(conditions.guidance)}
+    return Plan(kind, lambda p: p.generate(spatial=conditions.spatial, **opts), _total(pipe, opts))
 
 
 def plan_layout(pipe, req: dict, limits: Limits) -> Plan:
     """Boxes + phrases → ``Pipeline.generate(prompt, spatial=Spatial(layout=…))`` (issue #7), with the layout
-    checkpoint's regional text."""
-    from latentdiff.layout import Spatial, regional_share
-
+    checkpoint's scale (unless the request gives one) and regional text."""
     if not layout_support(pipe)["layout"]:
         raise UserError(UNAVAILABLE["layout"])
     layout = _boxes(req, min(MAX_BOXES, pipe.layout_slots))
-    spatial = Spatial(layout=layout, layout_scale=_scale(req, "layout_scale", getattr(pipe, "layout_scale", 1.0)),
-                      regional_text=regional_share(pipe, None, layout))  # the checkpoint's, as the CLI
-    opts = _common(pipe, req, limits)
-    return Plan("layout", lambda p: p.generate(spatial=spatial, **opts), _total(pipe, opts))
+    scale = check_scale("layout_scale", _float(req, "layout_scale"))
+    return _spatial_plan("layout", pipe, req, _common(pipe, req, limits), layout=layout, layout_scale=scale)
 
 
 def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
     """A class-index PNG (its size is the image's) → ``Pipeline.generate(prompt, spatial=Spatial(segmap=…))``.
     With ``region_phrases`` (default true) and a layout checkpoint attached, a shapes-world prompt's objects
     are bound to the map's regions and drawn as a layout too (:mod:`latentdiff.regions`), as the CLI does."""
-    from latentdiff.layout import Spatial, regional_share, segmap_array, text_guidance
+    from latentdiff.layout import segmap_array
 
     if not layout_support(pipe)["segmap"]:
         raise UserError(UNAVAILABLE["segmap"])
@@ -229,21 +233,11 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
     except UserError as exc:  # the size comes from the upload: say so
         raise UserError(f"segmap: the image is generated at the map's size, "
                         f"{image.width}x{image.height}: {exc}") from None
-    spatial = Spatial(segmap=segmap, segmap_scale=_scale(req, "segmap_scale"))
+    scale = check_scale("segmap_scale", _float(req, "segmap_scale"))
     regions = req.get("region_phrases", True)
     if not isinstance(regions, bool):
         raise UserError(f"region_phrases {regions!r}: expected true or false")
-    if regions and layout_support(pipe)["layout"] and opts["prompt"].strip():
-        from dataclasses import replace
-
-        from latentdiff.regions import bind_regions
-
-        bound = bind_regions(opts["prompt"], segmap).layout  # None: the prompt does not bind; the map alone
-        if bound is not None:
-            spatial = replace(spatial, layout=bound, layout_scale=getattr(pipe, "layout_scale", 1.0),
-                              region_phrases=True, regional_text=regional_share(pipe, None, bound))
-            opts["guidance"] = pipe.resolve(guidance=text_guidance(pipe, _float(req, "guidance"), spatial))["guidance"]
-    return Plan("segmap", lambda p: p.generate(spatial=spatial, **opts), _total(pipe, opts))
+    return _spatial_plan("segmap", pipe, req, opts, segmap=segmap, segmap_scale=scale, region_phrases=regions)
 
 
 PLANNERS = {"txt2img": plan_txt2img, "inpaint": plan_inpaint, "layout": plan_layout, "segmap": plan_segmap}
