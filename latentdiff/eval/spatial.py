@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
+from latentdiff.conditions import request_conditions
+
 GREY, BOX = 40, (255, 255, 255)
 CLASS_COLOURS = np.array([[40, 40, 40], [230, 80, 80], [80, 200, 80], [80, 120, 230], [230, 200, 60]], np.uint8)
 
@@ -51,17 +53,17 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
     captioned object's colour and shape verdicts. ``region_phrases`` (map alone): the caption's objects are
     bound to the map's regions (:func:`latentdiff.regions.bind_regions`) and drawn as a layout too, at
     ``region_scale`` (default: the layout checkpoint's scale) and, unless ``guidance`` is given, the
-    checkpoint's ``region_guidance`` (:func:`latentdiff.layout.text_guidance`), as ``latentdiff generate --segmap``
-    does; the metrics then hold the text guidance the images were drawn with (a list when it varied).
+    checkpoint's ``region_guidance`` (:func:`latentdiff.layout.text_guidance`): the conditions come from
+    :func:`latentdiff.conditions.request_conditions`, as for ``latentdiff generate --segmap``; the metrics
+    then hold the text guidance the images were drawn with (a list when it varied).
     ``regional_text``: the share of each box's text that is its phrase alone
     (:func:`latentdiff.layout.region_weights`); default: the layout checkpoint's
     (:func:`latentdiff.layout.regional_share`), as generate does; the metrics hold the share the images with a layout
     were drawn with, read from their records like the guidance."""
     from latentdiff.data.latents import layout_of, segmap_of
     from latentdiff.eval.scorer import score_layout, score_segmap
-    from latentdiff.layout import LayoutEntry, Spatial, regional_share
+    from latentdiff.layout import LayoutEntry
     from latentdiff.provenance import Record
-    from latentdiff.regions import bind_regions
 
     box_ok, ious, pix, blank, colours, tiles, bound, used, shares = [], [], [], [], [], [], [], set(), set()
     region_scale = pipe.layout_scale if region_scale is None else region_scale  # as generate: the checkpoint's
@@ -69,15 +71,13 @@ def run_cases(pipe, records, condition: str, size: int, steps: int = 25, seed: i
         layout, seg = layout_of(rec, size), segmap_of(rec, size)
         use_layout, use_seg = condition == "layout" or both, condition == "segmap" or both
         boxes = [LayoutEntry(p, b) for p, b in layout] if use_layout else None
-        layout_scale, regioned = scale, False
-        if region_phrases and use_seg and boxes is None:
-            boxes = bind_regions(rec.text, seg).layout
-            regioned = boxes is not None
-            bound.append(regioned)
-            layout_scale = region_scale
-        spatial = None if text_only else Spatial(boxes, seg if use_seg else None, layout_scale=layout_scale,
-                                                 segmap_scale=scale, region_phrases=regioned,
-                                                 regional_text=regional_share(pipe, regional_text, boxes))
+        regions = region_phrases and use_seg and boxes is None
+        conditions = request_conditions(pipe, rec.text, boxes, seg if use_seg else None,  # as generate does
+                                        layout_scale=region_scale if regions else scale, segmap_scale=scale,
+                                        regional_text=regional_text, region_phrases=regions)
+        if regions:
+            bound.append(conditions.spatial.region_phrases)
+        spatial = None if text_only else conditions.spatial
         image = pipe.generate(rec.text, seed=seed + k, steps=steps, guidance=guidance, height=size, width=size,
                               spatial=spatial)[0]
         img = np.asarray(image)
