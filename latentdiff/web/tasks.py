@@ -26,8 +26,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from latentdiff.conditions import request_conditions
 from latentdiff.errors import UserError
+from latentdiff.inpaint import load_inputs
+from latentdiff.layout import LayoutEntry, segmap_array
 from latentdiff.limits import MAX_SEED, Limits, check_scale, check_text, parse_float
+from latentdiff.request import batch_size
 
 KINDS = ("txt2img", "inpaint", "layout", "segmap")
 MAX_BOXES = 16
@@ -128,8 +132,6 @@ def _common(pipe, req: dict, limits: Limits, size: tuple[int, int] | None = None
                 sampler=req.get("sampler") or None)
     if size is None:
         size = (_int(req, "height", 1, limits.max_side), _int(req, "width", 1, limits.max_side))
-    from latentdiff.request import batch_size
-
     resolved = pipe.resolve(opts["steps"], opts["guidance"], opts["sampler"], *size)
     if max(resolved["height"], resolved["width"]) > limits.max_side:
         raise UserError(f"size {resolved['width']}x{resolved['height']}: the largest side allowed is "
@@ -145,8 +147,6 @@ def _common(pipe, req: dict, limits: Limits, size: tuple[int, int] | None = None
 
 def _total(pipe, opts: dict) -> int:
     """U-Net evaluations of a request: its steps once per forward batch."""
-    from latentdiff.request import batch_size
-
     return opts["steps"] * math.ceil(opts["num_images"] / batch_size(pipe, opts["height"], opts["width"]))
 
 
@@ -158,8 +158,6 @@ def plan_txt2img(pipe, req: dict, limits: Limits) -> Plan:
 
 
 def plan_inpaint(pipe, req: dict, limits: Limits) -> Plan:
-    from latentdiff.inpaint import load_inputs
-
     image = decode_image(req.get("image"), "image", limits.max_side)
     mask = decode_image(req.get("mask"), "mask", limits.max_side)
     load_inputs(image, mask, pipe.vae_scale_factor, image_flag="image", mask_flag="mask")  # sizes, modes
@@ -173,8 +171,6 @@ def plan_inpaint(pipe, req: dict, limits: Limits) -> Plan:
 
 def _boxes(req: dict, max_boxes: int) -> list:
     """``[{"phrase", "x0", "y0", "x1", "y1"}]`` in [0, 1] image coordinates → [LayoutEntry]."""
-    from latentdiff.layout import LayoutEntry
-
     boxes = req.get("boxes")
     if not isinstance(boxes, list) or not boxes:
         raise UserError("boxes: draw at least one box on the canvas")
@@ -200,8 +196,6 @@ def _spatial_plan(kind: str, pipe, req: dict, opts: dict, **parts) -> Plan:
     """The plan of a layout or map request: its conditions and text guidance from the library function the CLI
     calls too (:func:`latentdiff.conditions.request_conditions`: region phrases, the layout checkpoint's
     defaults)."""
-    from latentdiff.conditions import request_conditions
-
     conditions = request_conditions(pipe, opts["prompt"], guidance=_float(req, "guidance"), **parts)
     if conditions.guidance is not None:  # None: the model's, as _common resolved it
         opts = {**opts, "guidance": float(conditions.guidance)}
@@ -222,8 +216,6 @@ def plan_segmap(pipe, req: dict, limits: Limits) -> Plan:
     """A class-index PNG (its size is the image's) → ``Pipeline.generate(prompt, spatial=Spatial(segmap=…))``.
     With ``region_phrases`` (default true) and a layout checkpoint attached, a shapes-world prompt's objects
     are bound to the map's regions and drawn as a layout too (:mod:`latentdiff.regions`), as the CLI does."""
-    from latentdiff.layout import segmap_array
-
     if not layout_support(pipe)["segmap"]:
         raise UserError(UNAVAILABLE["segmap"])
     image = decode_image(req.get("segmap"), "segmap", limits.max_side)
