@@ -60,7 +60,7 @@ def main() -> None:
 
     import numpy as np
 
-    from latentdiff.commands.generate import LAYOUT_FOLDERS, spatial_checkpoint
+    from latentdiff.commands.generate import spatial_checkpoint
     from latentdiff.data.folder import load_folder
     from latentdiff.data.shapes import write_dataset
     from latentdiff.eval.spatial import run_cases
@@ -72,9 +72,10 @@ def main() -> None:
     regions = args.condition == "segmap" and not args.text_only and not args.no_region_phrases
     if (args.condition in ("layout", "both") or regions) and not args.text_only:  # regions: the model's own
         given = args.checkpoint if args.condition == "layout" else None
-        pipe.attach_layout(spatial_checkpoint(pipe, "--checkpoint", given, LAYOUT_FOLDERS))
+        pipe.attach_layout(spatial_checkpoint(pipe, "--checkpoint", given, "layout"))
     if args.condition in ("segmap", "both") and not args.text_only:
-        pipe.attach_segmap(args.checkpoint if args.condition == "segmap" and args.checkpoint else model / "controlnet")
+        given = args.checkpoint if args.condition == "segmap" else None
+        pipe.attach_segmap(spatial_checkpoint(pipe, "--checkpoint", given, "segmap"))
     size = pipe.resolve()["height"]
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), args.num, seed=args.seed, workers=1)

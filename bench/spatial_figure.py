@@ -56,7 +56,7 @@ def main() -> None:
 
     import numpy as np
 
-    from latentdiff.commands.generate import LAYOUT_FOLDERS, spatial_checkpoint
+    from latentdiff.commands.generate import spatial_checkpoint
     from latentdiff.eval.spatial import draw_layout, draw_segmap
     from latentdiff.layout import LayoutEntry, Spatial, regional_share
     from latentdiff.pipeline import Pipeline
@@ -64,8 +64,8 @@ def main() -> None:
     from latentdiff.regions import bind_regions
 
     pipe = Pipeline.load(args.model, device="auto")
-    pipe.attach_layout(spatial_checkpoint(pipe, "--model", None, LAYOUT_FOLDERS))
-    pipe.attach_segmap(Path(args.model) / "controlnet")
+    pipe.attach_layout(spatial_checkpoint(pipe, "--model", None, "layout"))
+    pipe.attach_segmap(spatial_checkpoint(pipe, "--model", None, "segmap"))
     s = pipe.layout_scale
     size = pipe.resolve()["height"]
     tiles = []

@@ -12,13 +12,19 @@
 * :func:`schedule_from_scheduler_config` / :func:`scheduler_config_from_schedule` — a model's
   ``scheduler_config.json`` to latentdiff's :class:`~latentdiff.diffusion.schedule.Schedule` and back;
   :func:`sampler_overrides`, the settings of it that each sampler takes.
+* :func:`companion` — where a model folder keeps a companion (the layout or segmentation checkpoint, the
+  classifier, the CLIP image tower): registered in its ``latentdiff.json`` under ``"companions"`` (role →
+  subfolder) by :func:`register_companions` and :func:`install_companion`, else found under the names
+  training has always written (``COMPANION_FOLDERS``), so folders written before the map keep working.
 * :func:`resolve_device` — the ``--device`` option to a torch device.
 """
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
+import shutil
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +36,7 @@ from latentdiff.config import ScheduleConfig
 from latentdiff.diffusion.sampling import make_scheduler, scheduler_class
 from latentdiff.diffusion.schedule import Schedule
 from latentdiff.errors import UserError
-from latentdiff.interop import PICKLE_SUFFIXES, Components, load_components, save_diffusers
+from latentdiff.interop import EXTRA_FILE, PICKLE_SUFFIXES, Components, load_components, save_diffusers
 from latentdiff.interop import export_single_file as export_components
 from latentdiff.limits import Limits
 from latentdiff.models.control import NUM_CLASSES, layout_controlnet_config, load_fitting_controlnet
@@ -49,6 +55,10 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_FILES = ["*.json", "*.txt", "*/*.safetensors"]
 # Keys of a model's scheduler config that shape the timestep grid; passed to every sampler that takes them.
 SCHEDULER_KEYS = ("timestep_spacing", "steps_offset", "set_alpha_to_one")
+# A model folder's companions by role, and the subfolders a folder without a "companions" map keeps them in
+# (the first found is used: a layout ControlNet before GLIGEN's layers).
+COMPANION_FOLDERS = {"layout": ("layout_controlnet", "gligen"), "segmap": ("controlnet",),
+                     "classifier": ("classifier",), "clip": ("clip",)}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -121,6 +131,83 @@ def load_model(path: str | Path | None, *, config: str | Path | None = None,
     for m in (comps.unet, comps.vae, comps.text_encoder):
         m.eval().requires_grad_(False)
     return comps
+
+
+# --- a model folder's companions -------------------------------------------------------------------------
+
+def _folder_of(model) -> Path | None:
+    """The folder of ``model`` (a :class:`Model` or a path), or None when it has none (in memory, one file)."""
+    path = getattr(model, "path", model)
+    return Path(path) if path is not None and Path(path).is_dir() else None
+
+
+def companion_map(folder: str | Path) -> dict[str, str]:
+    """The ``"companions"`` map (role → subfolder) of a model folder's ``latentdiff.json``; {} without one.
+    A map that is not roles naming subfolders of the folder is a one-line error naming the file."""
+    file = Path(folder) / EXTRA_FILE
+    if not file.is_file():
+        return {}
+    try:
+        companions = json.loads(file.read_text(encoding="utf-8")).get("companions", {})
+    except (ValueError, AttributeError):
+        raise UserError(f"{file}: not a JSON object") from None
+    if not isinstance(companions, dict):
+        raise UserError(f"{file}: companions: expected an object of role -> subfolder")
+    for role, sub in companions.items():
+        if role not in COMPANION_FOLDERS:
+            raise UserError(f"{file}: companions: unknown role {role!r}; expected {', '.join(COMPANION_FOLDERS)}")
+        if not isinstance(sub, str) or not sub or Path(sub).is_absolute() or ".." in Path(sub).parts:
+            raise UserError(f"{file}: companions.{role}: {sub!r}: expected a subfolder of the model folder")
+    return dict(companions)
+
+
+def companion(model, role: str) -> Path | None:
+    """The folder of ``model``'s companion ``role`` (layout, segmap, classifier, clip), or None: the subfolder
+    its ``latentdiff.json`` registers for the role, else the first of ``COMPANION_FOLDERS[role]`` that exists.
+    ``model``: a :class:`Model` or a model folder; a model without a folder has no companions."""
+    if role not in COMPANION_FOLDERS:
+        raise ValueError(f"unknown companion role {role!r}")
+    folder = _folder_of(model)
+    if folder is None:
+        return None
+    registered = companion_map(folder).get(role)
+    for name in ((registered,) if registered else ()) + COMPANION_FOLDERS[role]:
+        if (folder / name).is_dir():
+            return folder / name
+    return None
+
+
+def companion_folders(model) -> list[Path]:
+    """Every companion folder ``model`` (a :class:`Model` or a folder) carries: those its map registers, then
+    those under ``COMPANION_FOLDERS``' names (a GLIGEN folder beside the layout ControlNet, say), each once."""
+    folder = _folder_of(model)
+    if folder is None:
+        return []
+    names = [*companion_map(folder).values(), *(n for names in COMPANION_FOLDERS.values() for n in names)]
+    return [folder / n for n in dict.fromkeys(names) if (folder / n).is_dir()]
+
+
+def register_companions(folder: str | Path, companions: dict[str, str], *, replace: bool = False) -> None:
+    """Record companions (role → subfolder) in model folder ``folder``'s ``latentdiff.json``, added to those
+    registered (``replace``: instead of them); the file's other settings are kept."""
+    before = companion_map(folder)  # checks the file
+    file = Path(folder) / EXTRA_FILE
+    info = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    info["companions"] = {**({} if replace else before), **companions}
+    file.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def install_companion(source: str | Path, model_dir: str | Path, role: str, name: str | None = None) -> Path:
+    """Copy a trained companion folder into ``model_dir`` as subfolder ``name`` (default: its own name),
+    replacing one there, and register it as the model's ``role``; the installed folder."""
+    if role not in COMPANION_FOLDERS:
+        raise ValueError(f"unknown companion role {role!r}")
+    dest = Path(model_dir) / (name or Path(source).name)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(source, dest)
+    register_companions(model_dir, {role: dest.name})
+    return dest
 
 
 # --- the scheduler config ----------------------------------------------------------------------------------
@@ -232,12 +319,17 @@ class Model:
         """Write a diffusers folder that ``StableDiffusionPipeline.from_pretrained(path, safety_checker=None)``
         and :meth:`load` read."""
         return save_diffusers(path, self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler_config,
-                              self.extra or None)
+                              self._saved_extra())
 
     def export_single_file(self, path: str | Path, text_layout: str = "auto") -> tuple[Path, Path]:
         """Write one .safetensors in the original LDM layout plus its diffusers config folder."""
         return export_components(path, self.unet, self.vae, self.text_encoder, self.tokenizer,
-                                 self.scheduler_config, self.extra or None, text_layout)
+                                 self.scheduler_config, self._saved_extra(), text_layout)
+
+    def _saved_extra(self) -> dict | None:
+        """The ``latentdiff.json`` settings a saved copy of the components carries: not the companions map,
+        which names folders beside the components that saving does not copy (:func:`register_companions`)."""
+        return {k: v for k, v in self.extra.items() if k != "companions"} or None
 
     # --- what attaches to it ----------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@
 #                                                   (default: layout segmap inpaint)
 # MODEL is an fp32 model folder that training assembled (e.g. runs/default_long/model). Each part trains
 # into runs/<MODEL's run>-<part> with --resume, so running the same command again goes on where an
-# interrupted run stopped (Ctrl-C stops cleanly). layout and segmap are installed into MODEL; the
-# classifier is copied to MODEL/classifier; the inpainting model is left in runs/<run>-inpaint/model
+# interrupted run stopped (Ctrl-C stops cleanly). layout, segmap and the classifier are installed into MODEL
+# (--install: copied in and registered in MODEL/latentdiff.json, whose map the CLI reads); the inpainting
+# model is left in runs/<run>-inpaint/model
 # (ship it with `latentdiff export ... --out latentdiff/assets/inpaint_model`, see the Makefile's
 # inpaint-model target). Time on 2 CPU cores (2026-11-29), each alone: gligen 11 min (0.62 step/s), segmap
 # ~12 min (0.58 step/s), inpaint ~21 min, classifier ~14 min; about 35 min each when two share the cores;
@@ -43,8 +44,7 @@ for part in "${PARTS[@]}"; do
     segmap) ld train-spatial configs/segmap.yaml --model "$MODEL" --out "$RUN-$part" --resume --install ;;
     inpaint) ld train-inpaint configs/inpaint.yaml --model "$MODEL" --out "$RUN-$part" --resume ;;
     classifier)
-      ld train-classifier configs/classifier.yaml --model "$MODEL" --out "$RUN-$part" --resume
-      rm -rf "$MODEL/classifier"; cp -r "$RUN-$part/final" "$MODEL/classifier" ;;
+      ld train-classifier configs/classifier.yaml --model "$MODEL" --out "$RUN-$part" --resume --install ;;
   esac
 done
 echo "done: ${PARTS[*]} for $MODEL"

@@ -264,9 +264,10 @@ def classifier_guide(pipe, name: str | None, scale: float | None, path_text: str
     """The :class:`~latentdiff.models.classifier.ClassifierGuide` the flags ask for, or None."""
     if name is None:
         return None
+    from latentdiff.checkpoint import companion
     from latentdiff.models.classifier import ClassifierGuide, load_classifier
 
-    path = Path(path_text) if path_text else (pipe.path / "classifier" if pipe.path and pipe.path.is_dir() else None)
+    path = Path(path_text) if path_text else companion(pipe, "classifier")
     if path is None or not path.exists():
         where = f"--classifier {path}: not found" if path_text else "this model has no classifier/ folder"
         raise UserError(f"--classifier-guidance: {where}; pass --classifier DIR (written by 'latentdiff "
@@ -298,26 +299,20 @@ def check_spatial_flags(args: argparse.Namespace) -> dict:
             "segmap_scale": segmap_scale, "regional_text": share}  # None: the default (request_conditions)
 
 
-LAYOUT_FOLDERS = ("layout_controlnet", "gligen")  # a model folder's layout checkpoints, the first found is used
+def spatial_checkpoint(pipe, flag: str, explicit: str | None, role: str, required: bool = True) -> Path | None:
+    """An explicit checkpoint folder, else the model's companion ``role`` ("layout" or "segmap",
+    :func:`latentdiff.checkpoint.companion`); when it has none, an error (or None when not ``required``)."""
+    from latentdiff.checkpoint import COMPANION_FOLDERS, companion
 
-
-def spatial_checkpoint(pipe, flag: str, explicit: str | None, names: str | tuple[str, ...],
-                       required: bool = True) -> Path | None:
-    """An explicit checkpoint folder, else the first MODEL/<name> of ``names`` that exists; when none does,
-    an error (or None when not ``required``)."""
     if explicit is not None:
         if not Path(explicit).is_dir():
             raise UserError(f"{flag} {explicit}: folder not found")
         return Path(explicit)
-    names = (names,) if isinstance(names, str) else names
-    model = pipe.path if pipe.path is not None and pipe.path.is_dir() else None
-    for name in names if model is not None else ():
-        if (model / name).is_dir():
-            return model / name
-    if not required:
-        return None
-    raise UserError(f"{pipe.name}: the model has no {'/ or '.join(names)}/ checkpoint; pass {flag} DIR "
-                    f"(written by 'latentdiff train-spatial')")
+    folder = companion(pipe, role)
+    if folder is not None or not required:
+        return folder
+    raise UserError(f"{pipe.name}: the model has no {'/ or '.join(COMPANION_FOLDERS[role])}/ checkpoint; pass "
+                    f"{flag} DIR (written by 'latentdiff train-spatial')")
 
 
 def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int | None, width: int | None,
@@ -333,14 +328,14 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
         size = pipe.resolve(height=height, width=width)  # the layout's boxes and the map are the image's size
         h, w = size["height"], size["width"]
         if args.layout is not None:
-            pipe.attach_layout(spatial_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS))
+            pipe.attach_layout(spatial_checkpoint(pipe, "--layout-model", args.layout_model, "layout"))
             layout = read_layout(args.layout, w, h, args.layout_normalized, pipe.layout_slots)
         if args.segmap is not None:
-            pipe.attach_segmap(spatial_checkpoint(pipe, "--segmap-model", args.segmap_model, "controlnet"))
+            pipe.attach_segmap(spatial_checkpoint(pipe, "--segmap-model", args.segmap_model, "segmap"))
             segmap = read_segmap(args.segmap, w, h)
     conditions = request_conditions(
         pipe, args.prompt, layout, segmap, **scales, region_phrases=not args.no_region_phrases, guidance=guidance,
-        find_layout=lambda: spatial_checkpoint(pipe, "--layout-model", args.layout_model, LAYOUT_FOLDERS,
+        find_layout=lambda: spatial_checkpoint(pipe, "--layout-model", args.layout_model, "layout",
                                                required=False))
     for note in conditions.notes:
         print(note, file=sys.stderr)
@@ -427,8 +422,8 @@ def _replay_speed(options: dict, device: str, image: Path) -> dict:
 
 def _replay_checkpoints(pipe, record, image: Path, args: argparse.Namespace) -> None:
     """Attach the layout / segmentation checkpoints an image was made with: --layout-model/--segmap-model,
-    else the recorded folder, else the loaded model's folder of the same name (a model moved or installed
-    elsewhere)."""
+    else the recorded folder, else the subfolder of the loaded model's folder of the same name (a model moved
+    or installed elsewhere: the name, not the role, so it is the checkpoint the image was made with)."""
     made = record.extra.get("spatial_checkpoints") or {}
     for kind, flag, explicit in (("layout", "--layout-model", args.layout_model),
                                  ("segmap", "--segmap-model", args.segmap_model)):
@@ -438,11 +433,12 @@ def _replay_checkpoints(pipe, record, image: Path, args: argparse.Namespace) -> 
                 raise UserError(f"{flag}: {image} was made without a {what}")
             continue
         recorded = made.get(kind)
-        folder = spatial_checkpoint(pipe, flag, explicit, ()) if explicit is not None else None
+        folder = spatial_checkpoint(pipe, flag, explicit, kind) if explicit is not None else None
         if folder is None and recorded and Path(recorded).is_dir():
             folder = Path(recorded)
-        if folder is None and recorded:
-            folder = spatial_checkpoint(pipe, flag, None, Path(recorded).name, required=False)
+        moved = pipe.path / Path(recorded).name if recorded and pipe.path is not None else None
+        if folder is None and moved is not None and moved.is_dir():
+            folder = moved
         if folder is None:
             raise UserError(f"{image}: made with the {kind} checkpoint {recorded}, which is not there any more; "
                             f"pass {flag} DIR")
@@ -501,23 +497,24 @@ def run_replay(args: argparse.Namespace) -> int:
     return 1
 
 
-# Companions a model folder may carry beside the diffusers components (the trained CLIP with its image
-# tower, the noise-aware classifier, layout/segmentation checkpoints); export copies them unchanged.
-AUX_FOLDERS = ("clip", "classifier", "layout_controlnet", "gligen", "controlnet")
-
-
 def _copy_aux_folders(src, out: Path, half: bool = False) -> None:
-    """Copy the companion folders of model folder ``src`` into ``out``; ``half``: their float32 weights
-    are stored as float16 (loaders upcast them), as the components are."""
+    """Copy the companion folders of model folder ``src`` (:func:`latentdiff.checkpoint.companion_folders`:
+    the trained CLIP with its image tower, the noise-aware classifier, layout/segmentation checkpoints) into
+    ``out`` under their names and register them there by role; ``half``: their float32 weights are stored as
+    float16 (loaders upcast them), as the components are."""
     import shutil
 
-    if src is None:
+    from latentdiff.checkpoint import COMPANION_FOLDERS, companion, companion_folders, register_companions
+
+    if src is None or not Path(src).is_dir():
         return
-    for name in AUX_FOLDERS:
-        if (Path(src) / name).is_dir():
-            shutil.copytree(Path(src) / name, out / name)
-            for f in (out / name).rglob("*.safetensors") if half else ():
-                _halve_safetensors(f)
+    for folder in companion_folders(src):
+        shutil.copytree(folder, out / folder.name)
+        for f in (out / folder.name).rglob("*.safetensors") if half else ():
+            _halve_safetensors(f)
+    roles = {role: companion(src, role) for role in COMPANION_FOLDERS}
+    register_companions(out, {role: folder.name for role, folder in roles.items() if folder is not None},
+                        replace=True)
 
 
 def _halve_safetensors(path: Path) -> None:

@@ -50,14 +50,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def attach_spatial(pipe, layout_model: str | None, segmap_model: str | None) -> None:
-    """Attach the layout and segmentation checkpoints the panels need: the folders given, else the model
-    folder's layout_controlnet/ (else gligen/) and controlnet/ when they exist (a panel without one says so
-    in the page)."""
-    from latentdiff.commands.generate import LAYOUT_FOLDERS, spatial_checkpoint
+    """Attach the layout and segmentation checkpoints the panels need: the folders given, else the model's
+    layout and segmap companions when it has them (:func:`latentdiff.checkpoint.companion`; a panel without
+    one says so in the page)."""
+    from latentdiff.commands.generate import spatial_checkpoint
 
-    for flag, given, name, attach in (("--layout-model", layout_model, LAYOUT_FOLDERS, pipe.attach_layout),
-                                      ("--segmap-model", segmap_model, "controlnet", pipe.attach_segmap)):
-        folder = spatial_checkpoint(pipe, flag, given, name, required=False)
+    for flag, given, role, attach in (("--layout-model", layout_model, "layout", pipe.attach_layout),
+                                      ("--segmap-model", segmap_model, "segmap", pipe.attach_segmap)):
+        folder = spatial_checkpoint(pipe, flag, given, role, required=False)
         if folder is not None:
             attach(folder)
 

@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     c.add_argument("--out", help="output folder (overrides the recipe's 'out')")
     c.add_argument("--model", help="the diffusion model to guide (overrides the recipe's 'model')")
+    c.add_argument("--install", action="store_true",
+                   help="copy the result into the model's folder as MODEL/classifier, registered as its classifier")
     add_latent_cache_arg(c)
     c.set_defaults(handler=run_classifier)
 
@@ -40,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", help="the base model (overrides the recipe's 'base_model')")
     s.add_argument("--init", metavar="DIR", help="start the ControlNet from this trained folder, a later phase "
                                                "(overrides the recipe's 'init')")
-    s.add_argument("--install", action="store_true", help="copy the result into the base model's folder")
+    s.add_argument("--install", action="store_true",
+                   help="copy the result into the base model's folder, registered as its layout or segmap checkpoint")
     add_latent_cache_arg(s)
     s.set_defaults(handler=run_spatial)
 
@@ -69,7 +72,15 @@ def run_classifier(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, ClassifierTrainConfig, out=args.out, model=args.model,
                       latent_cache=args.latent_cache)
-    print(f"classifier: {train_classifier(cfg, resume=args.resume)}")
+    result = train_classifier(cfg, resume=args.resume)
+    print(f"classifier: {result}")
+    if args.install:
+        from pathlib import Path
+
+        from latentdiff.checkpoint import DEFAULT_MODEL_DIR, install_companion
+
+        model = Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR
+        print(f"installed: {install_companion(result, model, 'classifier', 'classifier')}")
     return 0
 
 

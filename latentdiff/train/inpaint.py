@@ -304,6 +304,8 @@ def assemble_inpaint_model(dest: Path, unet, base, cfg: InpaintTrainConfig, out:
     and scheduler, and latentdiff.json (recipe, base model, generate defaults, training time)."""
     import shutil
 
+    from latentdiff.checkpoint import companion, register_companions
+
     inpaint_pipeline(unet, base).save(dest)
     info = {"recipe": to_dict(cfg), "base_model": str(base.path) if base.path else "in-memory"}
     if "generate_defaults" in base.extra:
@@ -312,8 +314,10 @@ def assemble_inpaint_model(dest: Path, unet, base, cfg: InpaintTrainConfig, out:
     if times.is_file():
         info["train_times"] = json.loads(times.read_text())
     (dest / "latentdiff.json").write_text(json.dumps(info, indent=1))
-    if base.path and (Path(base.path) / "clip").is_dir():
-        shutil.copytree(Path(base.path) / "clip", dest / "clip", dirs_exist_ok=True)
+    clip = companion(base, "clip")
+    if clip is not None:
+        shutil.copytree(clip, dest / clip.name, dirs_exist_ok=True)
+        register_companions(dest, {"clip": clip.name})
     return dest
 
 

@@ -305,17 +305,19 @@ def assemble_model(dest: Path, unet, vae, text_encoder, tokenizer, cfg: TrainCon
     """Write the diffusers-format model folder (plus clip/ and latentdiff.json) via the Pipeline."""
     import shutil
 
+    from latentdiff.checkpoint import register_companions
     from latentdiff.diffusion.schedule import Schedule
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.from_components(unet, vae, text_encoder, tokenizer, Schedule.from_config(cfg.unet.schedule))
     pipe.save(dest)
-    clip_src = out / "clip" / "final" / "clip"
-    if clip_src.is_dir():
-        shutil.copytree(clip_src, dest / "clip", dirs_exist_ok=True)
     info = {"recipe": to_dict(cfg)}
     times = out / "times.json"
     if times.is_file():
         info["train_times"] = json.loads(times.read_text())
     (dest / "latentdiff.json").write_text(json.dumps(info, indent=1))
+    clip_src = out / "clip" / "final" / "clip"
+    if clip_src.is_dir():
+        shutil.copytree(clip_src, dest / "clip", dirs_exist_ok=True)
+        register_companions(dest, {"clip": "clip"})
     return dest

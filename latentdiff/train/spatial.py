@@ -19,19 +19,19 @@ stays frozen:
 Each condition has its own dropout (:func:`latentdiff.conditioning.drop_conditions`): the caption becomes the
 empty prompt with probability ``cond_dropout`` and, independently, the layout/map becomes its null value (no
 used slot / the all-zero map) with probability ``spatial_dropout``, so one model serves every branch of the
-nested guidance of :func:`latentdiff.diffusion.guidance.nested_guidance`. Copy the result into the model folder
-(``MODEL/layout_controlnet`` or ``MODEL/gligen``, ``MODEL/controlnet``) and ``latentdiff generate
---layout/--segmap`` finds it.
+nested guidance of :func:`latentdiff.diffusion.guidance.nested_guidance`. ``--install`` (:func:`install`) copies
+the result into the model folder and registers it in its ``latentdiff.json`` as the layout or segmap companion,
+which ``latentdiff generate --layout/--segmap`` then uses.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from latentdiff.checkpoint import install_companion
 from latentdiff.conditioning import ConditionedUNet, Conditioning, Grounding, drop_conditions
 from latentdiff.config import to_dict
 from latentdiff.data.latents import layout_of, segmap_of
@@ -268,14 +268,12 @@ def train_spatial(cfg: SpatialTrainConfig, resume: bool = False) -> Path:
               flush=True)
     result = run_stage(stage, cfg.loop, out / cfg.condition, cfg.seed, accelerator, resume, to_dict(cfg))
     if main:
-        print(f"copy into the model folder to use by default: cp -r {result} MODEL/{result.name}", flush=True)
+        print("to use it by default, install it into the model folder: run again with --resume --install", flush=True)
     return result
 
 
 def install(result: Path, model_dir: Path) -> Path:
-    """Copy a trained condition (``gligen/``, ``layout_controlnet/`` or ``controlnet/``) into a model folder."""
-    dest = model_dir / result.name
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(result, dest)
-    return dest
+    """Copy a trained condition (``gligen/``, ``layout_controlnet/`` or ``controlnet/``) into a model folder
+    and register it there as the model's layout or segmap companion (:func:`latentdiff.checkpoint.
+    install_companion`): the model then uses it by default."""
+    return install_companion(result, model_dir, "segmap" if result.name == "controlnet" else "layout")

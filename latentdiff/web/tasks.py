@@ -12,8 +12,8 @@ Layout boxes and segmentation maps become a :class:`latentdiff.layout.Spatial` f
 through :func:`latentdiff.conditions.request_conditions`, as on the command line (region phrases, the
 layout checkpoint's defaults); they are offered when the pipeline has the checkpoint they need attached (a layout one:
 :meth:`Pipeline.attach_layout`; a segmentation ControlNet: :meth:`Pipeline.attach_segmap`; ``latentdiff
-serve`` attaches MODEL/layout_controlnet (else MODEL/gligen) and MODEL/controlnet when the model folder has
-them), and refused with a message that says how to get one otherwise (:func:`layout_support`).
+serve`` attaches the model's layout and segmap companions when it has them, :func:`latentdiff.checkpoint.
+companion`), and refused with a message that says how to get one otherwise (:func:`layout_support`).
 """
 from __future__ import annotations
 
@@ -53,12 +53,12 @@ def layout_support(pipe) -> dict[str, bool]:
 
 UNAVAILABLE = {
     "layout": "layout conditioning needs a layout checkpoint and this model has none: train one with "
-              "'latentdiff train-spatial configs/layout_controlnet.yaml --install' (it lands in "
-              "MODEL/layout_controlnet) or start "
+              "'latentdiff train-spatial configs/layout_controlnet.yaml --install' (it is installed "
+              "into the model folder) or start "
               "'latentdiff serve --layout-model DIR'",
     "segmap": "segmentation-map conditioning needs a segmentation ControlNet and this model has none: train one "
-              "with 'latentdiff train-spatial configs/segmap.yaml --install' (it lands in MODEL/controlnet) or "
-              "start 'latentdiff serve --segmap-model DIR'",
+              "with 'latentdiff train-spatial configs/segmap.yaml --install' (it is installed into the model "
+              "folder) or start 'latentdiff serve --segmap-model DIR'",
 }
 
 
