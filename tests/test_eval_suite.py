@@ -155,7 +155,9 @@ def test_eval_command_writes_the_whole_report(model_with_extras, tmp_path, tiny_
     res, meta = data["results"], data["meta"]
     assert set(res) == {"accuracy", "guidance", "samplers", "classifier", "bpd", "fd", "_totals"}
     assert len(meta["model_sha256"]) == 64 and meta["model_sha256"] in text
-    assert meta["classifier"]["path"].endswith("classifier") and len(meta["classifier"]["sha256"]) == 64
+    assert meta["classifier"]["path"] == "MODEL/classifier" and len(meta["classifier"]["sha256"]) == 64
+    assert meta["clip"]["path"] == "MODEL/clip" and "Clip: `MODEL/clip`" in text  # not the machine's own path
+    assert res["fd"]["spaces"]["clip"]["features"].startswith("CLIP image tower (MODEL/clip)")
     assert {"torch", "diffusers", "transformers", "latentdiff"} <= set(meta["versions"])
     assert meta["settings"]["cg_scales"] == [0.0, 50.0] and not meta["skipped"]
     assert res["accuracy"]["num_prompts"] == 4 and res["accuracy"]["any_match"]["n"] == 4
@@ -169,6 +171,19 @@ def test_eval_command_writes_the_whole_report(model_with_extras, tmp_path, tiny_
     for png in ("accuracy_samples", "guidance_sweep", "sampler_sweep", "classifier_sweep", "classifier_samples",
                 "fd_samples"):
         assert (out / f"{png}.png").is_file()
+
+
+def test_reports_name_files_relative_to_the_model_or_the_current_folder(tmp_path, monkeypatch):
+    from latentdiff.eval.report import shown_path
+
+    model = tmp_path / "work" / "model"
+    (model / "classifier").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert shown_path(model / "classifier", model) == "MODEL/classifier"
+    assert shown_path("model/classifier", model) == "MODEL/classifier"
+    assert shown_path(model / "classifier", None) == "model/classifier"  # inside the current folder
+    assert shown_path(tmp_path / "elsewhere", model) == str(tmp_path / "elsewhere")  # outside both: as given
 
 
 def test_sections_without_their_inputs_are_skipped_with_the_reason(tiny_model_dir, tmp_path, tiny_suite):

@@ -87,23 +87,27 @@ def _sections(text: str | None) -> list[str]:
     return [s for s in SECTIONS if s in names]
 
 
-def _hash(path: Path | None) -> dict | None:
+def _hash(path: Path | None, model: Path | None) -> dict | None:
+    """A file or folder the report names: its path as the report shows it (relative to the model folder
+    ``model`` or the current folder, :func:`latentdiff.eval.report.shown_path`) and its sha256."""
+    from latentdiff.eval.report import shown_path
     from latentdiff.provenance import file_sha256
 
     if path is None:
         return None
     files = sorted(p for p in ([path] if path.is_file() else path.glob("*.safetensors")))
-    return {"path": str(path), "sha256": file_sha256(files[0]) if files else "unknown"}
+    return {"path": shown_path(path, model), "sha256": file_sha256(files[0]) if files else "unknown"}
 
 
-def _optional_dir(flag: str, given: str | None, model_path: Path | None, name: str) -> Path | None:
-    """--flag DIR if given (it must exist), else MODEL/name when the model folder has it, else None."""
+def _optional_dir(flag: str, given: str | None, pipe, role: str) -> Path | None:
+    """--flag DIR if given (it must exist), else the model's companion ``role`` when it has one, else None."""
+    from latentdiff.checkpoint import companion
+
     if given is not None:
         if not Path(given).exists():
             raise UserError(f"{flag} {given}: not found")
         return Path(given)
-    default = model_path / name if model_path is not None and model_path.is_dir() else None
-    return default if default is not None and default.is_dir() else None
+    return companion(pipe, role)
 
 
 def _versions() -> dict:
@@ -135,13 +139,13 @@ def _features(args, pipe, skipped: dict) -> tuple[dict, dict]:
     from latentdiff.eval.fid import ClipImageFeatures, InceptionFeatures
 
     features, meta = {}, {}
-    clip = _optional_dir("--clip", args.clip, pipe.path, "clip")
+    clip = _optional_dir("--clip", args.clip, pipe, "clip")
     if clip is not None:
-        features["clip"] = ClipImageFeatures(clip, device=pipe.device)
-        meta["clip"] = _hash(clip)
+        meta["clip"] = _hash(clip, pipe.path)
+        features["clip"] = ClipImageFeatures(clip, device=pipe.device, label=meta["clip"]["path"])
     if args.inception_weights:
         features["inception"] = InceptionFeatures(args.inception_weights, device=pipe.device)
-        meta["inception"] = _hash(Path(args.inception_weights))
+        meta["inception"] = _hash(Path(args.inception_weights), pipe.path)
     if not features:
         skipped["fd"] = ("no feature space: the model folder has no clip/ (the CLIP image tower training writes) "
                          "and neither --clip nor --inception-weights was given")
@@ -154,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     from latentdiff.commands.generate import parse_device, parse_sampler, prepare_out_dir
     from latentdiff.data.shapes import held_out_prompts
     from latentdiff.eval import report
+    from latentdiff.eval.report import shown_path
     from latentdiff.eval.suite import SECTION_CLASSES, Context, ImageBank, RealSet, run_suite
     from latentdiff.lora import parse_lora_spec
     from latentdiff.models.classifier import ClassifierGuide, load_classifier
@@ -177,14 +182,14 @@ def run(args: argparse.Namespace) -> int:
     skipped: dict[str, str] = {}
     meta_files: dict = {}
     classifier = None
-    clf_dir = _optional_dir("--classifier", args.classifier, pipe.path, "classifier")
+    clf_dir = _optional_dir("--classifier", args.classifier, pipe, "classifier")
     if "classifier" in sections:
         if clf_dir is None:
             skipped["classifier"] = ("no classifier: pass --classifier DIR (train one with 'latentdiff "
                                      "train-classifier configs/classifier.yaml') or put it in MODEL/classifier")
         else:
             classifier = load_classifier(clf_dir, pipe.device)
-            meta_files["classifier"] = _hash(clf_dir)
+            meta_files["classifier"] = _hash(clf_dir, pipe.path)
     features = {}
     if "fd" in sections:
         features, more = _features(args, pipe, skipped)
@@ -209,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             "model_sha256": pipe.weights_sha256, "versions": _versions(), "machine": _machine(pipe),
             "speed": pipe.speed.describe() if pipe.speed is not None else "plain (float32)",
             "seconds": time.time() - t0, "skipped": skipped, "settings": dataclasses.asdict(suite), **meta_files,
-            "loras": [{**e, "path": str(p)} for (p, _), e in zip(loras, pipe.loras)]}  # the path as given
+            "loras": [{**e, "path": shown_path(p, pipe.path)} for (p, _), e in zip(loras, pipe.loras)]}
     path = report.write_report(out, results, meta, {k: c.title for k, c in SECTION_CLASSES.items()})
     print(f"wrote {path}")
     return 0

@@ -77,7 +77,9 @@ def _as_nchw(images: np.ndarray | list) -> Tensor:
 class ClipImageFeatures:
     """``image_embeds`` of a CLIP image tower saved as a transformers ``CLIPModel`` folder."""
 
-    def __init__(self, folder: str | Path, device: str | torch.device = "cpu", batch: int = 64):
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu", batch: int = 64,
+                 label: str | None = None):
+        """``label``: how the feature space's name shows the folder (default: as given)."""
         from transformers import CLIPVisionModelWithProjection
 
         from latentdiff.quiet import quiet_libraries
@@ -94,7 +96,7 @@ class ClipImageFeatures:
             raise UserError(f"{folder}: cannot load the CLIP image tower ({str(exc).splitlines()[0]})") from None
         self.model = self.model.to(device).eval().requires_grad_(False)
         self.size, self.device, self.batch = int(self.model.config.image_size), device, batch
-        self.name = f"CLIP image tower ({folder}), image_embeds, D={self.model.config.projection_dim}"
+        self.name = f"CLIP image tower ({label or folder}), image_embeds, D={self.model.config.projection_dim}"
 
     @torch.no_grad()
     def __call__(self, images) -> Tensor:

@@ -1,6 +1,7 @@
 """The evaluation report: PNG plots and image grids, and ``report.md`` that explains and shows them.
 
 Everything is written into one folder, next to ``results.json`` (the numbers the Markdown is made from).
+Files are named by :func:`shown_path`, never by the absolute path of the machine the evaluation ran on.
 """
 from __future__ import annotations
 
@@ -13,6 +14,17 @@ import numpy as np
 METRICS = (("one_colour_shape", "1 object: colour+shape"), ("one_position", "1 object: position"),
            ("one_size", "1 object: size"), ("two_relation", "2 objects + relation"),
            ("any_match", "all requested attributes (scorer match)"))
+
+
+def shown_path(path: str | Path, model: str | Path | None = None) -> str:
+    """How a report names a file: ``MODEL/<path in it>`` inside the model folder ``model``, else relative to
+    the current folder when inside it, else as given (the user's own spelling)."""
+    full = Path(path).resolve()
+    for root, prefix in ((model, "MODEL"), (Path.cwd(), None)):
+        if root is not None and full.is_relative_to(Path(root).resolve()):
+            rel = full.relative_to(Path(root).resolve()).as_posix()
+            return rel if prefix is None else f"{prefix}/{rel}" if rel != "." else prefix
+    return str(path)
 
 
 # --- images and plots -----------------------------------------------------------------------------------
