@@ -68,6 +68,16 @@ def load_config(path: str | Path, cls: type[T], **overrides: Any) -> T:
 
 
 def _load_config(path: str | Path, cls: type[T]) -> T:
+    raw = read_yaml(path)
+    try:
+        return from_dict(cls, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping a YAML recipe holds ({} for an empty file), unchecked; a file that is missing or not YAML
+    is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -79,12 +89,7 @@ def _load_config(path: str | Path, cls: type[T]) -> T:
         raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    if raw is None:
-        raw = {}
-    try:
-        return from_dict(cls, raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return {} if raw is None else raw
 
 
 def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from latentdiff.conditioning import Conditioning, drop_conditions
-from latentdiff.config import to_dict
+from latentdiff.config import from_dict, read_yaml, to_dict
 from latentdiff.data.latents import square_box
 from latentdiff.diffusion.loss import diffusion_loss
 from latentdiff.errors import ConfigError
@@ -88,6 +88,128 @@ class InpaintTrainConfig:
             raise ConfigError(f"device: expected one of auto, cpu, cuda, got {self.device!r}")
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
+
+
+@dataclass(frozen=True)
+class InpaintPhase:
+    """One phase of an inpainting recipe: its settings and where it starts. The first phase starts from
+    ``cfg.base_model`` (a text-to-image model, widened); a later one from the previous phase's checkpoint at
+    step ``start_checkpoint`` (copied into this phase's checkpoints, so its optimizer and EMA go on), or, with
+    ``start_model``, from the previous phase's finished model (``cfg.base_model`` is it; fresh optimizer)."""
+
+    cfg: InpaintTrainConfig
+    start_checkpoint: int | None = None
+    start_model: bool = False
+
+
+def load_inpaint_recipe(path: str | Path, *, out: str | None = None, base_model: str | None = None,
+                        latent_cache: str | None = None) -> list[InpaintPhase]:
+    """The phases of the recipe in ``path``: its top-level keys are :class:`InpaintTrainConfig`'s, and
+    ``phases`` (optional; without it the recipe is one phase) lists each phase's changes to the phase before
+    it (the first: to the top-level settings), merged key by key, plus ``start`` (``{checkpoint: N}`` or
+    ``model``) for every phase after the first. Phase k > 1 writes to ``<out>k`` unless it names its ``out``.
+    ``out`` / ``base_model`` / ``latent_cache``: command-line overrides of the top-level settings (the
+    base model is the first phase's, and that of phases starting from a checkpoint)."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level: expected a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    steps = raw.pop("phases", [{}])
+    try:
+        top = _overridden(from_dict(InpaintTrainConfig, raw), out=out, base_model=base_model,
+                          latent_cache=latent_cache)
+        if not isinstance(steps, list) or not steps:
+            raise ConfigError("phases: expected a list of phases, the first's changes to the settings above ({})")
+        phases: list[InpaintPhase] = []
+        for k, change in enumerate(steps, 1):
+            phases.append(_phase(top, phases[-1] if phases else None, change, k))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return phases
+
+
+def _overridden(cfg: InpaintTrainConfig, **overrides) -> InpaintTrainConfig:
+    from dataclasses import replace
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(cfg, **given) if given else cfg
+
+
+def _phase(top: InpaintTrainConfig, last: InpaintPhase | None, change, k: int) -> InpaintPhase:
+    """Phase ``k`` (1-based): ``change`` (its YAML mapping) applied to the previous phase's settings."""
+    where = f"phases[{k - 1}]"
+    if not isinstance(change, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(change).__name__}")
+    change = dict(change)
+    start = change.pop("start", None)
+    if last is None:
+        if start is not None:
+            raise ConfigError(f"{where}.start: the first phase starts from base_model")
+        return InpaintPhase(from_dict(InpaintTrainConfig, _merged(to_dict(top), change), f"{where}."))
+    merged = _merged(to_dict(last.cfg), change)
+    if "out" not in change:
+        merged["out"] = f"{top.out}{k}"
+    if start == "model":
+        merged["base_model"] = f"{last.cfg.out}/model"
+    elif not (isinstance(start, dict) and set(start) == {"checkpoint"} and isinstance(start["checkpoint"], int)):
+        raise ConfigError(f"{where}.start: expected {{checkpoint: STEP}} (the previous phase's checkpoint) or "
+                          f"model (its finished model), got {start!r}")
+    cfg = from_dict(InpaintTrainConfig, merged, f"{where}.")
+    if start == "model":
+        return InpaintPhase(cfg, start_model=True)
+    step, before = start["checkpoint"], last.cfg.loop
+    if not (0 < step <= before.steps and (step % before.checkpoint_every == 0 or step == before.steps)):
+        raise ConfigError(f"{where}.start.checkpoint: {step}: the previous phase writes checkpoints every "
+                          f"{before.checkpoint_every} steps up to {before.steps}")
+    if cfg.loop.steps <= step:
+        raise ConfigError(f"{where}.loop.steps: {cfg.loop.steps}: must be more than the starting step {step}")
+    return InpaintPhase(cfg, start_checkpoint=step)
+
+
+def _merged(base: dict, change: dict) -> dict:
+    """``base`` with ``change`` applied: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in change.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
+def train_inpaint_recipe(phases: list[InpaintPhase], resume: bool = False) -> Path:
+    """Run the phases in order (:func:`train_inpaint` each); with ``resume``, a finished phase is skipped and
+    an interrupted one goes on. A phase that starts from a checkpoint gets it copied into its own checkpoints
+    first (once). Returns the last phase's model folder."""
+    from latentdiff.train.run import DONE
+
+    model = Path(phases[-1].cfg.out) / "model"
+    for k, phase in enumerate(phases, 1):
+        out = Path(phase.cfg.out)
+        if resume and (out / "inpaint" / DONE).is_file() and (out / "model" / "model_index.json").is_file():
+            print(f"phase {k}/{len(phases)}: finished earlier, skipped ({out / 'model'})", flush=True)
+            continue
+        print(f"phase {k}/{len(phases)}: {out}", flush=True)
+        seeded = phase.start_checkpoint is not None and _seed(phases[k - 2].cfg, phase, k)
+        model = train_inpaint(phase.cfg, resume=resume or seeded)
+    return model
+
+
+def _seed(last: InpaintTrainConfig, phase: InpaintPhase, k: int) -> bool:
+    """Copy the previous phase's checkpoint ``phase.start_checkpoint`` into this phase's checkpoints unless it
+    has checkpoints already; whether it was copied now."""
+    import shutil
+
+    from latentdiff.errors import UserError
+
+    folder = Path(phase.cfg.out) / "inpaint" / "checkpoints"
+    if (folder / "latest").exists():
+        return False
+    source = Path(last.out) / "inpaint" / "checkpoints" / f"ckpt-{phase.start_checkpoint:07d}"
+    if not source.is_dir():
+        raise UserError(f"{source}: phase {k} starts from this checkpoint of phase {k - 1}, which is not there")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, folder / source.name)
+    (folder / "latest").write_text(source.name + "\n")
+    return True
 
 
 # --- masks and captions -------------------------------------------------------------------------
