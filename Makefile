@@ -70,30 +70,11 @@ default-long: $(STAMP)
 	bash scripts/default_long.sh train
 
 # Fine-tune the inpainting model from the shipped default model's U-Net (runs/default_long/model), then
-# ship it in fp16 inside the package: configs/inpaint.yaml for 500 steps, then configs/inpaint_long.yaml
-# goes on from its step-500 checkpoint to 1,500, configs/inpaint_long2.yaml from that one to 3,000,
-# configs/inpaint_long3.yaml to 5,500 and configs/inpaint_long4.yaml to 7,000; configs/inpaint_long5.yaml
-# trains 2,000 more steps from that phase's model and configs/inpaint_long6.yaml 2,000 more from its model
-# (their headers say why; CPU times in docs/inpaint.md).
-# Resumable.
-INPAINT2 := runs/default_long-inpaint2/inpaint/checkpoints
-INPAINT3 := runs/default_long-inpaint3/inpaint/checkpoints
-INPAINT4 := runs/default_long-inpaint4/inpaint/checkpoints
-INPAINT5 := runs/default_long-inpaint5/inpaint/checkpoints
-# $(call seed,FOLDER,CHECKPOINT): a phase's first checkpoint is the last phase's CHECKPOINT (once).
-seed = [ -e $(1)/latest ] || { mkdir -p $(1) && cp -r $(2) $(1)/ && echo $(notdir $(2)) > $(1)/latest; }
+# ship it in fp16 inside the package: configs/inpaint.yaml is the whole recipe, seven phases, each going on
+# from the one before (its header says how and why; CPU times in docs/inpaint.md). Resumable: a finished
+# phase is skipped, an interrupted one goes on.
 inpaint-model: $(STAMP)
-	bash scripts/companions.sh runs/default_long/model inpaint
-	$(call seed,$(INPAINT2),runs/default_long-inpaint/inpaint/checkpoints/ckpt-0000500)
-	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long.yaml --resume
-	$(call seed,$(INPAINT3),$(INPAINT2)/ckpt-0001500)
-	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long2.yaml --resume
-	$(call seed,$(INPAINT4),$(INPAINT3)/ckpt-0003000)
-	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long3.yaml --resume
-	$(call seed,$(INPAINT5),$(INPAINT4)/ckpt-0005500)
-	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long4.yaml --resume
-	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long5.yaml --resume
-	$(VENV)/bin/latentdiff train-inpaint configs/inpaint_long6.yaml --resume
+	$(VENV)/bin/latentdiff train-inpaint configs/inpaint.yaml --resume
 	rm -rf latentdiff/assets/inpaint_model
 	$(VENV)/bin/latentdiff export --model runs/default_long-inpaint7/model --format diffusers --dtype fp16 --out latentdiff/assets/inpaint_model
 	rm -rf latentdiff/assets/inpaint_model/clip   # the CLIP towers ship once, with the default model

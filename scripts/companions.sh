@@ -9,11 +9,12 @@
 # into runs/<MODEL's run>-<part> with --resume, so running the same command again goes on where an
 # interrupted run stopped (Ctrl-C stops cleanly). layout, segmap and the classifier are installed into MODEL
 # (--install: copied in and registered in MODEL/latentdiff.json, whose map the CLI reads); the inpainting
-# model is left in runs/<run>-inpaint/model
-# (ship it with `latentdiff export ... --out latentdiff/assets/inpaint_model`, see the Makefile's
-# inpaint-model target). Time on 2 CPU cores (2026-11-29), each alone: gligen 11 min (0.62 step/s), segmap
-# ~12 min (0.58 step/s), inpaint ~21 min, classifier ~14 min; about 35 min each when two share the cores;
-# layout (3,000 + 4,000 steps) about 90 min on the 2026-12-03 machine (1.3 step/s).
+# model runs every phase of configs/inpaint.yaml (runs/<run>-inpaint, -inpaint2, ... -inpaint7) and is left
+# in runs/<run>-inpaint7/model (ship it with `latentdiff export ... --out latentdiff/assets/inpaint_model`, see
+# the Makefile's inpaint-model target). Time on 2 CPU cores (2026-11-29), each alone: gligen 11 min (0.62
+# step/s), segmap ~12 min (0.58 step/s), inpaint phase 1 ~21 min (all seven phases: hours, docs/inpaint.md),
+# classifier ~14 min; about 35 min each when two share the cores; layout (3,000 + 4,000 steps) about 90 min
+# on the 2026-12-03 machine (1.3 step/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -42,14 +42,18 @@ def test_latent_cache_flag_replaces_the_recipes_cache(command, config, module, f
 
     from latentdiff.cli import main
 
-    seen = {}
+    seen = []
 
     def fake_train(cfg, resume=False):
-        seen["cfg"] = cfg
+        seen.append(cfg)
+        if command == "train-inpaint":  # the checkpoint the recipe's next phase starts from
+            ckpt = Path(cfg.out) / "inpaint" / "checkpoints" / f"ckpt-{cfg.loop.steps:07d}"
+            ckpt.mkdir(parents=True, exist_ok=True)
         return tmp_path / "result"
 
     monkeypatch.setattr(importlib.import_module(module), function, fake_train)
     assert main([command, config, "--out", str(tmp_path / "run"), "--latent-cache", str(tmp_path / "cache")]) == 0
-    assert seen["cfg"].latent_cache == str(tmp_path / "cache")
+    assert seen and {cfg.latent_cache for cfg in seen} == {str(tmp_path / "cache")}  # every phase of a recipe
+    seen.clear()
     assert main([command, config, "--out", str(tmp_path / "run")]) == 0
-    assert seen["cfg"].latent_cache == "runs/default/latents"
+    assert seen and {cfg.latent_cache for cfg in seen} == {"runs/default/latents"}

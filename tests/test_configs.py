@@ -7,7 +7,7 @@ import pytest
 from latentdiff.config import load_config
 from latentdiff.train.classifier import ClassifierTrainConfig
 from latentdiff.train.config import TrainConfig
-from latentdiff.train.inpaint import InpaintTrainConfig
+from latentdiff.train.inpaint import InpaintTrainConfig, load_inpaint_recipe
 from latentdiff.train.spatial import SpatialTrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -18,7 +18,10 @@ KIND = {"classifier": ClassifierTrainConfig, "inpaint": InpaintTrainConfig, "lay
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("gpu/*.yaml")),
                          ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_recipe_loads(path):
-    cls = KIND.get(path.stem.split("_")[0], TrainConfig)  # inpaint_long.yaml is an inpaint recipe
+    cls = KIND.get(path.stem.split("_")[0], TrainConfig)
+    if cls is InpaintTrainConfig:  # a recipe of phases (train-inpaint), each an InpaintTrainConfig
+        assert all(isinstance(p.cfg, cls) for p in load_inpaint_recipe(path))
+        return
     cfg = load_config(path, cls)
     assert isinstance(cfg, cls)
 
@@ -54,35 +57,3 @@ def test_long_recipe_is_the_default_recipe_trained_on(short_name, long_name):
     same_loop = dataclasses.replace(long.unet.loop, steps=default.unet.loop.steps,
                                     checkpoint_every=default.unet.loop.checkpoint_every)
     assert dataclasses.replace(long, out=default.out, unet=dataclasses.replace(long.unet, loop=same_loop)) == default
-
-
-# The inpainting phases in order: inpaint, inpaint_long, inpaint_long2, ... (every configs/inpaint_long*.yaml).
-INPAINT_PHASES = ["inpaint"] + sorted((p.stem for p in CONFIGS.glob("inpaint_long*.yaml")),
-                                      key=lambda stem: int(stem.removeprefix("inpaint_long") or 1))
-
-
-@pytest.mark.parametrize("before, after", list(zip(INPAINT_PHASES, INPAINT_PHASES[1:])))
-def test_each_inpaint_phase_goes_on_from_the_last(before, after):
-    """Each inpainting phase goes on from the previous one (Makefile: inpaint-model): from its last
-    checkpoint (same base model, more steps), or from its exported model (``base_model: <its out>/model``,
-    a new step count), which is only sound if the data and model-shaping settings are the same."""
-    import dataclasses
-
-    one, two = (load_config(CONFIGS / f"{n}.yaml", InpaintTrainConfig) for n in (before, after))
-    makefile = (CONFIGS.parent / "Makefile").read_text()
-    assert f"configs/{after}.yaml" in makefile
-    keep = dict(out=one.out, masks=one.masks, loop=one.loop)
-    if two.base_model == f"{one.out}/model":  # trains on from the last phase's model: run after it
-        assert makefile.index(f"configs/{before}.yaml") < makefile.index(f"configs/{after}.yaml")
-        keep["base_model"] = one.base_model
-    else:  # resumes the last phase's final checkpoint, on a longer schedule
-        assert two.loop.steps > one.loop.steps and one.loop.steps % one.loop.checkpoint_every == 0
-        assert f"ckpt-{one.loop.steps:07d}" in makefile
-    assert dataclasses.replace(two, **keep) == one
-    assert two.out != one.out
-
-
-def test_the_inpaint_model_target_ships_the_last_phase():
-    last = load_config(CONFIGS / f"{INPAINT_PHASES[-1]}.yaml", InpaintTrainConfig)
-    makefile = (CONFIGS.parent / "Makefile").read_text()
-    assert f"export --model {last.out}/model " in makefile

@@ -74,10 +74,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Fine-tune a dedicated inpainting model (configs/inpaint.yaml): the base "
                                    "model's U-Net gets diffusers' 9 input channels and learns from random masks "
                                    "(object boxes, strokes, rectangles, the whole image). Writes OUT/model, a "
-                                   "StableDiffusionInpaintPipeline folder.")
+                                   "StableDiffusionInpaintPipeline folder. A recipe with 'phases' runs each "
+                                   "phase in order (phase k into OUTk), each from the one before; with "
+                                   "--resume, finished phases are skipped.")
     t.add_argument("config", help="YAML recipe, e.g. configs/inpaint.yaml")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    t.add_argument("--out", help="output folder (overrides the recipe's 'out')")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint (of every phase)")
+    t.add_argument("--out", help="output folder (overrides the recipe's 'out'; later phases: OUT2, OUT3, ...)")
     t.add_argument("--model", "--base-model", dest="base_model", metavar="PATH",
                    help="the text-to-image model to start from (overrides the recipe's 'base_model')")
     add_latent_cache_arg(t)
@@ -149,10 +151,9 @@ def run_inpaint(args: argparse.Namespace) -> int:
 
 
 def run_train_inpaint(args: argparse.Namespace) -> int:
-    from latentdiff.config import load_config
-    from latentdiff.train.inpaint import InpaintTrainConfig, train_inpaint
+    from latentdiff.train.inpaint import load_inpaint_recipe, train_inpaint_recipe
 
-    cfg = load_config(args.config, InpaintTrainConfig, out=args.out, base_model=args.base_model,
-                      latent_cache=args.latent_cache)
-    print(f"model: {train_inpaint(cfg, resume=args.resume)}")
+    phases = load_inpaint_recipe(args.config, out=args.out, base_model=args.base_model,
+                                 latent_cache=args.latent_cache)
+    print(f"model: {train_inpaint_recipe(phases, resume=args.resume)}")
     return 0
