@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def validation_prompts(num_each: int) -> list[str]:
+def validation_prompts(num_each: int, kinds: tuple[int, ...] = (1, 2)) -> list[str]:
     from latentdiff.data.shapes import training_prompts
 
-    return training_prompts(num_each, seed=0, objects=(1, 1)) + training_prompts(num_each, seed=0, objects=(2, 2))
+    return [p for k in kinds for p in training_prompts(num_each, seed=0, objects=(k, k))]
 
 
 def main() -> None:
@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--sampler", default=None, help="default: the model's")
     ap.add_argument("--steps", type=int, default=None, help="default: the model's")
     ap.add_argument("--prompts", type=int, default=24, help="prompts of each kind (one object, two objects)")
+    ap.add_argument("--objects", type=int, nargs="+", choices=(1, 2), default=[1, 2],
+                    help="which prompts: one-object, two-object or both (default)")
     ap.add_argument("--images", type=int, default=2, help="images per prompt")
     ap.add_argument("--seed", type=int, default=1000, help="image j of a prompt starts from seed + j")
     ap.add_argument("--out", default="runs/guidance_select")
@@ -44,7 +46,7 @@ def main() -> None:
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, device="cpu")
-    prompts = validation_prompts(args.prompts)
+    prompts = validation_prompts(args.prompts, tuple(args.objects))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -60,10 +62,11 @@ def main() -> None:
     result = {"model": args.model, "prompts": len(prompts), "images_per_prompt": args.images, "seed": args.seed,
               "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    print(f"{'w':>5} {'colour+shape':>12} {'position':>9} {'size':>6} {'relation':>9} {'match':>6} {'diversity':>9}")
+    cols = ("one_colour_shape", "one_position", "one_size", "two_relation", "two_count", "two_match", "any_match")
+    print(f"{'w':>5} " + " ".join(f"{c:>16}" for c in cols) + f" {'diversity':>9}")
     for r in rows:
-        print(f"{r['guidance']:>5} {r['one_colour_shape']:>12.3f} {r['one_position']:>9.3f} {r['one_size']:>6.3f} "
-              f"{r['two_relation']:>9.3f} {r['any_match']:>6.3f} {r['diversity']:>9.3f}")
+        cells = (f"{r[c]:>16.3f}" if r[c] is not None else f"{'-':>16}" for c in cols)
+        print(f"{r['guidance']:>5} " + " ".join(cells) + f" {r['diversity']:>9.3f}")
     if args.write is not None:
         index = Path(args.model) / "latentdiff.json"
         meta = json.loads(index.read_text())

@@ -1,4 +1,5 @@
 """The accuracy harness: exact on a pipe that draws what it is asked, sane on a tiny random model."""
+import dataclasses
 import json
 
 import numpy as np
@@ -22,8 +23,8 @@ def _obj(spec, position):
 class OraclePipe:
     """Draws exactly the scene a prompt asks for (flipping the relation when ``wrong``)."""
 
-    def __init__(self, wrong=False):
-        self.wrong = wrong
+    def __init__(self, wrong=False, third=False):
+        self.wrong, self.third = wrong, third
 
     def generate(self, prompts, num_images=1, seed=0, **kw):
         out = []
@@ -36,6 +37,10 @@ class OraclePipe:
                 if self.wrong:
                     a, b = b, a
                 objs = (_obj(spec.objects[0], a), _obj(spec.objects[1], b))
+                if self.third:  # a copy of the second object in a free cell, as the v2 model sometimes draws
+                    free = next(c for c in ("top left", "bottom right", "top right", "bottom left")
+                                if c not in (a, b))
+                    objs += (_obj(dataclasses.replace(spec.objects[1], size="small"), free),)
             rgb, _ = render(Scene(20, objs))
             out += [Image.fromarray(rgb)] * num_images
         return out
@@ -51,6 +56,16 @@ def test_oracle_scores_perfectly_and_a_wrong_relation_scores_zero():
                              [p for p in prompts if " of " in p or "above" in p or "below" in p],
                              num_images=1, progress=False)
     assert wrong["two_relation"]["accuracy"] == 0.0
+
+
+def test_a_third_object_keeps_the_relation_but_fails_count_and_match():
+    prompts = [p for p in held_out_prompts() if " of " in p or "above" in p or "below" in p]
+    clean = evaluate_prompts(OraclePipe(), prompts, num_images=1, progress=False)
+    assert clean["two_count"]["accuracy"] == 1.0 and clean["two_match"]["accuracy"] == 1.0
+    third = evaluate_prompts(OraclePipe(third=True), prompts, num_images=1, progress=False)
+    assert third["two_relation"]["accuracy"] == 1.0
+    assert third["two_count"]["accuracy"] == 0.0 and third["two_match"]["accuracy"] == 0.0
+    assert third["two_count"]["n"] == len(prompts)
 
 
 def test_wilson_and_diversity():

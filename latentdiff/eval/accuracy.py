@@ -2,7 +2,8 @@
 
 For each prompt, ``n`` images (image i from the seed's i-th generator) are generated and scored:
 one-object prompts give colour+shape, position and size accuracy; two-object relation prompts give the
-share where both objects have the right colour and shape and the relation holds. Diversity is the
+share where both objects have the right colour and shape and the relation holds (a third object drawn
+besides them does not count against it; ``two_count`` and ``two_match`` do count it). Diversity is the
 mean pairwise RMS distance between the images of one prompt (pixels in [0, 1]).
 """
 from __future__ import annotations
@@ -49,6 +50,8 @@ class PromptAccuracy:
     one_position: Tally = field(default_factory=Tally)
     one_size: Tally = field(default_factory=Tally)
     two_relation: Tally = field(default_factory=Tally)
+    two_count: Tally = field(default_factory=Tally)  # exactly two objects found: no third, none missing
+    two_match: Tally = field(default_factory=Tally)  # everything asked and nothing more (what `demo` counts)
     any_match: Tally = field(default_factory=Tally)
     diversity: list = field(default_factory=list)
 
@@ -64,6 +67,8 @@ class PromptAccuracy:
                 self.one_size.add(o.size)
             elif len(spec.objects) == 2 and spec.relation is not None:
                 self.two_relation.add(all(o.colour and o.shape for o in s.objects) and bool(s.relation))
+                self.two_count.add(s.count)
+                self.two_match.add(s.match)
         self.diversity.append(pairwise_distance(images))
 
     def summary(self) -> dict:

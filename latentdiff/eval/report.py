@@ -13,7 +13,9 @@ import numpy as np
 
 METRICS = (("one_colour_shape", "1 object: colour+shape"), ("one_position", "1 object: position"),
            ("one_size", "1 object: size"), ("two_relation", "2 objects + relation"),
+           ("two_count", "2 objects: exactly two drawn"), ("two_match", "2 objects: all asked, nothing more"),
            ("any_match", "all requested attributes (scorer match)"))
+METRIC_LABEL = {key: (key, label) for key, label in METRICS}
 
 
 def shown_path(path: str | Path, model: str | Path | None = None) -> str:
@@ -70,7 +72,7 @@ def plot_guidance(results: list[dict], path: Path) -> None:
     ws = [r["guidance"] for r in results]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in METRICS:
-        if all(r[key]["n"] for r in results):
+        if all(r.get(key, {}).get("n") for r in results):  # reports before two_count lack it
             _errorbar(ax1, ws, [r[key] for r in results], label=label)
     ax1.set(xlabel="guidance scale w (1 = none)", ylabel="accuracy (95% CI)", ylim=(0, 1.02),
             title="prompt following on held-out prompts")
@@ -85,7 +87,7 @@ def plot_samplers(results: list[dict], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     steps = sorted({r["steps"] for r in results})
-    for ax, (key, label) in zip(axes, (METRICS[4], METRICS[0])):
+    for ax, (key, label) in zip(axes, (METRIC_LABEL["any_match"], METRIC_LABEL["one_colour_shape"])):
         for k, sampler in enumerate(dict.fromkeys(r["sampler"] for r in results)):
             rs = [r for r in results if r["sampler"] == sampler and r[key]["n"]]
             if rs:  # samplers side by side (×1.04 apart) so their intervals do not hide each other
@@ -116,8 +118,8 @@ def plot_classifier(results: list[dict], path: Path) -> None:
 
 # --- Markdown -------------------------------------------------------------------------------------------
 
-def _pct(s: dict) -> str:
-    if not s["n"]:
+def _pct(s: dict | None) -> str:
+    if not s or not s["n"]:  # none asked, or a report written before the metric existed
         return "–"
     return f"{s['accuracy']:.1%} [{s['ci95'][0]:.0%}, {s['ci95'][1]:.0%}] (n={s['n']})"
 
@@ -127,7 +129,7 @@ def _accuracy_md(r: dict) -> list[str]:
              f"prompts × {r['images_per_prompt']} images (seeds 0…{r['images_per_prompt'] - 1}). Each image is "
              f"scored by the shapes scorer; intervals are 95% Wilson score intervals over images.", "",
              "| attribute | accuracy [95% CI] (n) |", "|---|---|"]
-    lines += [f"| {label} | {_pct(r[key])} |" for key, label in METRICS]
+    lines += [f"| {label} | {_pct(r.get(key))} |" for key, label in METRICS]
     lines += ["", f"Diversity (mean pairwise RMS pixel distance among a prompt's images): {r['diversity']:.3f}", "",
               "Samples (rows: " + "; ".join(f"'{p}'" for p in r["grid_prompts"]) + "; columns: seeds):", "",
               "![accuracy samples](accuracy_samples.png)"]
@@ -139,7 +141,7 @@ def _guidance_md(r: dict) -> list[str]:
              f"w.", "", "| w | " + " | ".join(label for _, label in METRICS) + " | diversity |",
              "|---|" + "---|" * (len(METRICS) + 1)]
     for x in r["results"]:
-        lines.append(f"| {x['guidance']:g} | " + " | ".join(_pct(x[k]) for k, _ in METRICS)
+        lines.append(f"| {x['guidance']:g} | " + " | ".join(_pct(x.get(k)) for k, _ in METRICS)
                      + f" | {x['diversity']:.3f} |")
     lines += ["", "![guidance sweep](guidance_sweep.png)", "",
               "Samples (rows: " + "; ".join(f"'{p}'" for p in r["grid_prompts"]) + ", each at w = " +
