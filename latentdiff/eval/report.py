@@ -178,7 +178,8 @@ def _classifier_md(r: dict) -> list[str]:
     means = [np.mean([x["all"]["accuracy"] for x in r["results"] if x["scale"] == s]) for s in scales]
     lines.append("| mean | " + " | ".join(f"{m:.1%}" for m in means) + " |")
     best = int(np.argmax(means))
-    lines += ["", f"Best scale: s = {scales[best]:g}, mean share {means[best]:.1%} (unguided {means[0]:.1%}).", "",
+    base = f"unguided {means[0]:.1%}" if scales[0] == 0 else f"at s = {scales[0]:g}: {means[0]:.1%}; no s = 0 in this sweep"
+    lines += ["", f"Best scale: s = {scales[best]:g}, mean share {means[best]:.1%} ({base}).", "",
               "![classifier sweep](classifier_sweep.png)", "",
               "Samples (rows: each class at s = " + ", ".join(f"{s:g}" for s in scales) + "; columns: seeds):", "",
               "![classifier samples](classifier_samples.png)"]

@@ -52,7 +52,7 @@ class Suite:
     sampler_steps: tuple[int, ...] = (5, 10, 25)
     sampler_stride: int = 3
     sampler_images: int = 2
-    cg_scales: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0)
+    cg_scales: tuple[float, ...] = (0.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # v2 (v-prediction) is best near 100-300
     cg_images: int = 24
     cg_classes: tuple[str, ...] = ()  # () = the classifier's shapes
     bpd_latents: int = 64
@@ -65,7 +65,7 @@ class Suite:
 QUICK = Suite("quick")
 FULL = Suite("full", accuracy_images=8, guidance=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0), guidance_stride=1,
              guidance_images=8, sampler_steps=(5, 10, 25, 50, 100), sampler_stride=1, sampler_images=4,
-             cg_scales=(0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 50.0), cg_images=64, bpd_latents=256,
+             cg_scales=(0.0, 1.0, 3.0, 10.0, 30.0, 50.0, 100.0, 200.0, 300.0, 500.0), cg_images=64, bpd_latents=256,
              bpd_timesteps=0, fd_images=1024)
 SUITES = {"quick": QUICK, "full": FULL}
 
