@@ -33,6 +33,14 @@ PNG_KEY = "latentdiff"
 RECORD_VERSION = 1
 
 
+def portable_path(path: str | Path) -> str:
+    """A path as a record keeps it: relative to the current folder when inside it (so a record written in one
+    clone reads the same in another), else as given."""
+    full = Path(path).resolve()
+    here = Path.cwd().resolve()
+    return full.relative_to(here).as_posix() if full.is_relative_to(here) else str(path)
+
+
 @dataclass(frozen=True)
 class Record:
     """Everything needed to regenerate one image.

@@ -47,3 +47,14 @@ def test_a_linked_weight_counts_as_a_copy_in_its_folder(tmp_path):
     assert weights_hash(files(tmp_path / "linked"), tmp_path / "linked") == copy
     assert weights_hash(files(tmp_path / "alias"), (tmp_path / "linked").resolve()) == copy
     assert weights_hash(files(tmp_path / "linked"), tmp_path / "alias") == copy
+
+
+def test_portable_path_is_relative_inside_the_current_folder(tmp_path, monkeypatch):
+    from latentdiff.provenance import portable_path
+
+    (tmp_path / "runs" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "runs" / "m") == "runs/m"
+    assert portable_path("runs/m") == "runs/m"
+    outside = tmp_path.parent / "elsewhere"
+    assert portable_path(outside) == str(outside)

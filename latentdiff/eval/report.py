@@ -21,12 +21,13 @@ METRIC_LABEL = {key: (key, label) for key, label in METRICS}
 def shown_path(path: str | Path, model: str | Path | None = None) -> str:
     """How a report names a file: ``MODEL/<path in it>`` inside the model folder ``model``, else relative to
     the current folder when inside it, else as given (the user's own spelling)."""
+    from latentdiff.provenance import portable_path
+
     full = Path(path).resolve()
-    for root, prefix in ((model, "MODEL"), (Path.cwd(), None)):
-        if root is not None and full.is_relative_to(Path(root).resolve()):
-            rel = full.relative_to(Path(root).resolve()).as_posix()
-            return rel if prefix is None else f"{prefix}/{rel}" if rel != "." else prefix
-    return str(path)
+    if model is not None and full.is_relative_to(Path(model).resolve()):
+        rel = full.relative_to(Path(model).resolve()).as_posix()
+        return f"MODEL/{rel}" if rel != "." else "MODEL"
+    return portable_path(path)
 
 
 # --- images and plots -----------------------------------------------------------------------------------
@@ -178,7 +179,8 @@ def _classifier_md(r: dict) -> list[str]:
     means = [np.mean([x["all"]["accuracy"] for x in r["results"] if x["scale"] == s]) for s in scales]
     lines.append("| mean | " + " | ".join(f"{m:.1%}" for m in means) + " |")
     best = int(np.argmax(means))
-    base = f"unguided {means[0]:.1%}" if scales[0] == 0 else f"at s = {scales[0]:g}: {means[0]:.1%}; no s = 0 in this sweep"
+    base = (f"unguided {means[0]:.1%}" if scales[0] == 0
+            else f"at s = {scales[0]:g}: {means[0]:.1%}; no s = 0 in this sweep")
     lines += ["", f"Best scale: s = {scales[best]:g}, mean share {means[best]:.1%} ({base}).", "",
               "![classifier sweep](classifier_sweep.png)", "",
               "Samples (rows: each class at s = " + ", ".join(f"{s:g}" for s in scales) + "; columns: seeds):", "",

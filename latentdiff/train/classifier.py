@@ -23,6 +23,7 @@ from latentdiff.data.shapes import BASE_SHAPES, COLOURS, SHAPES
 from latentdiff.diffusion.schedule import Schedule, q_sample
 from latentdiff.errors import ConfigError, UserError
 from latentdiff.models.classifier import HEADS, ClassifierConfig, build_classifier, save_classifier, soft_labels
+from latentdiff.provenance import portable_path
 from latentdiff.train.config import DataConfig, LoopConfig
 
 T_BUCKETS = 4  # validation accuracy is reported per quarter of the timesteps
@@ -185,7 +186,7 @@ def train_classifier(cfg: ClassifierTrainConfig, resume: bool = False) -> Path:
     seed_init(cfg.seed, "classifier")
     model = build_classifier(cfg.classifier.model, in_channels=train.mean.shape[1], sample_size=train.mean.shape[-1],
                              num_train_timesteps=pipe.schedule.num_timesteps, shapes=shapes, colours=COLOURS)
-    info = {"model_name": pipe.name, "model_path": str(pipe.path) if pipe.path else None,
+    info = {"model_name": pipe.name, "model_path": portable_path(pipe.path) if pipe.path else None,
             "model_sha256": pipe.weights_sha256, "scaling_factor": pipe.scaling_factor,
             "train_images": len(train_recs), "data": cfg.data.folder, "recipe": to_dict(cfg)}
     stage = ClassifierTrainStage(model, train, holdout, pipe.schedule, pipe.scaling_factor, accelerator.device, info)

@@ -35,6 +35,7 @@ from latentdiff.config import from_dict, read_yaml, to_dict
 from latentdiff.data.latents import square_box
 from latentdiff.diffusion.loss import diffusion_loss
 from latentdiff.errors import ConfigError
+from latentdiff.provenance import portable_path
 from latentdiff.train.config import DataConfig, LoopConfig
 
 MASK_KINDS = ("box", "stroke", "rect", "whole")
@@ -429,7 +430,7 @@ def assemble_inpaint_model(dest: Path, unet, base, cfg: InpaintTrainConfig, out:
     from latentdiff.checkpoint import companion, register_companions
 
     inpaint_pipeline(unet, base).save(dest)
-    info = {"recipe": to_dict(cfg), "base_model": str(base.path) if base.path else "in-memory"}
+    info = {"recipe": to_dict(cfg), "base_model": portable_path(base.path) if base.path else "in-memory"}
     if "generate_defaults" in base.extra:
         info["generate_defaults"] = base.extra["generate_defaults"]
     times = out / "times.json"
