@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="speed options, a comma list: auto (what this machine supports: on a CPU with native "
                         "bf16, bf16 and classic attention; recorded as the options it chose), fast (every GPU "
                         "option), fp16|bf16, channels_last, sdpa|eager, fuse_qkv, compile[=MODE], compile_vae, "
-                        "cuda_graph, threads=N (see docs/performance.md). Default: none, the exact float32 path")
+                        "cuda_graph, threads=N (see docs/performance.md); plain: the exact float32 path (the default)")
     g.add_argument("--classifier-guidance", default=None, metavar="CLASS",
                    help="classifier guidance towards a shape or colour (circle, square, triangle, red, ...); "
                         "with an empty prompt the default guidance becomes 1 (classifier-free guidance is the "
@@ -354,7 +354,7 @@ def load_pipeline(args: argparse.Namespace, model: str | None, device: str | Non
 def run_generate(args: argparse.Namespace) -> int:
     from latentdiff.lora import parse_lora_spec
     from latentdiff.provenance import Record, save_png
-    from latentdiff.speed import parse_speed
+    from latentdiff.speed import speed_option
 
     limits = parse_limits(args)
     num = parse_int("--num-images", args.num_images, 1)
@@ -369,7 +369,7 @@ def run_generate(args: argparse.Namespace) -> int:
                   height=height, width=width, batch=batch)
     device = parse_device(args.device)
     cg_scale = check_classifier_flags(args.classifier_guidance, args.classifier_scale, args.classifier)
-    speed = parse_speed(args.speed) if args.speed is not None else None
+    speed = speed_option(args.speed)
     loras = [parse_lora_spec(text) for text in args.lora]
     spatial_flags = check_spatial_flags(args)
     out = prepare_out_dir(args.out)
