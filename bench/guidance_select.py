@@ -29,6 +29,8 @@ def validation_prompts(num_each: int, kinds: tuple[int, ...] = (1, 2)) -> list[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="model folder")
+    ap.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                    help="LoRA weights to apply (as latentdiff eval --lora)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[2.0, 3.0, 4.0, 6.0, 8.0])
     ap.add_argument("--sampler", default=None, help="default: the model's")
     ap.add_argument("--steps", type=int, default=None, help="default: the model's")
@@ -46,6 +48,10 @@ def main() -> None:
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, device="cpu")
+    if args.lora:
+        from latentdiff.lora import parse_lora_spec
+
+        pipe.load_loras([parse_lora_spec(text) for text in args.lora])
     prompts = validation_prompts(args.prompts, tuple(args.objects))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +65,8 @@ def main() -> None:
                "steps": args.steps or pipe.defaults["steps"], "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"model": args.model, "prompts": len(prompts), "images_per_prompt": args.images, "seed": args.seed,
+    result = {"model": args.model, "lora": args.lora, "prompts": len(prompts), "images_per_prompt": args.images,
+              "seed": args.seed,
               "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     cols = ("one_colour_shape", "one_position", "one_size", "two_relation", "two_count", "two_match", "any_match")

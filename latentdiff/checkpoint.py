@@ -393,6 +393,17 @@ class Model:
         lora.activate(self.unet, self.text_encoder, self._loras)
         return self
 
+    def fuse_loras(self) -> list[dict]:
+        """Bake the applied LoRA files into the weights (W ← W + scale·(α/r)·B·A) and drop the adapters, so the
+        model saves, exports and loads as a plain one. Returns the fused files (path, scale, sha256)."""
+        fused = self.loras
+        for module, part in ((self.unet, "unet"), (self.text_encoder, "text_encoder")):
+            names = [e["name"] for e in self._loras if e[part]]
+            if names:
+                lora.fuse(module, names)
+        self._loras = []
+        return fused
+
     @property
     def loras(self) -> list[dict]:
         """The LoRA files applied: ``[{"path", "scale", "sha256"}, ...]``."""

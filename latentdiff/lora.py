@@ -140,6 +140,24 @@ def activate(unet, text_encoder, entries: list[dict]) -> None:
         set_adapters_for_text_encoder([e["name"] for e in on_text], text_encoder, [e["scale"] for e in on_text])
 
 
+def fuse(module, names: list[str]) -> None:
+    """Merge the adapters ``names`` into ``module``'s base weights at the scales :func:`activate` set, then
+    remove every LoRA layer from it (it becomes the plain module it was, with changed weights)."""
+    from diffusers.utils import recurse_remove_peft_layers
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            here = [n for n in names if n in getattr(layer, "lora_A", {}) or n in getattr(layer, "lora_B", {})]
+            if here:
+                layer.merge(adapter_names=here)
+    recurse_remove_peft_layers(module)
+    if hasattr(module, "peft_config"):
+        del module.peft_config
+    if hasattr(module, "_hf_peft_config_loaded"):
+        module._hf_peft_config_loaded = None
+
+
 def _load_one(unet, text_encoder, path: Path, name: str) -> tuple[bool, bool]:
     """Load one LoRA file into the modules as adapter ``name``; which of them it touched."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader

@@ -149,6 +149,30 @@ def test_stacked_loras_with_scales_match_diffusers_set_adapters(loras, tiny_mode
     assert np.abs(ours - single).max() > 10  # the second LoRA and the scales do matter
 
 
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")
+def test_export_lora_bakes_the_loras_into_a_plain_model(loras, tiny_model_dir, tmp_path, capsys):
+    """export --lora: the exported folder has no LoRA layers and draws what the base model with the LoRAs
+    applied draws (two files, one at a scale, one touching the text encoder too)."""
+    from latentdiff.pipeline import Pipeline
+
+    pipe = Pipeline.load(tiny_model_dir, device="cpu").load_loras([(loras["both"], 0.5), (loras["unet"], 1.5)])
+    with_loras = pixels(pipe.generate("a red star", **GEN))
+    code, out, err = run(capsys, "export", "--model", tiny_model_dir, "--format", "diffusers",
+                         "--lora", f"{loras['both']}:0.5", "--lora", f"{loras['unet']}:1.5",
+                         "--out", tmp_path / "fused")
+    assert code == 0, err
+    assert out.count("fused ") == 2
+    fused = Pipeline.load(tmp_path / "fused", device="cpu")
+    assert not any("lora" in name for name, _ in fused.unet.named_parameters())
+    assert not any("lora" in name for name, _ in fused.text_encoder.named_parameters())
+    assert np.abs(pixels(fused.generate("a red star", **GEN)) - with_loras).max() <= 2
+    base = pixels(Pipeline.load(tiny_model_dir, device="cpu").generate("a red star", **GEN))
+    assert np.abs(base - with_loras).max() > 20  # what was baked in matters
+    code, out, err = run(capsys, "export", "--model", tiny_model_dir, "--format", "diffusers",
+                         "--lora", str(tmp_path / "missing.safetensors"), "--out", tmp_path / "never")
+    assert code != 0 and "missing.safetensors" in err and not (tmp_path / "never").exists()
+
 def test_generate_lora_is_recorded_and_replayed(loras, tiny_model_dir, tmp_path, capsys):
     code, out, err = run(capsys, "generate", "a blue star", "--model", tiny_model_dir, "--lora",
                          f"{loras['unet']}:0.7", "--steps", 3, "--out", tmp_path / "gen", "--device", "cpu")

@@ -95,6 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="single-file text encoder keys: clip (SD 1.x), open_clip (SD 2.x) or auto (default)")
     e.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"),
                    help="weights' precision in the export (fp16 halves the size; loading upcasts to fp32)")
+    e.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="bake a LoRA file into the exported weights (at SCALE, default 1); repeatable")
     e.set_defaults(handler=run_export)
 
 
@@ -534,6 +536,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError(f"--format {args.format!r}: expected one of {', '.join(FORMATS)}")
     if args.text_layout not in ("auto", "clip", "open_clip"):
         raise UserError(f"--text-layout {args.text_layout!r}: expected auto, clip or open_clip")
+    from latentdiff.lora import parse_lora_spec
+
+    loras = [parse_lora_spec(text) for text in args.lora]  # a missing file fails before anything is written
     out = Path(args.out)
     if args.format == "single-file" and out.suffix != ".safetensors":
         raise UserError(f"--out {out}: a single-file export must end in .safetensors")
@@ -544,6 +549,10 @@ def run_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
     pipe = load_pipeline(args, args.model, "cpu")
+    if loras:
+        pipe.load_loras(loras)
+        for entry in pipe.fuse_loras():
+            print(f"fused {entry['path']} (scale {entry['scale']:g}, sha256 {entry['sha256'][:12]}…)")
     if args.dtype == "fp16":
         import torch
 
