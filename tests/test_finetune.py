@@ -439,3 +439,13 @@ def test_eval_lora_flag_evaluates_the_model_with_the_lora_and_reports_it(loras, 
     assert f"LoRA: `{loras['unet']}` at scale 0.8" in (tmp_path / "lora" / "report.md").read_text()
     bare, tuned = ((tmp_path / d / "accuracy_samples.png").read_bytes() for d in ("bare", "lora"))
     assert bare != tuned
+
+
+def test_finetune_weights_the_loss_as_the_base_model_was_trained():
+    from latentdiff.errors import ConfigError
+    from latentdiff.train.finetune import FinetuneConfig, recipe_x0_weight_floor
+
+    assert recipe_x0_weight_floor({"recipe": {"unet": {"x0_weight_floor": 1.0, "min_snr_gamma": 5.0}}}) == 1.0
+    assert recipe_x0_weight_floor({}) == 0.0 and recipe_x0_weight_floor({"recipe": {"unet": None}}) == 0.0
+    with pytest.raises(ConfigError, match="x0_weight_floor"):
+        FinetuneConfig(data="d", out="o", x0_weight_floor=-1.0)

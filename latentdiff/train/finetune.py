@@ -71,6 +71,10 @@ class FinetuneConfig:
     resolution: int | None = None  # None: the model's native size
     background: str = "white"  # what transparent pixels are composited on: white | black
     min_snr_gamma: float | None = 5.0
+    # added to min(SNR, γ) in the loss's weight on the x₀ error (latentdiff.diffusion.loss); None: what the base
+    # model was trained with (its recipe's unet.x0_weight_floor in latentdiff.json), else 0. The v2 default model
+    # used 1, which keeps the high-noise steps (where an object's place and count are decided) in the loss.
+    x0_weight_floor: float | None = None
     seed: int = 0
     device: str = "auto"
     validation_prompts: int = 4  # distinct captions drawn (4 seeds each) after training; 0: none
@@ -85,8 +89,16 @@ class FinetuneConfig:
             raise ConfigError(f"rank: expected a positive integer, got {self.rank}")
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
+        if self.x0_weight_floor is not None and not self.x0_weight_floor >= 0.0:
+            raise ConfigError(f"x0_weight_floor: expected a weight >= 0, got {self.x0_weight_floor}")
         if self.resolution is not None and self.resolution < 8:
             raise ConfigError(f"resolution: expected at least 8 pixels, got {self.resolution}")
+
+
+def recipe_x0_weight_floor(extra: dict) -> float:
+    """The x₀-weight floor a model's U-Net was trained with, from its latentdiff.json's recipe (0 when none)."""
+    unet = (extra.get("recipe") or {}).get("unet") or {}
+    return float(unet.get("x0_weight_floor", 0.0)) if isinstance(unet, dict) else 0.0
 
 
 class FinetuneStage(LatentDenoisingStage):
@@ -98,6 +110,8 @@ class FinetuneStage(LatentDenoisingStage):
                  validation_prompts: list[str]):
         self.cfg, self.base = cfg, base
         self.cond_dropout, self.min_snr_gamma = cfg.cond_dropout, cfg.min_snr_gamma
+        floor = cfg.x0_weight_floor
+        self.x0_weight_floor = recipe_x0_weight_floor(base.extra) if floor is None else floor
         train_text = self.train_text = cfg.train_text_encoder
         self._setup(latent_mean, latent_std, base.scaling_factor, base.schedule, tokens, null_tokens,
                     base.text_encoder, device, encode_captions=not train_text)
