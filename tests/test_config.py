@@ -80,3 +80,15 @@ def test_invalid_value_and_yaml_and_missing_file(tmp_path):
 def test_from_dict_optional():
     assert from_dict(Outer, {"note": None}).note is None
     assert from_dict(Outer, {"note": "hi"}).note == "hi"
+
+
+def test_generate_defaults_of_a_recipe_are_checked():
+    from latentdiff.errors import ConfigError
+    from latentdiff.train.config import GenerateDefaults
+
+    assert GenerateDefaults().as_dict() == {}
+    assert GenerateDefaults(sampler="dpm++", guidance=6.0).as_dict() == {"sampler": "dpm++", "guidance": 6.0}
+    for bad, field in ((dict(sampler="plms"), "generate.sampler"), (dict(steps=0), "generate.steps"),
+                       (dict(guidance=0.5), "generate.guidance")):
+        with pytest.raises(ConfigError, match=field):
+            GenerateDefaults(**bad)

@@ -267,6 +267,8 @@ def test_model_from_checkpoint_builds_a_model_folder_from_a_mid_run_ema(tmp_path
     from latentdiff.pipeline import Pipeline
 
     cfg = tiny_config(tmp_path, tiny_data, steps=4, checkpoint_every=2, validate_every=0)
+    with cfg.open("a") as f:  # the recipe's generate defaults reach the model folder
+        f.write("generate: {sampler: ddim, steps: 7, guidance: 2.5}\n")
     _copy_pre(pretrained_stages, tmp_path / "run")
     _cli("train", str(cfg), "--stage", "unet")
     script = str(ROOT / "scripts" / "model_from_checkpoint.py")
@@ -276,7 +278,9 @@ def test_model_from_checkpoint_builds_a_model_folder_from_a_mid_run_ema(tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "latentdiff.json").read_text())
     assert info["unet_checkpoint"] == {"step": 2, "of_steps": 4, "weights": "ema"}
+    assert info["generate_defaults"] == {"sampler": "ddim", "steps": 7, "guidance": 2.5}
     pipe = Pipeline.load(out, device="cpu")
+    assert pipe.defaults == {"sampler": "ddim", "steps": 7, "guidance": 2.5}
     ema = load_file(str(tmp_path / "run" / "unet" / "checkpoints" / "ckpt-0000002" / "ema.safetensors"))
     weights = dict(pipe.unet.named_parameters())
     assert set(weights) <= set(ema)  # every U-Net parameter comes from the checkpoint's EMA

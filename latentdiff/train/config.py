@@ -119,6 +119,30 @@ class UNetStage:
 
 
 @dataclass(frozen=True)
+class GenerateDefaults:
+    """What ``generate``, ``demo`` and ``eval`` use with the trained model unless told otherwise (written to its
+    latentdiff.json as ``generate_defaults``), chosen on validation prompts (bench/guidance_select.py). None
+    leaves the library's default (latentdiff.checkpoint.GENERATE_DEFAULTS)."""
+
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+
+    def __post_init__(self):
+        samplers = ("ddpm", "ddim", "dpm++", "euler")  # latentdiff.diffusion.sampling.SAMPLERS (lazy: no torch here)
+        if self.sampler is not None and self.sampler not in samplers:
+            raise ConfigError(f"generate.sampler: expected one of {', '.join(samplers)}, got {self.sampler!r}")
+        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
+            raise ConfigError(f"generate.steps: expected a whole number of steps in [1, 1000], got {self.steps!r}")
+        if self.guidance is not None and not self.guidance >= 1.0:
+            raise ConfigError(f"generate.guidance: expected a guidance scale >= 1, got {self.guidance!r}")
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in (("sampler", self.sampler), ("steps", self.steps), ("guidance", self.guidance))
+                if v is not None}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     out: str = "runs/default"
     seed: int = 0
@@ -128,6 +152,7 @@ class TrainConfig:
     clip: ClipStage = ClipStage()
     unet: UNetStage = UNetStage()
     stages: tuple[str, ...] = ("vae", "clip", "unet")
+    generate: GenerateDefaults = GenerateDefaults()
 
     def __post_init__(self):
         check_choice(self, "device", ("auto", "cpu", "cuda"))

@@ -312,6 +312,8 @@ def assemble_model(dest: Path, unet, vae, text_encoder, tokenizer, cfg: TrainCon
     pipe = Pipeline.from_components(unet, vae, text_encoder, tokenizer, Schedule.from_config(cfg.unet.schedule))
     pipe.save(dest)
     info = {"recipe": to_dict(cfg)}
+    if cfg.generate.as_dict():
+        info["generate_defaults"] = cfg.generate.as_dict()
     times = out / "times.json"
     if times.is_file():
         info["train_times"] = json.loads(times.read_text())
