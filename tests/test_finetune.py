@@ -443,9 +443,21 @@ def test_eval_lora_flag_evaluates_the_model_with_the_lora_and_reports_it(loras, 
 
 def test_finetune_weights_the_loss_as_the_base_model_was_trained():
     from latentdiff.errors import ConfigError
-    from latentdiff.train.finetune import FinetuneConfig, recipe_x0_weight_floor
+    from latentdiff.train.finetune import FinetuneConfig
+    from latentdiff.train.inpaint import InpaintTrainConfig
+    from latentdiff.train.spatial import SpatialTrainConfig
+    from latentdiff.train.stages import loss_floor, recipe_x0_weight_floor
 
     assert recipe_x0_weight_floor({"recipe": {"unet": {"x0_weight_floor": 1.0, "min_snr_gamma": 5.0}}}) == 1.0
     assert recipe_x0_weight_floor({}) == 0.0 and recipe_x0_weight_floor({"recipe": {"unet": None}}) == 0.0
-    with pytest.raises(ConfigError, match="x0_weight_floor"):
-        FinetuneConfig(data="d", out="o", x0_weight_floor=-1.0)
+    # a model trained on top of another (the inpainting model) records the floor it used
+    assert recipe_x0_weight_floor({"x0_weight_floor": 1.0, "recipe": {"condition": "inpaint"}}) == 1.0
+
+    class Base:
+        extra = {"recipe": {"unet": {"x0_weight_floor": 1.0}}}
+
+    assert loss_floor(None, Base) == 1.0 and loss_floor(0.0, Base) == 0.0
+    for cls, required in ((FinetuneConfig, dict(data="d", out="o")), (SpatialTrainConfig, {}),
+                          (InpaintTrainConfig, {})):
+        with pytest.raises(ConfigError, match="x0_weight_floor"):
+            cls(**required, x0_weight_floor=-1.0)

@@ -37,7 +37,7 @@ from latentdiff.lora import LORA_LAYERS, add_lora
 from latentdiff.models.text import max_length, tokenize
 from latentdiff.pixels import save_grid
 from latentdiff.train.config import LoopConfig
-from latentdiff.train.stages import LatentDenoisingStage, UNetWithText
+from latentdiff.train.stages import LatentDenoisingStage, UNetWithText, loss_floor
 
 METHODS = ("lora", "full")
 # Settings that make a run what it is: resuming with any of them changed is refused.
@@ -95,12 +95,6 @@ class FinetuneConfig:
             raise ConfigError(f"resolution: expected at least 8 pixels, got {self.resolution}")
 
 
-def recipe_x0_weight_floor(extra: dict) -> float:
-    """The x₀-weight floor a model's U-Net was trained with, from its latentdiff.json's recipe (0 when none)."""
-    unet = (extra.get("recipe") or {}).get("unet") or {}
-    return float(unet.get("x0_weight_floor", 0.0)) if isinstance(unet, dict) else 0.0
-
-
 class FinetuneStage(LatentDenoisingStage):
     """The U-Net stage's loss on a trained model's weights; LoRA or full (see the module docstring)."""
 
@@ -110,8 +104,7 @@ class FinetuneStage(LatentDenoisingStage):
                  validation_prompts: list[str]):
         self.cfg, self.base = cfg, base
         self.cond_dropout, self.min_snr_gamma = cfg.cond_dropout, cfg.min_snr_gamma
-        floor = cfg.x0_weight_floor
-        self.x0_weight_floor = recipe_x0_weight_floor(base.extra) if floor is None else floor
+        self.x0_weight_floor = loss_floor(cfg.x0_weight_floor, base)
         train_text = self.train_text = cfg.train_text_encoder
         self._setup(latent_mean, latent_std, base.scaling_factor, base.schedule, tokens, null_tokens,
                     base.text_encoder, device, encode_captions=not train_text)

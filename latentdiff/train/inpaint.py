@@ -37,6 +37,7 @@ from latentdiff.diffusion.loss import diffusion_loss
 from latentdiff.errors import ConfigError
 from latentdiff.provenance import portable_path
 from latentdiff.train.config import DataConfig, LoopConfig
+from latentdiff.train.stages import loss_floor
 
 MASK_KINDS = ("box", "stroke", "rect", "whole")
 
@@ -81,6 +82,7 @@ class InpaintTrainConfig:
                                   validate_every=250, log_every=10, ema_decay=0.999)
     cond_dropout: float = 0.1
     min_snr_gamma: float | None = 5.0
+    x0_weight_floor: float | None = None  # None: the base model's (latentdiff.train.stages.loss_floor)
     validation_cases: int = 4
     validation_steps: int = 25
 
@@ -89,6 +91,8 @@ class InpaintTrainConfig:
             raise ConfigError(f"device: expected one of auto, cpu, cuda, got {self.device!r}")
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
+        if self.x0_weight_floor is not None and not self.x0_weight_floor >= 0.0:
+            raise ConfigError(f"x0_weight_floor: expected a weight >= 0, got {self.x0_weight_floor}")
 
 
 @dataclass(frozen=True)
@@ -345,7 +349,8 @@ class InpaintTrainStage:
         t = torch.randint(0, self.base.schedule.num_timesteps, (x0.shape[0],), generator=generator).to(self.device)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         fn = lambda x_t, tt: model(torch.cat([x_t, concat], 1), tt, encoder_hidden_states=ctx).sample  # noqa: E731
-        return diffusion_loss(fn, self.base.schedule, x0, t=t, noise=noise, min_snr_gamma=self.cfg.min_snr_gamma)
+        return diffusion_loss(fn, self.base.schedule, x0, t=t, noise=noise, min_snr_gamma=self.cfg.min_snr_gamma,
+                              x0_weight_floor=loss_floor(self.cfg.x0_weight_floor, self.base))
 
     def validate(self, model, step, out):
         """Inpaint a few held-out images (an object's box, a prompt naming it in another colour): a grid of
@@ -430,7 +435,8 @@ def assemble_inpaint_model(dest: Path, unet, base, cfg: InpaintTrainConfig, out:
     from latentdiff.checkpoint import companion, register_companions
 
     inpaint_pipeline(unet, base).save(dest)
-    info = {"recipe": to_dict(cfg), "base_model": portable_path(base.path) if base.path else "in-memory"}
+    info = {"recipe": to_dict(cfg), "base_model": portable_path(base.path) if base.path else "in-memory",
+            "x0_weight_floor": loss_floor(cfg.x0_weight_floor, base)}  # what a later phase trains with
     if "generate_defaults" in base.extra:
         info["generate_defaults"] = base.extra["generate_defaults"]
     times = out / "times.json"

@@ -38,7 +38,7 @@ from latentdiff.data.latents import layout_of, segmap_of
 from latentdiff.errors import ConfigError
 from latentdiff.pixels import save_grid
 from latentdiff.train.config import DataConfig, LoopConfig
-from latentdiff.train.stages import LatentDenoisingStage
+from latentdiff.train.stages import LatentDenoisingStage, loss_floor
 
 CONDITIONS = ("layout", "segmap")
 LAYOUT_METHODS = ("gligen", "controlnet")
@@ -60,6 +60,7 @@ class SpatialTrainConfig:
     cond_dropout: float = 0.1  # the caption's (the text route's), as in every stage
     spatial_dropout: float = 0.1
     min_snr_gamma: float | None = 5.0
+    x0_weight_floor: float | None = None  # None: the base model's (latentdiff.train.stages.loss_floor)
     validation_cases: int = 8
     validation_steps: int = 20
     gate_init: float = 0.0  # layout: the gates' starting value α (output × tanh α); GLIGEN's is 0, closed
@@ -100,6 +101,8 @@ class SpatialTrainConfig:
             raise ConfigError("binder: only the segmentation map has a region binder (condition: segmap)")
         if self.init and self.condition == "layout" and self.method != "controlnet":
             raise ConfigError("init: only a ControlNet starts from a trained folder (method: controlnet, or segmap)")
+        if self.x0_weight_floor is not None and not self.x0_weight_floor >= 0.0:
+            raise ConfigError(f"x0_weight_floor: expected a weight >= 0, got {self.x0_weight_floor}")
         for name in ("cond_dropout", "spatial_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
@@ -118,6 +121,7 @@ class SpatialStage(LatentDenoisingStage):
 
         self.name, self.cfg, self.base, self.model = cfg.condition, cfg, base, model
         self.cond_dropout, self.min_snr_gamma = cfg.cond_dropout, cfg.min_snr_gamma
+        self.x0_weight_floor = loss_floor(cfg.x0_weight_floor, base)
         self._setup(mean, std, base.scaling_factor, base.schedule, tokens, null_tokens, base.text_encoder, device)
         self.size, self.holdout = size, list(holdout)
         if cfg.condition == "layout":

@@ -172,6 +172,23 @@ class UNetWithText(torch.nn.Module):
         return self.unet(x_t, t, encoder_hidden_states=cond).sample  # (B, C, h, w)
 
 
+def recipe_x0_weight_floor(extra: dict) -> float:
+    """The x₀-weight floor a model's U-Net was trained with, from its latentdiff.json: ``x0_weight_floor`` (what
+    a model trained on top of another, like the inpainting model, records), else its recipe's (0 when none)."""
+    if isinstance(extra.get("x0_weight_floor"), (int, float)):
+        return float(extra["x0_weight_floor"])
+    unet = (extra.get("recipe") or {}).get("unet") or {}
+    return float(unet.get("x0_weight_floor", 0.0)) if isinstance(unet, dict) else 0.0
+
+
+def loss_floor(configured: float | None, base) -> float:
+    """The x₀-weight floor of a stage that trains on top of ``base`` (fine-tuning, a spatial condition, the
+    inpainting model): ``configured``, or when None the one ``base`` was trained with, so the new weights learn
+    at the noise levels the model itself learnt at (with v-prediction and min-SNR weighting alone, the
+    high-noise steps, where an object's place is decided, get almost no weight)."""
+    return recipe_x0_weight_floor(base.extra) if configured is None else float(configured)
+
+
 class LatentDenoisingStage(OnDevice):
     """[DDPM] Algorithm 1 on cached VAE latents, conditioned on captions with conditioning dropout: the
     loss the U-Net stage and fine-tuning (:mod:`latentdiff.train.finetune`) share.
