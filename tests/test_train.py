@@ -331,3 +331,24 @@ def test_unet_stage_can_train_the_text_encoder_too(tmp_path, tiny_data, pretrain
     opt = loop.make_optimizer(net, LoopConfig(lr=1e-3), {"text_encoder.": 0.5})
     by_scale = {g["lr_scale"]: len(g["params"]) for g in opt.param_groups}
     assert by_scale == {1.0: 2, 0.5: 2} and {g["lr"] for g in opt.param_groups} == {1e-3, 5e-4}
+
+
+def test_assembling_a_model_again_keeps_its_installed_companions(tmp_path, tiny_model_dir):
+    """A finished run resumed assembles its model folder again: companions installed since (whose folders are
+    still there) stay registered; the recipe's generate defaults are written."""
+    from latentdiff.checkpoint import companion_map, register_companions
+    from latentdiff.pipeline import Pipeline
+    from latentdiff.train.config import GenerateDefaults, TrainConfig
+    from latentdiff.train.run import assemble_model
+
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    cfg = TrainConfig(generate=GenerateDefaults(guidance=5.0))
+    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, cfg, tmp_path)
+    dest = assemble_model(tmp_path / "model", *parts)
+    (dest / "controlnet").mkdir()
+    (dest / "classifier").mkdir()
+    register_companions(dest, {"segmap": "controlnet", "classifier": "classifier"})
+    (dest / "classifier").rmdir()  # gone: not kept
+    assemble_model(dest, *parts)
+    assert companion_map(dest) == {"segmap": "controlnet"}
+    assert json.loads((dest / "latentdiff.json").read_text())["generate_defaults"] == {"guidance": 5.0}

@@ -305,12 +305,15 @@ def assemble_model(dest: Path, unet, vae, text_encoder, tokenizer, cfg: TrainCon
     """Write the diffusers-format model folder (plus clip/ and latentdiff.json) via the Pipeline."""
     import shutil
 
-    from latentdiff.checkpoint import register_companions
+    from latentdiff.checkpoint import companion_map, register_companions
     from latentdiff.diffusion.schedule import Schedule
     from latentdiff.pipeline import Pipeline
 
     pipe = Pipeline.from_components(unet, vae, text_encoder, tokenizer, Schedule.from_config(cfg.unet.schedule))
+    # assembling again (a finished run resumed) keeps the companions installed since whose folders are there
+    before = companion_map(dest) if dest.is_dir() else {}
     pipe.save(dest)
+    kept = {role: sub for role, sub in before.items() if (dest / sub).is_dir()}
     info = {"recipe": to_dict(cfg)}
     if cfg.generate.as_dict():
         info["generate_defaults"] = cfg.generate.as_dict()
@@ -321,5 +324,7 @@ def assemble_model(dest: Path, unet, vae, text_encoder, tokenizer, cfg: TrainCon
     clip_src = out / "clip" / "final" / "clip"
     if clip_src.is_dir():
         shutil.copytree(clip_src, dest / "clip", dirs_exist_ok=True)
-        register_companions(dest, {"clip": "clip"})
+        kept["clip"] = "clip"
+    if kept:
+        register_companions(dest, kept)
     return dest
