@@ -12,21 +12,21 @@ package; tests/test_assets.py checks that no two plain files there share their b
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent.parent / "latentdiff" / "assets"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from latentdiff.provenance import file_sha256  # noqa: E402
+
+ASSETS = ROOT / "latentdiff" / "assets"
 MIN_BYTES = 64 * 1024
 
 
 def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of the file's bytes (read afresh: no cache, the files are about to be replaced)."""
+    return file_sha256(path, use_cache=False)
 
 
 def plain_files(folder: Path) -> list[Path]:
