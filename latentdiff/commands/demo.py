@@ -61,6 +61,8 @@ def forward_noising_strip(image: np.ndarray, timesteps=TIMESTEPS, seed: int = 0,
 def generate_grid(out: Path, seed: int, model: str | None = None) -> Path | None:
     """Images for DEMO_PROMPTS (4 seeds each) from ``model`` (None: the default model), as one grid; None
     without a default model."""
+    from collections import Counter
+
     import numpy as np
 
     from latentdiff.checkpoint import DEFAULT_MODEL_DIR
@@ -75,8 +77,13 @@ def generate_grid(out: Path, seed: int, model: str | None = None) -> Path | None
     rows = []
     for prompt in DEMO_PROMPTS:
         images = pipe.generate(prompt, num_images=4, seed=seed)
-        ok = sum(score(im, prompt).match for im in images)
-        print(f"{prompt!r}: {ok}/4 images match the prompt (shapes scorer)")
+        scores = [score(im, prompt) for im in images]
+        ok = sum(s.match for s in scores)
+        asked = len(scores[0].objects)
+        counts = Counter(s.num_found for s in scores if s.num_found != asked)  # misses by a wrong object count
+        extra = "".join(f"; {k} object{'s' * (k != 1)} instead of {asked} in {n} image{'s' * (n != 1)}"
+                        for k, n in sorted(counts.items()))
+        print(f"{prompt!r}: {ok}/4 images match the prompt (shapes scorer{extra})")
         rows += [np.asarray(im) for im in images]
     path = out / "generated.png"
     save_grid(np.stack(rows), len(DEMO_PROMPTS), path, scale=3)
