@@ -66,8 +66,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"model": args.model, "lora": args.lora, "prompts": len(prompts), "images_per_prompt": args.images,
-              "seed": args.seed,
-              "rows": rows}
+              "seed": args.seed, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     cols = ("one_colour_shape", "one_position", "one_size", "two_relation", "two_count", "two_match", "any_match")
     print(f"{'w':>5} " + " ".join(f"{c:>16}" for c in cols) + f" {'diversity':>9}")

@@ -49,6 +49,10 @@ class ScheduleConfig:
 # Keys an older recipe may still use, and their names now: an old key is an error that says the new one.
 RENAMED_KEYS = {"caption_dropout": "cond_dropout", "text_dropout": "cond_dropout"}
 
+# The samplers (latentdiff.diffusion.sampling implements them); here so that front ends and recipes can check a
+# name without importing torch.
+SAMPLERS = ("ddpm", "ddim", "dpm++", "euler")
+
 # torch.compile's modes, for the inference speed options and the training loop's ``compile``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

@@ -115,7 +115,7 @@ def check_record(raw: dict, limits: Limits | None = None) -> None:
     """Check the fields of a record (a dict as parsed from its JSON): every field's type and range, the
     batch's consistency, and with ``limits`` the size, steps, batch and prompts against them. A
     :class:`UserError` whose message starts with the field's name."""
-    from latentdiff.diffusion.sampling import SAMPLERS
+    from latentdiff.config import SAMPLERS
 
     chars = limits.max_prompt_chars if limits is not None else MAX_RECORD_CHARS
     for name in ("prompt", "negative_prompt"):

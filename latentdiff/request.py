@@ -20,7 +20,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
-from latentdiff.diffusion.sampling import SAMPLERS
+from latentdiff.config import SAMPLERS
 from latentdiff.errors import UserError
 from latentdiff.limits import DEFAULT_BATCH, MAX_SEED, Limits, check_int
 

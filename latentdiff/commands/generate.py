@@ -15,10 +15,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from latentdiff.config import SAMPLERS
 from latentdiff.errors import UserError
 from latentdiff.limits import MAX_SEED, Limits, check_scale, check_text, parse_float
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "euler")  # mirrors latentdiff.diffusion.sampling.SAMPLERS (lazy import)
 FORMATS = ("diffusers", "single-file")
 DEFAULT_CLASSIFIER_SCALE = 5.0
 

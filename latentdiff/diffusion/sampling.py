@@ -24,13 +24,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from latentdiff.config import SAMPLERS
 from latentdiff.diffusion.schedule import Schedule, posterior_mean_from_eps
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t (B,C,H,W), t (B,) int64) -> ε̂ (B,C,H,W)
 StepHook = Callable[[Tensor, "int | None"], Tensor]  # (x_t (B,C,H,W), t or None for x_0) -> x_t
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "euler")
 
 
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:

@@ -15,7 +15,7 @@ METRICS = (("one_colour_shape", "1 object: colour+shape"), ("one_position", "1 o
            ("one_size", "1 object: size"), ("two_relation", "2 objects + relation"),
            ("two_count", "2 objects: exactly two drawn"), ("two_match", "2 objects: all asked, nothing more"),
            ("any_match", "all requested attributes (scorer match)"))
-METRIC_LABEL = {key: (key, label) for key, label in METRICS}
+LABELS = dict(METRICS)
 
 
 def shown_path(path: str | Path, model: str | Path | None = None) -> str:
@@ -88,12 +88,12 @@ def plot_samplers(results: list[dict], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     steps = sorted({r["steps"] for r in results})
-    for ax, (key, label) in zip(axes, (METRIC_LABEL["any_match"], METRIC_LABEL["one_colour_shape"])):
+    for ax, key in zip(axes, ("any_match", "one_colour_shape")):
         for k, sampler in enumerate(dict.fromkeys(r["sampler"] for r in results)):
             rs = [r for r in results if r["sampler"] == sampler and r[key]["n"]]
             if rs:  # samplers side by side (×1.04 apart) so their intervals do not hide each other
                 _errorbar(ax, [r["steps"] * 1.04 ** k for r in rs], [r[key] for r in rs], label=sampler)
-        ax.set(xscale="log", xlabel="sampling steps", ylabel="accuracy (95% CI)", ylim=(0, 1.02), title=label)
+        ax.set(xscale="log", xlabel="sampling steps", ylabel="accuracy (95% CI)", ylim=(0, 1.02), title=LABELS[key])
         ax.set_xticks(steps, [str(n) for n in steps])
         ax.minorticks_off()
         ax.legend(fontsize=8)

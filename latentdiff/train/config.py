@@ -3,9 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from latentdiff.config import COMPILE_MODES, ScheduleConfig, check_choice
+from latentdiff.config import COMPILE_MODES, SAMPLERS, ScheduleConfig, check_choice
 from latentdiff.errors import ConfigError
 from latentdiff.models.factory import ImageTowerConfig, TextConfig, UNetConfig, VAEConfig
+
+
+def check_x0_weight_floor(value: float | None) -> None:
+    """A recipe's ``x0_weight_floor`` (None where it means "the base model's"): a weight >= 0."""
+    if value is not None and not value >= 0.0:
+        raise ConfigError(f"x0_weight_floor: expected a weight >= 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,7 @@ class UNetStage:
     def __post_init__(self):
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
-        if not self.x0_weight_floor >= 0.0:
-            raise ConfigError(f"x0_weight_floor: expected a weight >= 0, got {self.x0_weight_floor}")
+        check_x0_weight_floor(self.x0_weight_floor)
         if self.x0_weight_floor and self.min_snr_gamma is None:
             raise ConfigError("x0_weight_floor: needs min_snr_gamma (the floor is added to min(SNR, γ))")
         if not self.text_encoder_lr_scale >= 0.0:
@@ -129,9 +134,8 @@ class GenerateDefaults:
     guidance: float | None = None
 
     def __post_init__(self):
-        samplers = ("ddpm", "ddim", "dpm++", "euler")  # latentdiff.diffusion.sampling.SAMPLERS (lazy: no torch here)
-        if self.sampler is not None and self.sampler not in samplers:
-            raise ConfigError(f"generate.sampler: expected one of {', '.join(samplers)}, got {self.sampler!r}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ConfigError(f"generate.sampler: expected one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
             raise ConfigError(f"generate.steps: expected a whole number of steps in [1, 1000], got {self.steps!r}")
         if self.guidance is not None and not self.guidance >= 1.0:

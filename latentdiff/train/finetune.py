@@ -36,7 +36,7 @@ from latentdiff.errors import ConfigError, DataError, UserError
 from latentdiff.lora import LORA_LAYERS, add_lora
 from latentdiff.models.text import max_length, tokenize
 from latentdiff.pixels import save_grid
-from latentdiff.train.config import LoopConfig
+from latentdiff.train.config import LoopConfig, check_x0_weight_floor
 from latentdiff.train.stages import LatentDenoisingStage, UNetWithText, loss_floor
 
 METHODS = ("lora", "full")
@@ -89,8 +89,7 @@ class FinetuneConfig:
             raise ConfigError(f"rank: expected a positive integer, got {self.rank}")
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
-        if self.x0_weight_floor is not None and not self.x0_weight_floor >= 0.0:
-            raise ConfigError(f"x0_weight_floor: expected a weight >= 0, got {self.x0_weight_floor}")
+        check_x0_weight_floor(self.x0_weight_floor)
         if self.resolution is not None and self.resolution < 8:
             raise ConfigError(f"resolution: expected at least 8 pixels, got {self.resolution}")
 

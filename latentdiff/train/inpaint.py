@@ -36,7 +36,7 @@ from latentdiff.data.latents import square_box
 from latentdiff.diffusion.loss import diffusion_loss
 from latentdiff.errors import ConfigError
 from latentdiff.provenance import portable_path
-from latentdiff.train.config import DataConfig, LoopConfig
+from latentdiff.train.config import DataConfig, LoopConfig, check_x0_weight_floor
 from latentdiff.train.stages import loss_floor
 
 MASK_KINDS = ("box", "stroke", "rect", "whole")
@@ -91,8 +91,7 @@ class InpaintTrainConfig:
             raise ConfigError(f"device: expected one of auto, cpu, cuda, got {self.device!r}")
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ConfigError(f"cond_dropout: expected a probability in [0, 1], got {self.cond_dropout}")
-        if self.x0_weight_floor is not None and not self.x0_weight_floor >= 0.0:
-            raise ConfigError(f"x0_weight_floor: expected a weight >= 0, got {self.x0_weight_floor}")
+        check_x0_weight_floor(self.x0_weight_floor)
 
 
 @dataclass(frozen=True)
@@ -309,6 +308,7 @@ class InpaintTrainStage:
     def __init__(self, cfg: InpaintTrainConfig, unet, base, images: torch.Tensor, latent_mean: torch.Tensor,
                  latent_std: torch.Tensor, examples: list[Example], device, holdout: list | None = None):
         self.cfg, self.device, self.base = cfg, device, base  # base: the text-to-image Pipeline (frozen parts)
+        self.x0_weight_floor = loss_floor(cfg.x0_weight_floor, base)
         self.model = unet
         self.images = images  # (N, 3, S, S) uint8
         self.mean, self.std = latent_mean, latent_std  # (N, C, h, w) each
@@ -350,7 +350,7 @@ class InpaintTrainStage:
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         fn = lambda x_t, tt: model(torch.cat([x_t, concat], 1), tt, encoder_hidden_states=ctx).sample  # noqa: E731
         return diffusion_loss(fn, self.base.schedule, x0, t=t, noise=noise, min_snr_gamma=self.cfg.min_snr_gamma,
-                              x0_weight_floor=loss_floor(self.cfg.x0_weight_floor, self.base))
+                              x0_weight_floor=self.x0_weight_floor)
 
     def validate(self, model, step, out):
         """Inpaint a few held-out images (an object's box, a prompt naming it in another colour): a grid of

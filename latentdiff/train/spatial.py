@@ -37,7 +37,7 @@ from latentdiff.config import to_dict
 from latentdiff.data.latents import layout_of, segmap_of
 from latentdiff.errors import ConfigError
 from latentdiff.pixels import save_grid
-from latentdiff.train.config import DataConfig, LoopConfig
+from latentdiff.train.config import DataConfig, LoopConfig, check_x0_weight_floor
 from latentdiff.train.stages import LatentDenoisingStage, loss_floor
 
 CONDITIONS = ("layout", "segmap")
@@ -101,8 +101,7 @@ class SpatialTrainConfig:
             raise ConfigError("binder: only the segmentation map has a region binder (condition: segmap)")
         if self.init and self.condition == "layout" and self.method != "controlnet":
             raise ConfigError("init: only a ControlNet starts from a trained folder (method: controlnet, or segmap)")
-        if self.x0_weight_floor is not None and not self.x0_weight_floor >= 0.0:
-            raise ConfigError(f"x0_weight_floor: expected a weight >= 0, got {self.x0_weight_floor}")
+        check_x0_weight_floor(self.x0_weight_floor)
         for name in ("cond_dropout", "spatial_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")

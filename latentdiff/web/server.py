@@ -55,7 +55,7 @@ class App:
         self.queue = JobQueue(pipe, max_waiting=max_waiting)
 
     def info(self) -> dict:
-        from latentdiff.diffusion.sampling import SAMPLERS
+        from latentdiff.config import SAMPLERS
 
         size = self.pipe.native_size  # the defaults as they are, even beyond the limits (the page shows both)
         features = layout_support(self.pipe)
