@@ -65,7 +65,8 @@ def main() -> None:
         sys.exit(f"the copy differs from the original by {diff}")
     shutil.copytree(src, out, symlinks=True, ignore=shutil.ignore_patterns("unet"))
     new.save_pretrained(out / "unet")
-    added = sum(p.numel() for name, p in new.named_parameters() if name in set(missing))
+    new_names = set(missing)
+    added = sum(p.numel() for name, p in new.named_parameters() if name in new_names)
     print(json.dumps({"model": str(src), "out": str(out), "level": k, "down_block_types": down,
                       "up_block_types": up, "new_parameters": added, "max_abs_difference": diff}))
 

@@ -10,6 +10,7 @@ run itself is not touched and can still be resumed.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     ckpt = Path(args.run) / "checkpoints" / f"ckpt-{args.step:07d}" / "ema.safetensors"
@@ -31,12 +33,20 @@ def main() -> None:
     out = Path(args.out)
     if out.exists():
         sys.exit(f"{out}: exists already")
-    weights = {k.removeprefix("unet."): v for k, v in load_file(ckpt).items() if k.startswith("unet.")}
+    ema = load_file(ckpt)
+    if any(not k.startswith("unet.") for k in ema):  # e.g. --train-text-encoder: its weights would be dropped
+        sys.exit(f"{ckpt}: holds more than the U-Net (a trained text encoder?); only U-Net-only runs are handled")
+    weights = {k.removeprefix("unet."): v for k, v in ema.items()}
     target = Path(args.base) / "unet" / "diffusion_pytorch_model.safetensors"
-    if set(weights) != set(load_file(target)):
-        sys.exit(f"{ckpt}: its U-Net keys do not match {target}'s; is --base the model the run started from?")
+    with safe_open(target, "pt") as f:
+        if set(weights) != set(f.keys()):
+            sys.exit(f"{ckpt}: its U-Net keys do not match {target}'s; is --base the model the run started from?")
     shutil.copytree(args.base, out, symlinks=True)
     save_file(weights, out / "unet" / "diffusion_pytorch_model.safetensors")
+    info_path = out / "latentdiff.json"  # say where the U-Net came from, as scripts/model_from_checkpoint.py does
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info["finetune_checkpoint"] = {"run": str(args.run), "step": args.step, "weights": "ema"}
+    info_path.write_text(json.dumps(info, indent=1))
     print(f"wrote {out} (EMA U-Net of {ckpt.parent.name})")
 
 

@@ -32,7 +32,6 @@ StepHook = Callable[[Tensor, "int | None"], Tensor]  # (x_t (B,C,H,W), t or None
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per image, seeded with that image's seed: a seed means the same noise on any device,
     and an image's noise does not depend on the others drawn with it."""
