@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8, help="images per prompt")
     ap.add_argument("--seed", type=int, default=5000)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--keep-failed", action="store_true",
+                    help="also write the images the scorer fails, to OUT/failed/ with OUT/failed.jsonl (text, "
+                         "objects found): the losers of preference pairs (bench/diffusion_dpo.py)")
     args = ap.parse_args()
 
     from guidance_select import validation_prompts
@@ -53,7 +56,10 @@ def main() -> None:
                if p not in avoid][: args.prompts * len(args.objects)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    kept, seen, t0 = [], 0, time.perf_counter()
+    kept, failed, seen, t0 = [], 0, 0, time.perf_counter()
+    if args.keep_failed:
+        (out / "failed").mkdir(exist_ok=True)
+    lost = (out / "failed.jsonl").open("w") if args.keep_failed else None
     with (out / "metadata.jsonl").open("w") as meta:
         for start in tqdm(range(0, len(prompts), 4), desc="generate + score"):
             group = prompts[start:start + 4]
@@ -62,11 +68,20 @@ def main() -> None:
                 spec = parse_caption(prompt)
                 for j in range(args.images):
                     image, seen = images[i * args.images + j], seen + 1
-                    if score(image, spec).match:
+                    result = score(image, spec)
+                    if result.match:
                         name = f"{len(kept):06d}.png"
                         image.save(out / name)
-                        meta.write(json.dumps({"file_name": name, "text": prompt}) + "\n")
+                        meta.write(json.dumps({"file_name": name, "text": prompt, "seed": args.seed + j}) + "\n")
                         kept.append(prompt)
+                    elif lost is not None:
+                        name = f"failed/{failed:06d}.png"
+                        image.save(out / name)
+                        lost.write(json.dumps({"file_name": name, "text": prompt, "seed": args.seed + j,
+                                               "num_found": result.num_found}) + "\n")
+                        failed += 1
+    if lost is not None:
+        lost.close()
     summary = {"model": args.model, "lora": args.lora, "prompts": len(prompts), "images_per_prompt": args.images,
                "seed": args.seed, "prompt_seed": args.prompt_seed, "generated": seen, "kept": len(kept),
                "pass_rate": len(kept) / seen, "prompts_with_none": len(set(prompts) - set(kept)),
