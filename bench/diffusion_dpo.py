@@ -56,6 +56,21 @@ def pairs_by_prompt(folder: Path) -> tuple[list[str], dict[str, list[int]], dict
     return files, win, lose, prompts
 
 
+def folder_latents(pipe, folder: Path, names: list[str]) -> torch.Tensor:
+    """The VAE posterior means of the images, × the scaling factor: (N, C, h, w)."""
+    from latentdiff.train.stages import vae_latent_stats
+
+    pixels = torch.as_tensor(np.stack([np.asarray(Image.open(folder / n).convert("RGB")) for n in names]))
+    mean, _ = vae_latent_stats(pipe.vae, pixels.permute(0, 3, 1, 2), "cpu", batch=64)
+    return mean * pipe.scaling_factor
+
+
+@torch.no_grad()
+def prompt_contexts(pipe, prompts: list[str], batch: int = 256) -> torch.Tensor:
+    """The text encoder's last hidden state per prompt, (N, L, D) float32."""
+    return torch.cat([pipe.encode_prompt(prompts[i:i + batch]).float() for i in range(0, len(prompts), batch)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
@@ -77,10 +92,9 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from latentdiff.diffusion.loss import min_snr_weight
-    from latentdiff.diffusion.schedule import q_sample, v_target
+    from latentdiff.diffusion.loss import diffusion_loss
     from latentdiff.pipeline import Pipeline
-    from latentdiff.train.stages import recipe_x0_weight_floor, vae_latent_stats
+    from latentdiff.train.stages import recipe_x0_weight_floor
 
     data, out = Path(args.data), Path(args.out)
     files, win, lose, prompts = pairs_by_prompt(data)
@@ -93,11 +107,8 @@ def main() -> None:
         sys.exit(f"{args.model}: expected a v-prediction model, got {schedule.prediction}")
 
     t0 = time.perf_counter()
-    pixels = torch.as_tensor(np.stack([np.asarray(Image.open(data / f).convert("RGB")) for f in files]))
-    mean, _ = vae_latent_stats(pipe.vae, pixels.permute(0, 3, 1, 2), "cpu", batch=64)
-    latents = mean * pipe.scaling_factor  # (N, C, h, w)
-    with torch.no_grad():
-        contexts = {p: c for p, c in zip(prompts, pipe.encode_prompt(prompts).float())}  # (L, D) each
+    latents = folder_latents(pipe, data, files)  # (N, C, h, w)
+    contexts = dict(zip(prompts, prompt_contexts(pipe, prompts)))  # (L, D) each
     anchor_latents = anchor_contexts = None
     if args.anchor:
         if not args.sft:
@@ -106,13 +117,8 @@ def main() -> None:
 
         recs = [r for r in read_records(Path(args.anchor), "metadata.jsonl")
                 if len(parse_caption(r["text"]).objects) == 1][: args.anchor_images]
-        apix = torch.as_tensor(np.stack([np.asarray(Image.open(Path(args.anchor) / r["file_name"]).convert("RGB"))
-                                         for r in recs]))
-        amean, _ = vae_latent_stats(pipe.vae, apix.permute(0, 3, 1, 2), "cpu", batch=64)
-        anchor_latents = amean * pipe.scaling_factor
-        with torch.no_grad():
-            anchor_contexts = torch.cat([pipe.encode_prompt([r["text"] for r in recs[i:i + 256]]).float()
-                                         for i in range(0, len(recs), 256)])
+        anchor_latents = folder_latents(pipe, Path(args.anchor), [r["file_name"] for r in recs])
+        anchor_contexts = prompt_contexts(pipe, [r["text"] for r in recs])
         print(f"anchor: {len(recs)} one-object images of {args.anchor}")
     n_pairs = sum(len(win[p]) * len(lose[p]) for p in prompts)
     print(f"{len(files)} images, {len(prompts)} prompts with a winner and a loser ({n_pairs} pairs); "
@@ -124,9 +130,11 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     rng, gen = random.Random(args.seed), torch.Generator().manual_seed(args.seed)
 
-    def errors(net, x_t, t, ctx, target, weight):
-        pred = net(x_t, t, encoder_hidden_states=ctx).sample
-        return (pred.float() - target).pow(2).flatten(1).mean(1) * weight  # (2B,)
+    def errors(net, x0, t, noise, ctx):
+        """Each image's weighted denoising error, (B,): the training loss per sample."""
+        fn = lambda x_t, tt: net(x_t, tt, encoder_hidden_states=ctx).sample  # noqa: E731
+        return diffusion_loss(fn, schedule, x0, t=t, noise=noise, min_snr_gamma=5.0, x0_weight_floor=floor,
+                              reduce=False)
 
     log, t0 = (out / "log.jsonl").open("w"), time.perf_counter()
     window = defaultdict(list)
@@ -140,12 +148,9 @@ def main() -> None:
         ctx = torch.stack([contexts[p] for p in chosen]).repeat(2, 1, 1)
         t = torch.randint(0, schedule.num_timesteps, (b,), generator=gen).repeat(2)
         noise = torch.randn(x0[:b].shape, generator=gen).repeat(2, 1, 1, 1)  # one ε per pair
-        x_t = q_sample(schedule, x0, t, noise)
-        target = v_target(schedule, x0, t, noise).float()
-        weight = min_snr_weight(schedule, t, 5.0, schedule.prediction, floor).float()
         with torch.no_grad():
-            e_ref = errors(reference, x_t, t, ctx, target, weight)
-        e_pol = errors(policy, x_t, t, ctx, target, weight)
+            e_ref = errors(reference, x0, t, noise, ctx)
+        e_pol = errors(policy, x0, t, noise, ctx)
         diff = e_pol - e_ref
         inside = -0.5 * args.beta * (diff[:b] - diff[b:])
         loss = -F.logsigmoid(inside).mean()
@@ -155,10 +160,7 @@ def main() -> None:
                 k = torch.randint(0, anchor_latents.shape[0], (b,), generator=gen)
                 ta = torch.randint(0, schedule.num_timesteps, (b,), generator=gen)
                 na = torch.randn(anchor_latents[k].shape, generator=gen)
-                xa = q_sample(schedule, anchor_latents[k], ta, na)
-                wa = min_snr_weight(schedule, ta, 5.0, schedule.prediction, floor).float()
-                sft = torch.cat([sft, errors(policy, xa, ta, anchor_contexts[k], v_target(schedule, anchor_latents[k],
-                                                                                         ta, na).float(), wa)])
+                sft = torch.cat([sft, errors(policy, anchor_latents[k], ta, na, anchor_contexts[k])])
             loss = loss + args.sft * sft.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

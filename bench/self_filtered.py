@@ -13,6 +13,7 @@ it with the settings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -59,8 +60,8 @@ def main() -> None:
     kept, failed, seen, t0 = [], 0, 0, time.perf_counter()
     if args.keep_failed:
         (out / "failed").mkdir(exist_ok=True)
-    lost = (out / "failed.jsonl").open("w") if args.keep_failed else None
-    with (out / "metadata.jsonl").open("w") as meta:
+    failures = (out / "failed.jsonl").open("w") if args.keep_failed else contextlib.nullcontext()
+    with (out / "metadata.jsonl").open("w") as meta, failures as lost:
         for start in tqdm(range(0, len(prompts), 4), desc="generate + score"):
             group = prompts[start:start + 4]
             images = pipe.generate(group, num_images=args.images, seed=args.seed, batch_size=16)
@@ -80,8 +81,6 @@ def main() -> None:
                         lost.write(json.dumps({"file_name": name, "text": prompt, "seed": args.seed + j,
                                                "num_found": result.num_found}) + "\n")
                         failed += 1
-    if lost is not None:
-        lost.close()
     summary = {"model": args.model, "lora": args.lora, "prompts": len(prompts), "images_per_prompt": args.images,
                "seed": args.seed, "prompt_seed": args.prompt_seed, "generated": seen, "kept": len(kept),
                "pass_rate": len(kept) / seen, "prompts_with_none": len(set(prompts) - set(kept)),

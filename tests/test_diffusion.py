@@ -260,6 +260,10 @@ def test_x0_weight_floor_puts_min_snr_plus_floor_on_the_x0_error(prediction):
         got = diffusion_loss(wrong, sched, x0, t=t, noise=noise, min_snr_gamma=5.0, x0_weight_floor=floor)
         want = ((snr.clamp(max=5.0) + floor) * x0_err).mean()
         assert got.item() == pytest.approx(want.item(), rel=1e-4)
+        each = diffusion_loss(wrong, sched, x0, t=t, noise=noise, min_snr_gamma=5.0, x0_weight_floor=floor,
+                              reduce=False)  # per sample, (B,): what bench/diffusion_dpo.py compares
+        assert each.shape == (5,)
+        assert torch.allclose(each, (snr.clamp(max=5.0) + floor) * x0_err, rtol=1e-4)
     high = min_snr_weight(sched, t[-1:], 5.0, prediction, floor=1.0) * (
         {"epsilon": snr[-1:], "v_prediction": snr[-1:] + 1, "sample": torch.ones(1)}[prediction])
     assert high.item() == pytest.approx(1.0, abs=1e-3)  # at t = T the x_0 error keeps weight ≈ 1

@@ -37,14 +37,15 @@ def min_snr_weight(schedule: Schedule, t: Tensor, gamma: float, prediction: str,
 
 def diffusion_loss(model: ModelFn, schedule: Schedule, x0: Tensor, *, t: Tensor | None = None,
                    noise: Tensor | None = None, min_snr_gamma: float | None = None, x0_weight_floor: float = 0.0,
-                   generator: torch.Generator | None = None) -> Tensor:
+                   generator: torch.Generator | None = None, reduce: bool = True) -> Tensor:
     """The simplified objective L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²
     ([DDPM] eq. 14, Algorithm 1), a mean over all elements.
 
     With ``schedule.prediction == "v_prediction"`` the target is v = √ᾱ_t ε − √(1 − ᾱ_t) x_0; with
     ``"sample"`` it is x_0. ``min_snr_gamma`` re-weights each sample's loss by :func:`min_snr_weight`
     (with ``x0_weight_floor`` as its floor).
-    x0: (B, C, H, W) in the model's data space (latents); returns a scalar float32 tensor.
+    x0: (B, C, H, W) in the model's data space (latents); returns a scalar float32 tensor, or with
+    ``reduce=False`` each sample's weighted loss, (B,) (what a preference loss compares between images).
     """
     b = x0.shape[0]
     if t is None:
@@ -63,4 +64,4 @@ def diffusion_loss(model: ModelFn, schedule: Schedule, x0: Tensor, *, t: Tensor 
     if min_snr_gamma is not None:
         per_sample = per_sample * min_snr_weight(schedule, t, min_snr_gamma, schedule.prediction,
                                                    x0_weight_floor).to(per_sample)
-    return per_sample.mean()
+    return per_sample.mean() if reduce else per_sample
