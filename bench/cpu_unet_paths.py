@@ -52,7 +52,6 @@ def prepare(unet, name: str):
     if "cl" in rest:
         net = net.to(memory_format=torch.channels_last)
     if "compile" in rest:
-
         net = torch.compile(net, dynamic=False, mode="max-autotune" if "autotune" in rest else None)
 
     def call(x, t, ctx):
