@@ -31,10 +31,11 @@ STARTUP_SNIPPET = """
 import time, sys
 t0 = time.perf_counter()
 from latentdiff.cli import build_parser
-build_parser()
-from latentdiff.pipeline import Pipeline
+args = build_parser().parse_args(["generate", "a red circle", "--device", "cpu"])
+args.own_process = True  # as `latentdiff generate` sets it
+from latentdiff.commands.generate import load_pipeline
 t1 = time.perf_counter()
-Pipeline.load(None if sys.argv[1] == "-" else sys.argv[1], device="cpu")
+load_pipeline(args, None if sys.argv[1] == "-" else sys.argv[1], "cpu")
 t2 = time.perf_counter()
 print(t1 - t0, t2 - t1)
 """
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder or .safetensors (default: the default model)")
     p.add_argument("--prompt", default="a red circle above a blue square")
-    p.add_argument("--num-images", default="1,4", help="batch sizes to time, a comma list (default: 1,4)")
+    p.add_argument("--num-images", default="1,4", help="batch sizes to time, a comma list (default: 1,4; '' times the start-up only)")
     p.add_argument("--speed", default="auto", help="latentdiff's fast path, as --speed of generate (default: auto; "
                                                   "'' to time the plain path only)")
     p.add_argument("--sampler", default="dpm++")
@@ -206,13 +207,13 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from latentdiff.speed import cpu_bf16_kind, cpu_model_name
 
-    sizes = [int(n) for n in args.num_images.split(",")]
+    sizes = [int(n) for n in args.num_images.split(",") if n.strip()]  # '' : start-up only
     result = {"cpu": cpu_model_name(), "cores": os.cpu_count(), "cpu_bf16": cpu_bf16_kind(),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "speed": args.speed, "runs": []}
     print(f"CPU: {result['cpu']} ({result['cores']} logical CPUs, native bf16: {result['cpu_bf16']}), "
           f"OMP_WAIT_POLICY={result['omp_wait_policy']}, {result['date']}")
-    pipes = load(args)
+    pipes = load(args) if sizes else None
     for n in sizes:
         args.num_images = n
         result["runs"].append(bench(args, pipes))

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # the exact command, for reports
+    args.own_process = argv is None  # run as the `latentdiff` program, not called from a caller's Python
     try:
         result = args.handler(args)
     except UserError as exc:

@@ -154,7 +154,9 @@ def load_diffusers_folder(folder: str | Path, *, allow_unsafe_pickle: bool = Fal
         file, variant = files[comp]
         kwargs = dict(variant=variant, use_safetensors=file.suffix == ".safetensors")
         try:
-            models[comp] = cls.from_pretrained(str(folder / comp), local_files_only=True, **kwargs)
+            models[comp] = _direct_load(cls, folder / comp, file)
+            if models[comp] is None:
+                models[comp] = cls.from_pretrained(str(folder / comp), local_files_only=True, **kwargs)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise UserError(f"{file}: cannot load the {comp} ({_first_line(exc)})") from None
         _check_loaded(models[comp], str(file))
@@ -166,6 +168,59 @@ def load_diffusers_folder(folder: str | Path, *, allow_unsafe_pickle: bool = Fal
         tokenizer=_folder_tokenizer(folder), scheduler_config=scheduler_config, name=folder.resolve().name,
         path=folder.resolve(), weight_files=[f for f, _ in files.values()], extra=extra,
     )
+
+
+def _direct_load(cls, sub: Path, file: Path):
+    """``cls.from_pretrained(sub)`` the short way, or None where only ``from_pretrained`` will do.
+
+    For one safetensors file whose keys are exactly the model's: build the model on the meta device from its
+    config, read the file and assign its tensors. The same weights and dtypes as ``from_pretrained`` (diffusers'
+    models in float32; transformers' in the config's dtype, else the file's), in eval mode, without the
+    libraries' general machinery that dominates a small model's load time (transformers builds key-conversion
+    tables for every model type it knows, ~0.2-0.3 s per process; diffusers moves each tensor several times;
+    BENCHMARKS.md, "Start-up"). Anything else (sharded or pickle files, old key names that the libraries
+    rename, buffers that are not in the file) returns None, and the caller takes ``from_pretrained``."""
+    if file.suffix != ".safetensors":
+        return None
+    from safetensors.torch import load_file
+
+    if hasattr(cls, "load_config"):  # diffusers
+        config = cls.load_config(sub)
+        with torch.device("meta"):
+            model = cls.from_config(config)
+        model.register_to_config(_name_or_path=str(sub))  # as from_pretrained records it
+        dtype = torch.float32
+    else:  # transformers
+        config = cls.config_class.from_pretrained(sub, local_files_only=True)
+        with torch.device("meta"):
+            model = cls(config)
+        dtype = getattr(config, "dtype", None)
+    state = load_file(file)
+    if set(state) != _state_dict_keys(model):
+        return None
+    if not isinstance(dtype, torch.dtype):
+        dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    state = {k: t.to(dtype) if t.is_floating_point() else t for k, t in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    for name, buf in list(model.named_buffers()):  # non-persistent buffers were never in the file
+        if buf.device.type != "meta":
+            continue
+        if not name.endswith("position_ids"):  # CLIP's arange(positions); any other: the library's way
+            return None
+        owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        owner.register_buffer(name.rsplit(".", 1)[-1], torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+    return model.eval()
+
+
+def _state_dict_keys(model: torch.nn.Module) -> set[str]:
+    """The keys ``model.state_dict()`` would have, without building it (on the meta device that takes 0.2 s
+    for the default U-Net)."""
+    keys = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name, buf in module._buffers.items():
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                keys.add(f"{prefix}.{name}" if prefix else name)
+    return keys
 
 
 def _first_line(exc: BaseException) -> str:

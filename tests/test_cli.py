@@ -38,3 +38,21 @@ def test_bad_flag_exit_2():
     proc = subprocess.run([sys.executable, "-m", "latentdiff.cli", "demo", "--seed", "x"], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_only_the_program_itself_freezes_the_collector(monkeypatch, tiny_model_dir):
+    """`latentdiff generate` as a program moves the imports' objects out of the collector's reach before it
+    loads the model (start-up); main(argv) called from someone's Python leaves their collector alone."""
+    import gc
+
+    from latentdiff.cli import build_parser
+    from latentdiff.commands.generate import load_pipeline
+
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append(1))
+    args = build_parser().parse_args(["generate", "a red circle"])
+    args.allow_unsafe_pickle = False
+    for own, expected in ((False, 0), (True, 1)):
+        args.own_process = own
+        load_pipeline(args, str(tiny_model_dir), "cpu")
+        assert len(calls) == expected

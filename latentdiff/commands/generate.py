@@ -347,6 +347,14 @@ def spatial_conditions(pipe, args: argparse.Namespace, scales: dict, height: int
 def load_pipeline(args: argparse.Namespace, model: str | None, device: str | None):
     from latentdiff.pipeline import Pipeline
 
+    if getattr(args, "own_process", False):
+        # The command is the whole process: the ~10^6 objects that importing torch, diffusers and transformers
+        # made live as long as it does. Moving them out of the cyclic collector's reach spares the full
+        # collections that loading a model would otherwise run over all of them (~0.2 s of start-up;
+        # BENCHMARKS.md, "Start-up"). Not done for a caller's process (main(argv) from Python).
+        import gc
+
+        gc.freeze()
     return Pipeline.load(model, device=device or "auto", config=getattr(args, "config", None),
                          allow_unsafe_pickle=args.allow_unsafe_pickle)
 
