@@ -193,7 +193,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder or .safetensors (default: the default model)")
     p.add_argument("--prompt", default="a red circle above a blue square")
-    p.add_argument("--num-images", default="1,4", help="batch sizes to time, a comma list (default: 1,4; '' times the start-up only)")
+    p.add_argument("--num-images", default="1,4",
+                   help="batch sizes to time, a comma list (default: 1,4; '' times the start-up only)")
     p.add_argument("--speed", default="auto", help="latentdiff's fast path, as --speed of generate (default: auto; "
                                                   "'' to time the plain path only)")
     p.add_argument("--sampler", default="dpm++")
