@@ -98,6 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", default="unet,vae,clip")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per run")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per path")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time each path with the model under torch.compile (inductor; its compilation, "
+                         "the first step, is reported apart)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     cfg = load_config(args.config, TrainConfig)
@@ -111,17 +114,29 @@ def main(argv=None) -> int:
         ours = copy.deepcopy(model).train()
         if kind is not None:
             classic_attention(ours)
-        runs = {"fp32": [], "recipe": []}
+        paths = {"fp32": (stock, False), "recipe": (ours, kind is not None)}
+        if args.compile:  # compiled copies of both; the first step of each is its compilation
+            for key, (m, bf16) in list(paths.items()):
+                compiled = copy.deepcopy(m).train()
+                compiled.compile()
+                t0 = time.perf_counter()
+                timed_steps(compiled, batch, loss_fn, bf16, 1)  # compiles at the first
+                took = time.perf_counter() - t0
+                print(f"{name}: {key}+compile first two steps (compilation + one) {took:.1f} s", flush=True)
+                paths[f"{key}+compile"] = (compiled, bf16)
+        runs = {k: [] for k in paths}
         for _ in range(args.repeats):
-            runs["fp32"].append(timed_steps(stock, batch, loss_fn, False, args.steps))
-            runs["recipe"].append(timed_steps(ours, batch, loss_fn, kind is not None, args.steps))
+            for key, (m, bf16) in paths.items():
+                runs[key].append(timed_steps(m, batch, loss_fn, bf16, args.steps))
         sps = {k: batch / statistics.median(v) for k, v in runs.items()}
         results[name] = {"batch": batch, "fp32_samples_per_s": sps["fp32"], "recipe_samples_per_s": sps["recipe"],
                          "recipe_path": (f"bf16 autocast + classic attention ({kind})" if kind
                                          else "fp32 (no native bf16)"),
                          "ratio": sps["recipe"] / sps["fp32"]}
+        results[name].update({f"{k}_samples_per_s": v for k, v in sps.items() if "+" in k})
+        extra = "".join(f"   {k} {v:7.1f} samples/s ({v / sps['fp32']:.2f}x)" for k, v in sps.items() if "+" in k)
         print(f"{name:5s} batch {batch:3d}: fp32 {sps['fp32']:7.1f} samples/s   recipe {sps['recipe']:7.1f} samples/s"
-              f"   ({results[name]['recipe_path']})   ratio {results[name]['ratio']:.2f}x", flush=True)
+              f"   ({results[name]['recipe_path']})   ratio {results[name]['ratio']:.2f}x{extra}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_model(), "bf16": kind, "nets": results}, indent=1))
     return 0
