@@ -1,7 +1,9 @@
 """Choose a model's default guidance scale (and check its sampler and steps) on validation prompts, never on
 the held-out ones: prompts of training combinations (``training_prompts``: no held-out triple or pair),
 seeds far from the evaluation's (the suite draws image j from seed j), scored by the shapes scorer with the
-same tallies as ``latentdiff eval --sections accuracy``.
+same tallies as ``latentdiff eval --sections accuracy``, plus two continuous measures of the one-object
+images that move before a verdict flips: ``one_colour_error`` (mean distance, in 0-255 RGB units, of the
+object's core colour from the asked palette colour) and ``one_shape_iou`` (its fit to the shape template).
 
     python bench/guidance_select.py --model runs/default_v2/model --guidance 2 3 4 6 8 --out runs/guidance_v2
 
@@ -69,10 +71,11 @@ def main() -> None:
               "seed": args.seed, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     cols = ("one_colour_shape", "one_position", "one_size", "two_relation", "two_count", "two_match", "any_match")
-    print(f"{'w':>5} " + " ".join(f"{c:>16}" for c in cols) + f" {'diversity':>9}")
+    more = ("diversity", "one_colour_error", "one_shape_iou")  # the last two: continuous, one-object prompts
+    print(f"{'w':>5} " + " ".join(f"{c:>16}" for c in cols + more))
     for r in rows:
-        cells = (f"{r[c]:>16.3f}" if r[c] is not None else f"{'-':>16}" for c in cols)
-        print(f"{r['guidance']:>5} " + " ".join(cells) + f" {r['diversity']:>9.3f}")
+        cells = (f"{r[c]:>16.3f}" if r.get(c) is not None else f"{'-':>16}" for c in cols + more)
+        print(f"{r['guidance']:>5} " + " ".join(cells))
     if args.write is not None:
         index = Path(args.model) / "latentdiff.json"
         meta = json.loads(index.read_text())

@@ -88,3 +88,35 @@ def test_eval_command_on_tiny_model(tiny_model_dir, tmp_path):
     assert res["accuracy"]["one_colour_shape"]["n"] == 6
     assert (out / "guidance_sweep.png").is_file() and (out / "accuracy_samples.png").is_file()
     assert "| 3 |" in (out / "report.md").read_text()
+
+
+class TintedPipe(OraclePipe):
+    """The oracle's images with every object's colour pushed off its palette colour by ``shift`` levels in
+    the red channel (not enough to change the nearest palette colour)."""
+
+    def __init__(self, shift):
+        super().__init__()
+        self.shift = shift
+
+    def generate(self, prompts, num_images=1, seed=0, **kw):
+        out = []
+        for im in super().generate(prompts, num_images, seed):
+            rgb = np.asarray(im).astype(np.int16)
+            background = rgb[0, 0]
+            objects = np.abs(rgb - background).sum(-1) > 30
+            rgb[..., 0] = np.where(objects, np.clip(rgb[..., 0] + self.shift, 0, 255), rgb[..., 0])
+            out.append(Image.fromarray(rgb.astype(np.uint8)))
+        return out
+
+
+def test_colour_error_sees_a_drift_the_verdict_does_not():
+    """The one-object colour error is ~0 for exact palette colours and grows with a tint that leaves every
+    colour verdict right; the shape IoU is the template fit of a right shape."""
+    prompts = [p for p in held_out_prompts() if " of " not in p and " and " not in p
+               and "above" not in p and "below" not in p]
+    exact = evaluate_prompts(OraclePipe(), prompts, num_images=1, progress=False)
+    tinted = evaluate_prompts(TintedPipe(-20), prompts, num_images=1, progress=False)
+    assert exact["one_colour_shape"]["accuracy"] == tinted["one_colour_shape"]["accuracy"] == 1.0
+    assert exact["one_colour_error"] < 2.0
+    assert 15.0 < tinted["one_colour_error"] < 25.0
+    assert 0.8 < exact["one_shape_iou"] <= 1.0

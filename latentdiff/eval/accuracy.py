@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from latentdiff.data.shapes import PALETTE
 from latentdiff.eval.scorer import parse_caption, score
 
 
@@ -54,6 +55,11 @@ class PromptAccuracy:
     two_match: Tally = field(default_factory=Tally)  # everything asked and nothing more (what `demo` counts)
     any_match: Tally = field(default_factory=Tally)
     diversity: list = field(default_factory=list)
+    # continuous evidence behind the one-object verdicts, which moves before a verdict flips: the distance
+    # (0-255 RGB units) from the found object's core colour to the asked palette colour, and the found
+    # object's IoU with its best shape template (0 where the shape is wrong or nothing was found)
+    one_colour_error: list = field(default_factory=list)
+    one_shape_iou: list = field(default_factory=list)
 
     def add(self, prompt: str, images: list) -> None:
         spec = parse_caption(prompt)
@@ -63,6 +69,10 @@ class PromptAccuracy:
             if len(spec.objects) == 1:
                 o = s.objects[0]
                 self.one_colour_shape.add(o.colour and o.shape)
+                if o.found is not None:
+                    asked = np.array(PALETTE[o.requested.colour], np.float32)
+                    self.one_colour_error.append(float(np.linalg.norm(np.array(o.found.rgb) - asked)))
+                self.one_shape_iou.append(o.found.shape_iou if o.found is not None and o.shape else 0.0)
                 self.one_position.add(o.position)
                 self.one_size.add(o.size)
             elif len(spec.objects) == 2 and spec.relation is not None:
@@ -74,6 +84,9 @@ class PromptAccuracy:
     def summary(self) -> dict:
         out = {k: v.summary() for k, v in vars(self).items() if isinstance(v, Tally)}
         out["diversity"] = float(np.mean(self.diversity)) if self.diversity else None
+        for name in ("one_colour_error", "one_shape_iou"):
+            values = getattr(self, name)
+            out[name] = float(np.mean(values)) if values else None
         return out
 
 

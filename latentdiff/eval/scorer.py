@@ -65,6 +65,7 @@ class FoundObject:
     area: int
     fill: float  # area / bbox area
     shape_iou: float  # IoU with the best shape template (confidence)
+    rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)  # median colour of its core, the colour's evidence
 
 
 def as_rgb_array(image: Any) -> np.ndarray:
@@ -136,7 +137,8 @@ def _describe(rgb: np.ndarray, component: np.ndarray, free: np.ndarray, backgrou
     area = int(component.sum())
     fill = area / ((x1 - x0) * (y1 - y0))
     box = (x0, y0, x1, y1)
-    return FoundObject(colour, shape, size, position_of(*centre), centre, box, area, fill, shape_iou), component
+    rgb = (float(median[0]), float(median[1]), float(median[2]))
+    return FoundObject(colour, shape, size, position_of(*centre), centre, box, area, fill, shape_iou, rgb), component
 
 
 def _find(image: Any, min_pixels: int = MIN_PIXELS) -> tuple[list[FoundObject], np.ndarray]:
