@@ -16,7 +16,9 @@ STEP=${STEP:-2000}
 CONFIG=${CONFIG:-configs/default_long.yaml}
 CKPT=ckpt-$(printf %07d "$STEP")
 PY=${PY:-.venv/bin/python}
-export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
+# OpenMP threads wait actively unless the caller asks otherwise: PASSIVE cost 23 % of the U-Net's training
+# speed on an idle 2-core Xeon (BENCHMARKS.md); set OMP_WAIT_POLICY=PASSIVE when another job shares the cores
+export HF_HUB_OFFLINE=1
 case "${1:-}" in
   init)
     [ -e "$DST" ] && { echo "$DST exists already; 'train' goes on with it" >&2; exit 2; }
