@@ -81,7 +81,7 @@ default-model-v2: $(STAMP)
 	$(VENV)/bin/latentdiff train configs/default_v2.yaml --resume
 	[ -d runs/default_v2_long ] || $(V2) bash scripts/default_long.sh init
 	$(V2) bash scripts/default_long.sh train
-	[ -d data/shapes-train-rel ] || $(VPY) scripts/relation_captions.py data/shapes-train data/shapes-train-rel
+	[ -d data/shapes-train-v2-rel ] || $(VPY) scripts/relation_captions.py data/shapes-train-v2 data/shapes-train-v2-rel
 	[ -d runs/default_v2_rel ] || $(V2REL) bash scripts/default_long.sh init
 	$(V2REL) bash scripts/default_long.sh train
 	bash scripts/companions.sh runs/default_v2_rel/model classifier segmap layout

@@ -4,6 +4,9 @@ seeds far from the evaluation's (the suite draws image j from seed j), scored by
 same tallies as ``latentdiff eval --sections accuracy``, plus two continuous measures of the one-object
 images that move before a verdict flips: ``one_colour_error`` (mean distance, in 0-255 RGB units, of the
 object's core colour from the asked palette colour) and ``one_shape_iou`` (its fit to the shape template).
+``--unseen`` adds the one-object prompts of the validation triples (``unseen_*``): for a model whose data kept
+them out (``data.exclude_validation``) they are unseen combinations, as the held-out triples are, so a choice
+can weigh generalisation without the held-out split.
 
     python bench/guidance_select.py --model runs/default_v2/model --guidance 2 3 4 6 8 --out runs/guidance_v2
 
@@ -40,6 +43,9 @@ def main() -> None:
     ap.add_argument("--objects", type=int, nargs="+", choices=(1, 2), default=[1, 2],
                     help="which prompts: one-object, two-object or both (default)")
     ap.add_argument("--images", type=int, default=2, help="images per prompt")
+    ap.add_argument("--unseen", action="store_true",
+                    help="also score the 18 one-object prompts of the validation triples (for a model whose data "
+                         "kept them out, exclude_validation): columns unseen_*")
     ap.add_argument("--seed", type=int, default=1000, help="image j of a prompt starts from seed + j")
     ap.add_argument("--out", default="runs/guidance_select")
     ap.add_argument("--write", type=float, default=None, metavar="W",
@@ -62,6 +68,13 @@ def main() -> None:
         t0 = time.perf_counter()
         s = evaluate_prompts(pipe, prompts, num_images=args.images, guidance=w, sampler=args.sampler,
                              steps=args.steps, seed=args.seed, progress=False)
+        if args.unseen:
+            from latentdiff.data.shapes import validation_triple_prompts
+
+            u = evaluate_prompts(pipe, validation_triple_prompts(), num_images=args.images, guidance=w,
+                                 sampler=args.sampler, steps=args.steps, seed=args.seed, progress=False)
+            s.update({f"unseen_{k.removeprefix('one_')}": u[k] for k in
+                      ("one_colour_shape", "one_position", "one_size", "one_colour_error", "one_shape_iou")})
         row = {**{k: (v["accuracy"] if isinstance(v, dict) else v) for k, v in s.items()},
                "guidance": w, "sampler": args.sampler or pipe.defaults["sampler"],
                "steps": args.steps or pipe.defaults["steps"], "seconds": round(time.perf_counter() - t0, 1)}
@@ -72,6 +85,8 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(result, indent=1))
     cols = ("one_colour_shape", "one_position", "one_size", "two_relation", "two_count", "two_match", "any_match")
     more = ("diversity", "one_colour_error", "one_shape_iou")  # the last two: continuous, one-object prompts
+    if args.unseen:
+        more += ("unseen_colour_shape", "unseen_position", "unseen_size", "unseen_colour_error")
     print(f"{'w':>5} " + " ".join(f"{c:>16}" for c in cols + more))
     for r in rows:
         cells = (f"{r[c]:>16.3f}" if r.get(c) is not None else f"{'-':>16}" for c in cols + more)

@@ -104,6 +104,39 @@ def test_exclude_held_out_never_shows_held_out_combinations():
     assert any(sh.is_held_out(s) for _, s in scenes(1500))  # without the flag they do occur
 
 
+def test_validation_triples_are_built_like_the_held_out_ones_and_kept_out_on_request():
+    triples = sh.VALIDATION_TRIPLES
+    assert len(set(triples)) == 9 and not set(triples) & set(sh.HELD_OUT_TRIPLES)
+    assert sorted(p for _, _, p in triples) == sorted(sh.POSITIONS)  # one per position
+    assert all(sum(s == shape for _, s, _ in triples) == 3 for shape in sh.BASE_SHAPES)
+    assert {c for c, _, _ in triples} == set(sh.COLOURS)
+
+    def validation(scene):
+        return any((o.colour, o.shape, o.position) in triples for o in scene.objects)
+
+    kept_out = [s for _, s in scenes(1500, exclude_held_out=True, exclude_validation=True)]
+    assert not any(validation(s) or sh.is_held_out(s) for s in kept_out)
+    assert any(validation(s) for _, s in scenes(1500, exclude_held_out=True))  # without the flag they occur
+    # without the flag the draws are the ones from before it existed: same scenes as the positional call
+    for index in range(50):
+        a = sh.sample_scene(np.random.default_rng([3, index]), (1, 3), sh.BASE_SHAPES, True)
+        b = sh.sample_scene(np.random.default_rng([3, index]), (1, 3), sh.BASE_SHAPES, True, exclude_validation=False)
+        assert a == b
+
+
+def test_validation_triple_prompts_are_unseen_by_a_model_that_kept_them_out():
+    prompts = sh.validation_triple_prompts()
+    assert len(prompts) == len(set(prompts)) == 18 and not set(prompts) & set(sh.held_out_prompts())
+    for text in prompts:
+        o = parse_caption(text).objects[0]
+        assert (o.colour, o.shape, o.position) in sh.VALIDATION_TRIPLES and o.size in sh.SIZES
+    training = sh.training_prompts(200, objects=(1, 1), exclude_validation=True)
+    for text in training:
+        o = parse_caption(text).objects[0]
+        assert (o.colour, o.shape, o.position) not in sh.VALIDATION_TRIPLES
+    assert sh.training_prompts(50) == sh.training_prompts(50, exclude_validation=False)
+
+
 def test_held_out_prompts():
     prompts = sh.held_out_prompts()
     assert len(prompts) == len(set(prompts)) == 18 + 32

@@ -68,6 +68,22 @@ HELD_OUT_TRIPLES: tuple[tuple[str, str, str], ...] = (
     ("white", "triangle", "bottom"),
     ("red", "square", "bottom right"),
 )
+# Validation triples: nine more (colour, shape, position) triples, disjoint from the held-out ones and built the
+# same way (one per position, three per base shape, every colour at least once), that a recipe may also keep
+# out of its data (exclude_validation=True). Its model has then never seen them either, so its one-object
+# accuracy on them measures generalisation to unseen triples the way the held-out triples do, and a choice
+# (a guidance scale, a fine-tune's settings) can be made on them without touching the held-out split.
+VALIDATION_TRIPLES: tuple[tuple[str, str, str], ...] = (
+    ("blue", "circle", "top left"),
+    ("white", "square", "top"),
+    ("orange", "triangle", "top right"),
+    ("cyan", "triangle", "left"),
+    ("green", "square", "center"),
+    ("yellow", "triangle", "right"),
+    ("purple", "square", "bottom left"),
+    ("red", "circle", "bottom"),
+    ("green", "circle", "bottom right"),
+)
 # (colour, shape) pairs that never appear together in one scene with exclude_held_out=True.
 HELD_OUT_PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
     (("red", "circle"), ("blue", "square")),
@@ -178,6 +194,10 @@ def _is_held_out_triple(colour: str, shape: str, position: str) -> bool:
     return (colour, shape, position) in HELD_OUT_TRIPLES
 
 
+def _is_validation_triple(colour: str, shape: str, position: str) -> bool:
+    return (colour, shape, position) in VALIDATION_TRIPLES
+
+
 def has_held_out_pair(objects: Iterable[ShapeObject]) -> bool:
     """Whether any held-out (colour, shape) pair occurs together among ``objects``."""
     kinds = {(o.colour, o.shape) for o in objects}
@@ -190,12 +210,14 @@ def is_held_out(scene: Scene) -> bool:
     return triple or has_held_out_pair(scene.objects)
 
 
-def _sample_object(rng: np.random.Generator, cell: int, shapes: Sequence[str], exclude_held_out: bool) -> ShapeObject:
+def _sample_object(rng: np.random.Generator, cell: int, shapes: Sequence[str], exclude_held_out: bool,
+                   exclude_validation: bool = False) -> ShapeObject:
     """One object in grid cell ``cell`` (0-8): kind, size and a jittered, clamped box."""
     position = POSITIONS[cell]
-    while True:  # a held-out triple pins one colour per shape and cell, so this ends quickly
+    while True:  # an excluded triple pins one colour per shape and cell, so this ends quickly
         shape, colour = str(rng.choice(shapes)), str(rng.choice(COLOURS))
-        if not (exclude_held_out and _is_held_out_triple(colour, shape, position)):
+        if not ((exclude_held_out and _is_held_out_triple(colour, shape, position))
+                or (exclude_validation and _is_validation_triple(colour, shape, position))):
             break
     size = str(rng.choice(tuple(SIZES)))
     side = SIZES[size] + int(rng.integers(-1, 2))
@@ -217,11 +239,14 @@ def sample_scene(
     objects: tuple[int, int] = (1, 3),
     shapes: Sequence[str] = BASE_SHAPES,
     exclude_held_out: bool = False,
+    exclude_validation: bool = False,
 ) -> Scene:
     """A random scene: ``objects`` = (min, max) count, objects in distinct cells, boxes >= GAP px apart.
 
     ``shapes`` defaults to the base shapes (no star). With ``exclude_held_out`` no object is a held-out
-    (colour, shape, position) triple and no held-out (colour, shape) pair shares a scene.
+    (colour, shape, position) triple and no held-out (colour, shape) pair shares a scene; with
+    ``exclude_validation`` no object is a validation triple (:data:`VALIDATION_TRIPLES`). Without it the
+    random draws are the same as before the option existed.
     """
     lo, hi = objects
     if not 1 <= lo <= hi <= 3:
@@ -231,7 +256,7 @@ def sample_scene(
     for _ in range(1000):
         placed: list[ShapeObject] = []
         for cell in rng.permutation(9)[:count]:
-            obj = _sample_object(rng, int(cell), shapes, exclude_held_out)
+            obj = _sample_object(rng, int(cell), shapes, exclude_held_out, exclude_validation)
             if not all(boxes_apart(obj.box, o.box) for o in placed):
                 break
             placed.append(obj)
@@ -311,14 +336,24 @@ def held_out_prompts() -> list[str]:
     return prompts
 
 
-def training_prompts(num: int = 256, seed: int = 0, objects: tuple[int, int] = (1, 2)) -> list[str]:
+def validation_triple_prompts() -> list[str]:
+    """One-object prompts of the validation triples at both sizes (18), for a model whose data kept them out
+    (``exclude_validation``): unseen combinations, like the held-out triples, that choices may be made on."""
+    return [f"a {size} {colour} {shape} in the {position}"
+            for colour, shape, position in VALIDATION_TRIPLES for size in SIZES]
+
+
+def training_prompts(num: int = 256, seed: int = 0, objects: tuple[int, int] = (1, 2),
+                     exclude_validation: bool = False) -> list[str]:
     """``num`` distinct prompts of training combinations, in a fixed order for ``seed``: the most specific
     caption (sizes and positions; a relation for two objects) of scenes drawn with exclude_held_out=True,
-    so no held-out triple or pair, and never one of :func:`held_out_prompts`."""
+    so no held-out triple or pair, and never one of :func:`held_out_prompts`; with ``exclude_validation``
+    no validation triple either (prompts to fine-tune a model on that kept them out)."""
     held, found = set(held_out_prompts()), {}
     for index in range(100 * num):
         rng = np.random.default_rng([seed, index])
-        text = caption(sample_scene(rng, objects, BASE_SHAPES, exclude_held_out=True), rng, training=False)
+        scene = sample_scene(rng, objects, BASE_SHAPES, exclude_held_out=True, exclude_validation=exclude_validation)
+        text = caption(scene, rng, training=False)
         if text not in held:
             found.setdefault(text)
         if len(found) == num:
@@ -368,12 +403,14 @@ class _WriteJob:
     objects: tuple[int, int]
     shapes: tuple[str, ...]
     exclude_held_out: bool
+    exclude_validation: bool = False
 
 
-def scene_for_index(seed: int, index: int, objects=(1, 3), shapes=BASE_SHAPES, exclude_held_out=False):
+def scene_for_index(seed: int, index: int, objects=(1, 3), shapes=BASE_SHAPES, exclude_held_out=False,
+                    exclude_validation=False):
     """The (scene, caption) of image ``index`` of a data set: seeded per image, so independent of workers."""
     rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng, objects, shapes, exclude_held_out)
+    scene = sample_scene(rng, objects, shapes, exclude_held_out, exclude_validation)
     return scene, caption(scene, rng, training=True)
 
 
@@ -384,7 +421,8 @@ def _file_names(index: int) -> tuple[str, str]:
 
 def _write_one(job: _WriteJob, index: int) -> str:
     """Render and save image ``index`` and its segmap; return its metadata.jsonl line."""
-    scene, text = scene_for_index(job.seed, index, job.objects, job.shapes, job.exclude_held_out)
+    scene, text = scene_for_index(job.seed, index, job.objects, job.shapes, job.exclude_held_out,
+                                  job.exclude_validation)
     rgb, seg = render(scene)
     name, seg_name = _file_names(index)
     Image.fromarray(rgb, "RGB").save(os.path.join(job.out, name), compress_level=1)
@@ -402,6 +440,7 @@ def write_dataset(
     exclude_held_out: bool = False,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    exclude_validation: bool = False,
 ) -> Path:
     """Write ``num`` scenes to the image folder ``out`` (``NNNNNN.png``, ``NNNNNN_seg.png``, metadata.jsonl).
 
@@ -416,7 +455,7 @@ def write_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     before = _listed_files(out / "metadata.jsonl")
-    job = _WriteJob(str(out), seed, tuple(objects), STAR_MODES[star], exclude_held_out)
+    job = _WriteJob(str(out), seed, tuple(objects), STAR_MODES[star], exclude_held_out, exclude_validation)
     work = functools.partial(_write_one, job)
     lines: list[str] = []
     if workers <= 1 or num < 256:

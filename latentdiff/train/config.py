@@ -64,6 +64,7 @@ class DataConfig:
     shapes_num: int = 0
     shapes_seed: int = 0
     exclude_held_out: bool = True
+    exclude_validation: bool = False  # also keep the validation triples out (shapes.VALIDATION_TRIPLES)
     holdout: int = 256  # images kept out of training for validation (the last ones of the folder)
 
 

@@ -59,7 +59,8 @@ def prepare_data(cfg: TrainConfig, accelerator):
 
             print(f"writing {cfg.data.shapes_num} shapes-world images to {folder}", flush=True)
             write_dataset(folder, cfg.data.shapes_num, seed=cfg.data.shapes_seed,
-                          exclude_held_out=cfg.data.exclude_held_out, workers=min(16, os.cpu_count() or 1))
+                          exclude_held_out=cfg.data.exclude_held_out, workers=min(16, os.cpu_count() or 1),
+                          exclude_validation=cfg.data.exclude_validation)
         accelerator.wait_for_everyone()
     records = load_folder(folder)
     holdout = min(cfg.data.holdout, len(records) // 10)
