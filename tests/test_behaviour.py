@@ -18,5 +18,9 @@ def test_images_are_byte_identical_to_the_recorded_ones():
         "the shipped weights changed: record the new model's images with `python tests/behaviour_hashes.py "
         "--record` in the commit that ships it")
     assert set(now["images"]) == set(recorded["images"])
-    changed = sorted(name for name in recorded["images"] if now["images"][name] != recorded["images"][name])
-    assert not changed, f"images differ from the recorded ones in the cases {changed}"
+    # the recorded behaviour as drawn on the CPU it was recorded on, and on other CPUs (behaviour_hashes.py)
+    sets = [("recorded", recorded["images"])] + [(a["cpu"], a["images"]) for a in recorded.get("also", [])]
+    if any(now["images"] == images for _, images in sets):
+        return
+    changed = {cpu: sorted(n for n in images if now["images"][n] != images[n]) for cpu, images in sets}
+    raise AssertionError(f"images differ from every recorded set; cases that differ, per set: {changed}")
