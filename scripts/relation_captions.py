@@ -1,6 +1,6 @@
 """A shapes-world training folder whose two-object captions all name the relation between the objects.
 
-    python scripts/relation_captions.py data/shapes-train data/shapes-train-rel
+    python scripts/relation_captions.py data/shapes-train-v2 data/shapes-train-v2-rel
 
 The shapes world's training captions name a two-object scene's relation half of the time ("a red circle left
 of a blue square") and otherwise only join the objects ("a red circle and a blue square"): 17 % of the
