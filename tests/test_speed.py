@@ -264,3 +264,27 @@ def test_classic_attention_replaces_sdpa_and_keeps_the_output():
     assert all(isinstance(p, AttnProcessor) for p in unet.attn_processors.values())
     assert classic_attention(unet) == 0  # already classic: nothing to change
     torch.testing.assert_close(unet(x, t, encoder_hidden_states=ctx).sample, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_a_cpu_compile_freezes_weights_and_uses_the_cpp_wrapper(monkeypatch):
+    """On the CPU, compile goes to inductor with weight freezing and the C++ wrapper (what measured fastest on
+    an AMX Xeon), max-autotune modes adding its GEMM templates; the module is compiled in place, once."""
+    import torch._inductor.config as inductor_config
+    import torch.nn as nn
+
+    from latentdiff.speed import _compile
+
+    seen = []
+
+    def fake_compile(self, **kw):  # what the compiled call sees of inductor's config when it runs
+        assert kw == {"dynamic": False}
+        self._compiled_call_impl = lambda *a: seen.append(
+            (inductor_config.freezing, inductor_config.cpp_wrapper, inductor_config.max_autotune))
+
+    monkeypatch.setattr(nn.Module, "compile", fake_compile)
+    for mode, autotune in (("default", False), ("max-autotune", True), ("max-autotune-no-cudagraphs", True)):
+        layer = nn.Linear(2, 2)
+        _compile(layer, mode)
+        layer(torch.zeros(2))
+        assert seen[-1] == (True, True, autotune)
+        assert not inductor_config.freezing  # only inside the module's calls
