@@ -52,7 +52,8 @@ class Speed:
       plain matmul-softmax-matmul (for comparisons).
     * ``fuse_qkv`` — one projection matmul for q, k and v (diffusers' ``fuse_qkv_projections``).
     * ``compile`` — a ``torch.compile`` mode for the U-Net (None: not compiled); ``compile_vae`` compiles
-      the VAE decoder with the same mode.
+      the VAE decoder with the same mode. On a CPU inductor runs with weight freezing and its C++ wrapper
+      (:func:`cpu_inductor_options`).
     * ``cuda_graph`` — capture the U-Net forward in a CUDA graph per input shape and replay it
       (:class:`GraphedUNet`): no per-kernel launch cost. Needs a CUDA device and static shapes (which
       sampling has: every step has the same batch and size).
