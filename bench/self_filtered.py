@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--objects", type=int, nargs="+", choices=(1, 2), default=[2])
     ap.add_argument("--prompts", type=int, default=192, help="prompts of each kind")
     ap.add_argument("--prompt-seed", type=int, default=7)
+    ap.add_argument("--exclude-validation", action="store_true",
+                    help="draw no prompt with a validation triple (for a model whose data kept them out, so that "
+                         "guidance_select.py --unseen still scores unseen triples after training on these)")
     ap.add_argument("--images", type=int, default=8, help="images per prompt")
     ap.add_argument("--seed", type=int, default=5000)
     ap.add_argument("--out", required=True)
@@ -53,7 +56,8 @@ def main() -> None:
         pipe.load_loras([parse_lora_spec(text) for text in args.lora])
     avoid = set(validation_prompts(4 * args.prompts, (1, 2)))
     prompts = [p for k in args.objects
-               for p in training_prompts(2 * args.prompts, seed=args.prompt_seed, objects=(k, k))
+               for p in training_prompts(2 * args.prompts, seed=args.prompt_seed, objects=(k, k),
+                                         exclude_validation=args.exclude_validation)
                if p not in avoid][: args.prompts * len(args.objects)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
