@@ -194,10 +194,6 @@ def _is_held_out_triple(colour: str, shape: str, position: str) -> bool:
     return (colour, shape, position) in HELD_OUT_TRIPLES
 
 
-def _is_validation_triple(colour: str, shape: str, position: str) -> bool:
-    return (colour, shape, position) in VALIDATION_TRIPLES
-
-
 def has_held_out_pair(objects: Iterable[ShapeObject]) -> bool:
     """Whether any held-out (colour, shape) pair occurs together among ``objects``."""
     kinds = {(o.colour, o.shape) for o in objects}
@@ -217,7 +213,7 @@ def _sample_object(rng: np.random.Generator, cell: int, shapes: Sequence[str], e
     while True:  # an excluded triple pins one colour per shape and cell, so this ends quickly
         shape, colour = str(rng.choice(shapes)), str(rng.choice(COLOURS))
         if not ((exclude_held_out and _is_held_out_triple(colour, shape, position))
-                or (exclude_validation and _is_validation_triple(colour, shape, position))):
+                or (exclude_validation and (colour, shape, position) in VALIDATION_TRIPLES)):
             break
     size = str(rng.choice(tuple(SIZES)))
     side = SIZES[size] + int(rng.integers(-1, 2))
@@ -325,22 +321,22 @@ def held_out_prompts() -> list[str]:
     One-object prompts: every held-out triple at both sizes (18). Two-object relation prompts: every
     held-out pair, in both orders, with each of the four relations (32).
     """
-    prompts = [
-        f"a {size} {colour} {shape} in the {position}"
-        for colour, shape, position in HELD_OUT_TRIPLES
-        for size in SIZES
-    ]
+    prompts = _one_object_prompts(HELD_OUT_TRIPLES)
     for pair in HELD_OUT_PAIRS:
         for (c1, s1), (c2, s2) in (pair, pair[::-1]):
             prompts += [f"{with_article(f'{c1} {s1}')} {rel} {with_article(f'{c2} {s2}')}" for rel in RELATIONS]
     return prompts
 
 
+def _one_object_prompts(triples) -> list[str]:
+    """The most specific one-object prompt of each (colour, shape, position) triple at both sizes."""
+    return [f"a {size} {colour} {shape} in the {position}" for colour, shape, position in triples for size in SIZES]
+
+
 def validation_triple_prompts() -> list[str]:
     """One-object prompts of the validation triples at both sizes (18), for a model whose data kept them out
     (``exclude_validation``): unseen combinations, like the held-out triples, that choices may be made on."""
-    return [f"a {size} {colour} {shape} in the {position}"
-            for colour, shape, position in VALIDATION_TRIPLES for size in SIZES]
+    return _one_object_prompts(VALIDATION_TRIPLES)
 
 
 def training_prompts(num: int = 256, seed: int = 0, objects: tuple[int, int] = (1, 2),

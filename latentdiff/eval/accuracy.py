@@ -69,10 +69,12 @@ class PromptAccuracy:
             if len(spec.objects) == 1:
                 o = s.objects[0]
                 self.one_colour_shape.add(o.colour and o.shape)
-                if o.found is not None:
+                if o.found is None:
+                    self.one_shape_iou.append(0.0)
+                else:
                     asked = np.array(PALETTE[o.requested.colour], np.float32)
                     self.one_colour_error.append(float(np.linalg.norm(np.array(o.found.rgb) - asked)))
-                self.one_shape_iou.append(o.found.shape_iou if o.found is not None and o.shape else 0.0)
+                    self.one_shape_iou.append(o.found.shape_iou if o.shape else 0.0)
                 self.one_position.add(o.position)
                 self.one_size.add(o.size)
             elif len(spec.objects) == 2 and spec.relation is not None:
