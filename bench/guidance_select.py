@@ -6,7 +6,7 @@ images that move before a verdict flips: ``one_colour_error`` (mean distance, in
 object's core colour from the asked palette colour) and ``one_shape_iou`` (its fit to the shape template).
 ``--unseen`` adds the one-object prompts of the validation triples (``unseen_*``): for a model whose data kept
 them out (``data.exclude_validation``) they are unseen combinations, as the held-out triples are, so a choice
-can weigh generalisation without the held-out split.
+can weigh generalisation without the held-out split; with it the ordinary prompts hold no validation triple.
 
     python bench/guidance_select.py --model runs/default_v2/model --guidance 2 3 4 6 8 --out runs/guidance_v2
 
@@ -25,10 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def validation_prompts(num_each: int, kinds: tuple[int, ...] = (1, 2)) -> list[str]:
+def validation_prompts(num_each: int, kinds: tuple[int, ...] = (1, 2), exclude_validation: bool = False) -> list[str]:
+    """Prompts of training combinations drawn with seed 0; with ``exclude_validation`` none holds a validation
+    triple, so that for a model whose data kept them out these "seen" prompts are all seen combinations."""
     from latentdiff.data.shapes import training_prompts
 
-    return [p for k in kinds for p in training_prompts(num_each, seed=0, objects=(k, k))]
+    return [p for k in kinds
+            for p in training_prompts(num_each, seed=0, objects=(k, k), exclude_validation=exclude_validation)]
 
 
 def main() -> None:
@@ -45,7 +48,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2, help="images per prompt")
     ap.add_argument("--unseen", action="store_true",
                     help="also score the 18 one-object prompts of the validation triples (for a model whose data "
-                         "kept them out, exclude_validation): columns unseen_*")
+                         "kept them out, exclude_validation): columns unseen_*; the other prompts then hold "
+                         "no validation triple")
     ap.add_argument("--seed", type=int, default=1000, help="image j of a prompt starts from seed + j")
     ap.add_argument("--out", default="runs/guidance_select")
     ap.add_argument("--write", type=float, default=None, metavar="W",
@@ -60,7 +64,7 @@ def main() -> None:
         from latentdiff.lora import parse_lora_spec
 
         pipe.load_loras([parse_lora_spec(text) for text in args.lora])
-    prompts = validation_prompts(args.prompts, tuple(args.objects))
+    prompts = validation_prompts(args.prompts, tuple(args.objects), exclude_validation=args.unseen)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -54,7 +54,7 @@ def main() -> None:
         from latentdiff.lora import parse_lora_spec
 
         pipe.load_loras([parse_lora_spec(text) for text in args.lora])
-    avoid = set(validation_prompts(4 * args.prompts, (1, 2)))
+    avoid = set(validation_prompts(4 * args.prompts, (1, 2), exclude_validation=args.exclude_validation))
     prompts = [p for k in args.objects
                for p in training_prompts(2 * args.prompts, seed=args.prompt_seed, objects=(k, k),
                                          exclude_validation=args.exclude_validation)
