@@ -11,9 +11,12 @@ ratio to ``fp32-sdpa`` (stock diffusers' path: float32 weights, SDPA attention).
 absolute difference of a variant's output from fp32-sdpa's on the same inputs (the output is v or ε, of
 order 1). The header names the CPU (``lscpu``'s model name) and its native bf16.
 
-Variants (a name is dtype-attention[-cl][-compile[-freeze][-cpp][-autotune]]: cl channels-last; compile
+Variants (a name is dtype-attention[-cl][-compile[-freeze][-cpp][-autotune]][-split]: cl channels-last; compile
 torch.compile (inductor), freeze its weight freezing (constant folding, oneDNN weight prepacking), cpp its C++
-wrapper (no Python between kernels), autotune mode="max-autotune" (C++ GEMM templates, AMX where present)):
+wrapper (no Python between kernels), autotune mode="max-autotune" (C++ GEMM templates, AMX where present);
+split: the batch in two halves (guidance's conditional and unconditional halves), run at the same time by two
+threads of one core each instead of one batch over both cores, which spares every small op its two-thread
+barrier where the GIL is released):
   fp32-sdpa, fp32-eager, bf16-sdpa, bf16-eager, bf16-eager-cl, bf16-eager-compile,
   bf16-eager-compile-freeze, fp32-sdpa-compile-freeze, bf16-sdpa-compile-freeze, autocast-eager
 """
@@ -42,7 +45,7 @@ def prepare(unet, name: str):
 
     parts = name.split("-")
     kind, attention, rest = parts[0], parts[1], set(parts[2:])
-    unknown = rest - {"cl", "compile", "freeze", "cpp", "autotune"}
+    unknown = rest - {"cl", "compile", "freeze", "cpp", "autotune", "split"}
     if kind not in ("fp32", "bf16", "autocast") or attention not in ("sdpa", "eager") or unknown:
         raise SystemExit(f"unknown variant {name!r} (see --help)")
     net = copy.deepcopy(unet).eval()
@@ -66,8 +69,38 @@ def prepare(unet, name: str):
 
             inductor_config.freezing, inductor_config.cpp_wrapper = _freeze, _cpp
             return _call(x, t, ctx)
-        return with_settings
+        if "split" not in rest:
+            return with_settings
+        call = with_settings
+    if "split" in rest:
+        return _split(call)
     return call
+
+
+def _split(call):
+    """``call`` on each half of the batch at once, in two threads of one OpenMP thread each: the halves'
+    first call (a compiled variant's compilation) runs with one thread in force, so that its kernels are
+    generated for one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one_thread(fn, *args):
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            return fn(*args)
+
+    pool = ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,))
+    state = {"warm": False}
+
+    def halves(x, t, ctx):
+        n = x.shape[0] // 2
+        if not state["warm"]:  # compile (or warm up) for the half batch, single-threaded, once
+            pool.submit(one_thread, call, x[:n], t, ctx[:n]).result()
+            state["warm"] = True
+        a = pool.submit(one_thread, call, x[:n], t, ctx[:n])
+        b = pool.submit(one_thread, call, x[n:], t, ctx[n:])
+        return torch.cat([a.result(), b.result()])
+
+    return halves
 
 
 def main(argv=None) -> int:

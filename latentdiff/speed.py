@@ -263,24 +263,61 @@ def _compile(module: torch.nn.Module, mode: str) -> None:
         raise UserError(f"speed compile: the {type(module).__name__} is already compiled with mode '{done}'")
     if next(module.parameters()).device.type == "cpu":
         module.compile(dynamic=False)
-        module._compiled_call_impl = _under_inductor_config(module._compiled_call_impl, cpu_inductor_options(mode))
+        module._compiled_call_impl = _under_inductor_config(module, module._compiled_call_impl,
+                                                            cpu_inductor_options(mode))
     else:
         module.compile(mode=mode, dynamic=False)
     module._latentdiff_compile_mode = mode
 
 
-def _under_inductor_config(call, options: dict[str, bool]):
-    """``call`` run with inductor's config patched by ``options``. Compilation happens inside the first calls,
-    so that is where the settings must be in force; torch.compile's own ``options=`` did not switch freezing
-    on (measured: 20.8 ms a forward and no packed weights, against 14.3 ms with the config patched), and a
-    process-wide setting would also freeze a training run's validation graphs, whose weights go on changing."""
+def _under_inductor_config(module: torch.nn.Module, call, options: dict[str, bool]):
+    """``module``'s compiled ``call``, run with inductor's config patched by ``options`` while it may compile,
+    and without dynamo's guard checks once its inputs are of a kind it has run before.
+
+    Compilation happens inside the first calls, so that is where the settings must be in force; torch.compile's
+    own ``options=`` did not switch freezing on (measured: 20.8 ms a forward and no packed weights, against
+    14.3 ms with the config patched), and a process-wide setting would also freeze a training run's validation
+    graphs, whose weights go on changing. Dynamo checks every compiled call's guards (each parameter's and
+    input's properties) before it runs the graph: ~1-2 ms of a 10-13 ms U-Net forward on a 2-core AMX Xeon
+    (BENCHMARKS.md). A call whose :func:`_call_key` (inputs' shapes, dtypes and strides, other arguments, grad
+    and autocast modes, the module's training flag) was seen before runs under ``skip_guard_eval_unsafe``,
+    which checks only the guards that tell the cached graphs apart; a new key takes the checked path (and
+    compiles if it must). What the key does not see, a change to the module itself, is refused after
+    compilation (:func:`apply` compiles last, and LoRA files are refused after optimize)."""
     import torch._inductor.config as inductor_config
 
+    seen: set = set()
+
     def patched(*args, **kwargs):
+        key = _call_key(module, args, kwargs)
+        if key in seen:
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return call(*args, **kwargs)
         with inductor_config.patch(options):
-            return call(*args, **kwargs)
+            out = call(*args, **kwargs)
+        seen.add(key)
+        return out
 
     return patched
+
+
+def _call_key(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """What a static-shape compiled graph is specialised on in a call: each tensor's shape, dtype, stride,
+    device and grad requirement, the values of other arguments (an object that is none of the plain kinds keys
+    by identity, so it never matches another), the grad, inference and autocast modes, and ``module.training``."""
+    def sig(v):
+        if isinstance(v, torch.Tensor):
+            return ("T", tuple(v.shape), v.dtype, v.stride(), v.device, v.requires_grad)
+        if isinstance(v, (list, tuple)):
+            return (type(v).__name__, *(sig(x) for x in v))
+        if isinstance(v, dict):
+            return ("D", *((k, sig(x)) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))))
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return (type(v).__name__, v)
+        return ("O", id(v))
+
+    return (module.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+            torch.is_autocast_enabled("cpu"), sig(args), sig(kwargs))
 
 
 def cpu_inductor_options(mode: str) -> dict[str, bool]:

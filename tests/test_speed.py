@@ -288,3 +288,39 @@ def test_a_cpu_compile_freezes_weights_and_uses_the_cpp_wrapper(monkeypatch):
         layer(torch.zeros(2))
         assert seen[-1] == (True, True, autotune)
         assert not inductor_config.freezing  # only inside the module's calls
+
+
+def test_a_cpu_compiled_call_skips_guard_checks_only_for_inputs_it_has_run_before(monkeypatch):
+    """The first call of each kind of input (shapes, dtypes, grad mode, ...) runs with dynamo's guards checked
+    and inductor's settings in force (it may compile); a repeat runs with the guard checks skipped."""
+    import torch._dynamo.eval_frame as eval_frame
+    import torch._inductor.config as inductor_config
+    import torch.nn as nn
+
+    from latentdiff.speed import _compile
+
+    seen = []
+
+    def fake_compile(self, **kw):
+        self._compiled_call_impl = lambda x, t=None: seen.append(
+            (eval_frame._is_skip_guard_eval_unsafe_stance(), inductor_config.freezing))
+
+    monkeypatch.setattr(nn.Module, "compile", fake_compile)
+    layer = nn.Linear(2, 2).eval()
+    _compile(layer, "default")
+    checked, skipped = (False, True), (True, False)
+    with torch.no_grad():
+        layer(torch.zeros(2, 2))
+        layer(torch.ones(2, 2))  # same kind: values do not matter
+        layer(torch.zeros(4, 2))  # a new shape
+        layer(torch.zeros(2, 2, dtype=torch.float64))  # a new dtype
+        layer(torch.zeros(2, 2).t())  # a new stride
+        layer(torch.zeros(2, 2), t=3)
+        layer(torch.zeros(2, 2), t=4)  # a plain argument keys by value
+        layer(torch.zeros(4, 2))
+    layer(torch.zeros(2, 2))  # grad mode on
+    layer.train()
+    with torch.no_grad():
+        layer(torch.zeros(2, 2))  # the module in training mode
+    assert seen == [checked, skipped, checked, checked, checked, checked, checked, skipped, checked, checked]
+    assert not eval_frame._is_skip_guard_eval_unsafe_stance()  # only inside the repeats
