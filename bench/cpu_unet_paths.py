@@ -12,13 +12,11 @@ absolute difference of a variant's output from fp32-sdpa's on the same inputs (t
 order 1). The header names the CPU (``lscpu``'s model name) and its native bf16.
 
 Variants (a name is dtype-attention[-cl][-compile[-freeze][-cpp][-autotune][-noguard]][-split]: cl channels-last;
-compile
-torch.compile (inductor), freeze its weight freezing (constant folding, oneDNN weight prepacking), cpp its C++
+compile torch.compile (inductor), freeze its weight freezing (constant folding, oneDNN weight prepacking), cpp its C++
 wrapper (no Python between kernels), autotune mode="max-autotune" (C++ GEMM templates, AMX where present),
 noguard calls after the first without dynamo's guard checks (skip_guard_eval_unsafe, as latentdiff.speed does);
 split: the batch in two halves (guidance's conditional and unconditional halves), run at the same time by two
-threads of one core each instead of one batch over both cores, which spares every small op its two-thread
-barrier where the GIL is released):
+threads of one core each instead of one batch over both cores (measured: slower; BENCHMARKS.md)):
   fp32-sdpa, fp32-eager, bf16-sdpa, bf16-eager, bf16-eager-cl, bf16-eager-compile,
   bf16-eager-compile-freeze, fp32-sdpa-compile-freeze, bf16-sdpa-compile-freeze, autocast-eager
 """
