@@ -7,7 +7,10 @@ about a second; loading it a fraction of that.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,21 @@ TINY_VAE = dict(block_out_channels=(8, 16, 16), layers_per_block=1, latent_chann
 TINY_TEXT = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, projection_dim=32)
 TINY_UNET = dict(block_out_channels=(16, 32), attention=(False, True), layers_per_block=1, attention_head_dim=8,
                  norm_num_groups=8, sample_size=8, cross_attention_dim=32)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str, register: bool = False):
+    """A script of the repository (``bench/...py``, ``scripts/...py``) imported as a module by its path;
+    ``register`` also puts it in ``sys.modules`` under its name (a dataclass in it looks its module up)."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_tiny_pipeline(seed: int = 0, prediction: str = "epsilon", tokenizer=None):

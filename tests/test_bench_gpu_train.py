@@ -1,16 +1,11 @@
 """bench/gpu_train.py runs here in its --tiny mode, so the GPU run of issue #10 starts from a tested script."""
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("gpu_train", ROOT / "bench" / "gpu_train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/gpu_train.py")
 
 
 def test_tiny_run_times_both_loops_on_both_unets(tmp_path):

@@ -357,17 +357,13 @@ def test_star_concept_on_the_default_model(tmp_path):
     """Issue #8, done-when 1, on the shipped default model (about 25 min on 2 CPU cores): the documented
     star example (bench/finetune_star.py with its defaults) trains in at most 15 minutes, draws stars of
     the asked colour in at least 80 % of images, and keeps at least 90 % of the held-out accuracy."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
     from latentdiff.checkpoint import DEFAULT_MODEL_DIR
 
     if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
         pytest.skip("the default model is not installed")
-    path = Path(__file__).resolve().parents[1] / "bench" / "finetune_star.py"
-    spec = importlib.util.spec_from_file_location("finetune_star", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/finetune_star.py")
     bench.main(["--work", str(tmp_path), "--json", str(tmp_path / "star.json")])
     result = json.loads((tmp_path / "star.json").read_text())
     assert result["train_seconds"] <= 15 * 60
@@ -391,15 +387,11 @@ def test_an_inpainting_model_is_refused(stars, tmp_path, capsys):
 def test_star_bench_prior_folder_joins_stars_and_base_world_images(stars, tmp_path):
     """bench/finetune_star.py --prior N: one folder, the stars and N base-world images (no star, no held-out
     combination), every file and segmap present under its new name, readable by the intake."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
     from latentdiff.data.folder import load_folder
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "finetune_star.py"
-    spec = importlib.util.spec_from_file_location("finetune_star", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/finetune_star.py")
     both = bench.with_prior(stars, tmp_path, 5)
     rows = [json.loads(line) for line in (both / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 16 + 5

@@ -1,22 +1,16 @@
 """bench/gpu_sd15.py --tiny: the GPU benchmark's code run on the CPU with tiny SD-like models, so that the
 script is known to work before any GPU time is spent (the CUDA-only levels are skipped with a reason)."""
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).parents[1] / "bench" / "gpu_sd15.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_sd15", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_sd15"] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
+    module = load_script("bench/gpu_sd15.py", register=True)  # its dataclass looks its module up
     yield module
     sys.modules.pop("gpu_sd15", None)
 

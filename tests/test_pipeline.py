@@ -183,13 +183,10 @@ def test_cpu_benchmark_script_runs_on_a_tiny_model(tiny_model_dir):
     """bench/cpu_generate.py times latentdiff (plain and fast path) and diffusers on the same work (here: 1 step,
     1 repeat)."""
     import argparse
-    import importlib.util
-    from pathlib import Path
 
-    script = Path(__file__).parents[1] / "bench" / "cpu_generate.py"
-    spec = importlib.util.spec_from_file_location("cpu_generate", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from conftest import load_script
+
+    bench = load_script("bench/cpu_generate.py")
     args = argparse.Namespace(model=str(tiny_model_dir), prompt="a red circle", num_images=2, sampler="dpm++",
                               steps=1, guidance=4.0, seed=0, repeats=1, speed="bf16,eager")
     result = bench.bench(args)

@@ -1,18 +1,13 @@
 """scripts/stage_times.py: a stage's time from its log, through stops, restarts and slowed intervals."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("stage_times", ROOT / "scripts" / "stage_times.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/stage_times.py")
 
 
 def _log(path: Path, rows):
