@@ -163,10 +163,11 @@ def auto_options(device: str | torch.device = "cpu", flags: frozenset[str] | Non
     """The options ``auto`` turns on for ``device`` (``flags``: the CPU's, read from /proc/cpuinfo when None).
 
     CPU: the threads this process may use (:func:`cpu_threads`) and, where the CPU computes bf16 natively
-    (:func:`cpu_bf16_kind`), bf16 weights with the classic attention processor ("eager"): on an AMD EPYC with
-    AVX-512-BF16 a 25-step generate of the default model ran 1.2x (1 image) to 1.4x (4 images) faster than
-    stock diffusers in float32; with SDPA in bf16 1.2x at 4 images, with autocast over fp32 weights 1.05x at 1 image
-    (BENCHMARKS.md). Left out because they did not pay there: channels-last (slower in bf16) and
+    (:func:`cpu_bf16_kind`), bf16 weights with the attention that measured fastest on that kind: on an AMD
+    EPYC with AVX-512-BF16 the classic processor ("eager"), where a 25-step generate of the default model ran
+    1.2x (1 image) to 1.4x (4 images) faster than stock diffusers in float32 (with SDPA in bf16 1.2x at 4
+    images, with autocast over fp32 weights 1.05x at 1 image); on an AMX Xeon SDPA, 1.01x (1 image) and 1.25x
+    (4 images) against the classic processor's 1.00x and 1.12x (BENCHMARKS.md). Left out because they did not pay there: channels-last (slower in bf16) and
     ``torch.compile`` (its first call takes 9 s with a warm cache, 100 s cold, more than a generate saves; add
     ``compile`` for a long-running process). Without native bf16, bf16 is emulated and slower than float32,
     so only the threads are set.
@@ -177,8 +178,9 @@ def auto_options(device: str | torch.device = "cpu", flags: frozenset[str] | Non
         half = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         return Speed.fast(dtype=half, compile=None).describe()
     options: dict[str, Any] = {"threads": cpu_threads()}
-    if cpu_bf16_kind(flags) is not None:
-        options.update(dtype="bf16", attention="eager")
+    kind = cpu_bf16_kind(flags)
+    if kind is not None:
+        options.update(dtype="bf16", attention="sdpa" if kind == "amx" else "eager")
     return options
 
 
