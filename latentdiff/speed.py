@@ -167,9 +167,10 @@ def auto_options(device: str | torch.device = "cpu", flags: frozenset[str] | Non
     EPYC with AVX-512-BF16 the classic processor ("eager"), where a 25-step generate of the default model ran
     1.2x (1 image) to 1.4x (4 images) faster than stock diffusers in float32 (with SDPA in bf16 1.2x at 4
     images, with autocast over fp32 weights 1.05x at 1 image); on an AMX Xeon SDPA, 1.01x (1 image) and 1.25x
-    (4 images) against the classic processor's 1.00x and 1.12x (BENCHMARKS.md). Left out because they did not pay there: channels-last (slower in bf16) and
-    ``torch.compile`` (its first call takes 9 s with a warm cache, 100 s cold, more than a generate saves; add
-    ``compile`` for a long-running process). Without native bf16, bf16 is emulated and slower than float32,
+    (4 images) against the classic processor's 1.00x and 1.12x (BENCHMARKS.md). Left out because they did not
+    pay for one generate: channels-last (slower in bf16 on the EPYC, 1.02x / 1.04x a forward on the Xeon) and
+    ``torch.compile`` (its first call takes 45-100 s, more than a generate saves; add ``compile`` for a
+    long-running process). Without native bf16, bf16 is emulated and slower than float32,
     so only the threads are set.
     CUDA: :meth:`Speed.fast` without compilation, in bf16 where the GPU computes it, else fp16 (not measured
     by this module's author; see docs/performance.md for the GPU options).
