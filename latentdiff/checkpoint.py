@@ -465,5 +465,10 @@ class Model:
         return sampler_overrides(self.scheduler_config, sampler)
 
     def make_scheduler(self, sampler: str):
-        """The diffusers scheduler object our sampler ``sampler`` runs (for comparisons with diffusers)."""
-        return make_scheduler(sampler, self.schedule, **self.sampler_overrides(sampler))
+        """The diffusers scheduler that runs our sampler ``sampler`` on this model's raw U-Net output: what a
+        diffusers pipeline needs to draw the same images (comparisons with diffusers). Same type, timestep grid
+        and settings as ours, with the model's prediction type (our denoiser converts the U-Net's output to ε̂
+        first, so the scheduler inside latentdiff takes ε; a diffusers pipeline hands the scheduler the U-Net's
+        v or ε as it comes)."""
+        return make_scheduler(sampler, self.schedule, **{**self.sampler_overrides(sampler),
+                                                         "prediction_type": self.schedule.prediction})

@@ -86,6 +86,24 @@ def test_sd2_style_diffusers_folder_generates_like_diffusers(sd2_dir):
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 2
 
 
+@pytest.mark.parametrize("sampler", ["dpm++", "euler"])
+def test_make_scheduler_lets_diffusers_draw_our_images_of_a_v_prediction_model(sd2_dir, sampler):
+    """Pipeline.make_scheduler is what comparisons hand a diffusers pipeline: our sampler's type and grid with
+    the model's prediction type (ours converts v to ε before its scheduler; diffusers' scheduler gets v)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = Pipeline.load(sd2_dir, device="cpu")
+    ours = pixels(pipe.generate("a cat", num_images=2, steps=STEPS, guidance=3.0, sampler=sampler, seed=4))
+    sd = StableDiffusionPipeline.from_pretrained(str(sd2_dir), safety_checker=None, local_files_only=True)
+    sd.set_progress_bar_config(disable=True)
+    sd.scheduler = pipe.make_scheduler(sampler)
+    assert sd.scheduler.config.prediction_type == "v_prediction"
+    out = sd(["a cat"] * 2, negative_prompt=[""] * 2, num_inference_steps=STEPS, guidance_scale=3.0,
+             latents=pipe.initial_latents([4, 5], 32, 32), output_type="np").images
+    theirs = (out * 255).round().astype(np.uint8)
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 2
+
+
 @pytest.mark.parametrize("which", ["sd1", "sd2"])
 def test_single_file_round_trip_through_diffusers_from_single_file(which, tiny, sd2_dir, tmp_path):
     """Export to the LDM layout; diffusers' from_single_file (given the written config folder) and
