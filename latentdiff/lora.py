@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from latentdiff.errors import UserError
+from latentdiff.packaged import is_lora_name, packaged_lora, packaged_loras, packaged_name
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 UNET_ALL_TARGETS = UNET_TARGETS + ("conv1", "conv2", "conv_shortcut", "proj_in", "proj_out", "ff.net.0.proj",
@@ -87,7 +88,8 @@ def save_lora(folder: str | Path, unet, text_encoder, configs: dict) -> Path:
 
 
 def parse_lora_spec(text: str) -> tuple[Path, float]:
-    """``FILE[:SCALE]`` → (path, scale); a folder stands for its ``pytorch_lora_weights.safetensors``."""
+    """``FILE[:SCALE]`` → (path, scale); a folder stands for its ``pytorch_lora_weights.safetensors``, and a
+    bare name that is no path here for a LoRA shipped in the package (``star``, ``star:0.8``)."""
     path, scale = text, 1.0
     head, sep, tail = text.rpartition(":")
     if sep and head and not Path(text).exists():
@@ -101,10 +103,17 @@ def parse_lora_spec(text: str) -> tuple[Path, float]:
 
 
 def resolve_lora_file(path: Path, where: str) -> Path:
+    """A LoRA file from a path (a folder stands for its ``pytorch_lora_weights.safetensors``) or, when no such
+    path exists, the short name of a LoRA shipped in the package (``star``)."""
+    shipped = None if path.exists() else packaged_lora(str(path))
+    if shipped is not None:
+        return shipped
     if path.is_dir():
         path = path / LORA_FILE
     if not path.is_file():
-        raise UserError(f"{where}: file not found ({path})")
+        names = packaged_loras() if is_lora_name(str(path)) else []
+        listed = f"; the package ships the LoRA files {', '.join(names)}" if names else ""
+        raise UserError(f"{where}: file not found ({path}){listed}")
     if path.suffix != ".safetensors":
         raise UserError(f"{where}: expected a .safetensors LoRA file (pickle files can run code)")
     return path
@@ -122,7 +131,9 @@ def load_loras(unet, text_encoder, specs: list[tuple[Path, float]]) -> list[dict
         name = next(f"lora{i}" for i in range(len(taken) + 1) if f"lora{i}" not in taken)
         taken.add(name)
         in_unet, in_text = _load_one(unet, text_encoder, path, name)
-        entries.append({"path": str(Path(path).resolve()), "scale": float(scale), "sha256": file_sha256(path),
+        # a packaged LoRA is recorded by its name, so that a record replays on any installation
+        where_from = packaged_name(path) or str(Path(path).resolve())
+        entries.append({"path": where_from, "scale": float(scale), "sha256": file_sha256(path),
                         "name": name, "unet": in_unet, "text_encoder": in_text})
     return entries
 

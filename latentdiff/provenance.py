@@ -340,8 +340,10 @@ def apply_recorded_loras(pipe, recorded: list[dict]) -> None:
         return
     if pipe.loras:
         raise UserError("this pipeline has other LoRA files applied than the record names")
-    for entry in recorded:
-        if not Path(entry["path"]).is_file():
+    from latentdiff.packaged import packaged_lora
+
+    for entry in recorded:  # a path, or the name of a LoRA shipped in the package
+        if not (Path(entry["path"]).is_file() or packaged_lora(entry["path"])):
             raise UserError(f"the image was made with the LoRA file {entry['path']}, which is not there any more")
     pipe.load_loras([(e["path"], e["scale"]) for e in recorded])
     for entry, loaded in zip(recorded, pipe.loras):

@@ -195,6 +195,42 @@ def test_generate_lora_is_recorded_and_replayed(loras, tiny_model_dir, tmp_path,
     assert code == 2 and "moved.safetensors: has sha256" in err and err.count("\n") == 1
 
 
+def test_a_packaged_lora_is_found_by_its_name_recorded_by_it_and_replayed(loras, tiny_model_dir, tmp_path,
+                                                                          capsys, monkeypatch):
+    """--lora NAME (no such path here) takes assets/loras/NAME.safetensors; the record stores the name, so the
+    image replays wherever the package is installed; a path of the same name, where there is one, wins."""
+    import latentdiff.packaged as packaged
+
+    shipped = tmp_path / "package_loras"
+    shipped.mkdir()
+    shutil.copy(loras["unet"], shipped / "star.safetensors")
+    monkeypatch.setattr(packaged, "PACKAGED_LORAS", shipped)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "generate", "a blue star", "--model", tiny_model_dir, "--lora", "star:0.7",
+                         "--steps", 3, "--out", tmp_path / "gen", "--device", "cpu")
+    assert code == 0, err
+    png = out.split()[0]
+    rec = json.loads(Image.open(png).text["latentdiff"])
+    assert rec["loras"][0]["path"] == "star" and rec["loras"][0]["scale"] == 0.7
+    code, out, err = run(capsys, "generate", "a blue star", "--model", tiny_model_dir, "--lora",
+                         f"{loras['unet']}:0.7", "--steps", 3, "--out", tmp_path / "by_path", "--device", "cpu")
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(out.split()[0])))  # the same file
+    moved = tmp_path / "elsewhere"
+    shutil.move(shipped, moved)  # the package installed somewhere else: the name still resolves there
+    monkeypatch.setattr(packaged, "PACKAGED_LORAS", moved)
+    code, out, err = run(capsys, "replay", png, "--out", tmp_path / "replay")
+    assert code == 0 and "identical to" in out, err
+    code, _, err = run(capsys, "generate", "x", "--model", tiny_model_dir, "--lora", "moon", "--out", tmp_path,
+                       "--steps", 1)
+    assert code == 2 and "file not found (moon); the package ships the LoRA files star" in err
+    assert err.count("\n") == 1
+    (tmp_path / "star").mkdir()  # a folder called star here: the user's path wins, and has no LoRA in it
+    code, _, err = run(capsys, "generate", "x", "--model", tiny_model_dir, "--lora", "star", "--out", tmp_path,
+                       "--steps", 1)
+    assert code == 2 and "pytorch_lora_weights.safetensors" in err
+
+
 @pytest.mark.parametrize("spec, words", [
     ("nope.safetensors", "file not found"),
     ("weights.bin", "expected a .safetensors LoRA file"),

@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", default=None, metavar="N", help="images per forward pass (default: up to 8)")
     g.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="apply a LoRA file (from 'latentdiff finetune', or any diffusers-loadable SD LoRA) with "
-                        "weight SCALE (default 1); repeat to stack several")
+                        "weight SCALE (default 1); a bare NAME is a LoRA shipped in the package; repeat to "
+                        "stack several")
     g.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs)")
     g.add_argument("--device", default="auto", metavar="DEV", help="cpu | cuda | auto (default: auto)")
     g.add_argument("--speed", default=None, metavar="LIST",
