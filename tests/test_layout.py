@@ -761,3 +761,35 @@ def test_validation_figures_are_kept_beside_their_pictures(shapes_records, tmp_p
     final = json.loads((tmp_path / "segmap" / "metrics.json").read_text())
     assert final["pixel_accuracy"] == figures["pixel_accuracy"]
     assert "validation at step 1: cases 2, pixel_accuracy" in capsys.readouterr().out
+
+
+def test_a_kept_checkpoints_ema_weights_make_a_condition_folder(checkpoints, tmp_path, capsys):
+    """scripts/condition_from_checkpoint.py: the final folder's files with the checkpoint's EMA weights, every
+    other file as it was; a missing step, an unfinished run or a foreign checkpoint is a one-line error."""
+    import shutil
+
+    from conftest import load_script
+    from safetensors.torch import load_file, save_file
+
+    script = load_script("scripts/condition_from_checkpoint.py")
+    stage = tmp_path / "run" / "layout"
+    shutil.copytree(checkpoints / "layout_controlnet", stage / "final" / "layout_controlnet")
+    weights = load_file(str(stage / "final" / "layout_controlnet" / script.WEIGHTS))
+    ema = {f"layout_controlnet.{k}": v.float() + 1 for k, v in weights.items()}
+    (stage / "checkpoints" / "ckpt-0001000").mkdir(parents=True)
+    save_file(ema, str(stage / "checkpoints" / "ckpt-0001000" / "ema.safetensors"))
+    assert script.main([str(stage), "--step", "1000", "--out", str(tmp_path / "s1000")]) == 0
+    got = load_file(str(tmp_path / "s1000" / script.WEIGHTS))
+    assert set(got) == set(weights) and all(torch.equal(got[k], (weights[k].float() + 1).to(weights[k].dtype))
+                                            for k in weights)
+    assert (tmp_path / "s1000" / "condition.json").read_text() == \
+        (stage / "final" / "layout_controlnet" / "condition.json").read_text()
+    capsys.readouterr()
+    assert script.main([str(stage), "--step", "2000", "--out", str(tmp_path / "s2000")]) == 2
+    assert "kept: ckpt-0001000" in capsys.readouterr().err
+    save_file({**ema, "controlnet.region_binder.w": torch.zeros(1)},
+              str(stage / "checkpoints" / "ckpt-0001000" / "ema.safetensors"))
+    assert script.main([str(stage), "--step", "1000", "--out", str(tmp_path / "other")]) == 2
+    assert "are not layout_controlnet's" in capsys.readouterr().err
+    assert script.main([str(tmp_path / "nothing"), "--step", "1000", "--out", str(tmp_path / "x")]) == 2
+    assert "run the training to its end first" in capsys.readouterr().err

@@ -352,3 +352,22 @@ def test_assembling_a_model_again_keeps_its_installed_companions(tmp_path, tiny_
     assemble_model(dest, *parts)
     assert companion_map(dest) == {"segmap": "controlnet"}
     assert json.loads((dest / "latentdiff.json").read_text())["generate_defaults"] == {"guidance": 5.0}
+
+
+def test_checkpoints_are_pruned_to_the_newest_except_every_keep_every(tmp_path):
+    """keep_checkpoints newest stay; keep_every also spares every checkpoint at a multiple of it, so a recipe can
+    choose among its steps afterwards (a layout ControlNet on validation scenes)."""
+    from latentdiff.errors import ConfigError
+    from latentdiff.train.state import latest_checkpoint, save_checkpoint
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for step in range(100, 700, 100):
+        save_checkpoint(tmp_path / "a", step, net, None, opt, {}, keep=2)
+        save_checkpoint(tmp_path / "b", step, net, None, opt, {}, keep=2, keep_every=300)
+    assert sorted(p.name for p in (tmp_path / "a").glob("ckpt-*")) == ["ckpt-0000500", "ckpt-0000600"]
+    assert sorted(p.name for p in (tmp_path / "b").glob("ckpt-*")) == ["ckpt-0000300", "ckpt-0000500",
+                                                                      "ckpt-0000600"]
+    assert latest_checkpoint(tmp_path / "b").name == "ckpt-0000600"
+    with pytest.raises(ConfigError, match="keep_every"):
+        LoopConfig(keep_every=-1)

@@ -27,6 +27,7 @@ class LoopConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (to choose one later); 0: none
     validate_every: int = 0  # 0: only at the end
     log_every: int = 10
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
@@ -51,6 +52,8 @@ class LoopConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "max_nonfinite", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.keep_every < 0:
+            raise ConfigError(f"keep_every: expected 0 (none) or a positive number of steps, got {self.keep_every}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay: expected 0 <= ema_decay < 1, got {self.ema_decay}")
 

@@ -302,7 +302,7 @@ def run_stage(stage: Stage, cfg: LoopConfig, out: Path, seed: int, accelerator, 
                 if main:
                     save_checkpoint(ckpt_dir, n, accelerator.unwrap_model(model), ema.shadow_params, opt,
                                     {**_saved(counters), "ema_step": ema.optimization_step, "config": config_dict},
-                                    keep=cfg.keep_checkpoints)
+                                    keep=cfg.keep_checkpoints, keep_every=cfg.keep_every)
             if validate:
                 save_validation(out, n, _with_ema(stage, accelerator.unwrap_model(model), ema,
                                                    lambda m: stage.validate(m, n, out)))

@@ -68,8 +68,9 @@ def trained_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, ema_params: list[torch.Tensor] | None,
-                    optimizer: torch.optim.Optimizer, state: dict, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``folder`` atomically and prune to the newest ``keep``."""
+                    optimizer: torch.optim.Optimizer, state: dict, keep: int = 2, keep_every: int = 0) -> Path:
+    """Write checkpoint ``step`` under ``folder`` atomically and prune to the newest ``keep``, sparing those whose
+    step is a multiple of ``keep_every`` (when > 0)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"ckpt-{step:07d}"
     tmp = folder / f"ckpt-{step:07d}.tmp"
@@ -87,7 +88,8 @@ def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, ema_params:
     os.replace(tmp, final)
     _write_atomic(folder / "latest", final.name + "\n")
     for old in sorted(folder.glob("ckpt-*"))[:-keep]:
-        if old.suffix != ".tmp" and old != final:
+        spared = keep_every > 0 and old.name[5:].isdigit() and int(old.name[5:]) % keep_every == 0
+        if old.suffix != ".tmp" and old != final and not spared:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
