@@ -153,6 +153,10 @@ def test_compiled_unet_and_vae_draw_the_plain_images(plain, tmp_path):
     pipe = tiny().optimize(compile="default", compile_vae=True)
     assert rel(pipe.generate_latents("a red circle", **GEN), latents) < 1e-4
     assert np.abs(pixels(pipe.generate("a red circle", **GEN)) - images).max() <= 1
+    # another batch size after repeat calls ran without guard checks: its own graph, not the first one's
+    one = {**GEN, "num_images": 1}
+    assert rel(pipe.generate_latents("a red circle", **one), tiny().generate_latents("a red circle", **one)) < 1e-4
+    assert rel(pipe.generate_latents("a red circle", **GEN), latents) < 1e-4
     assert not any(k.startswith("_orig_mod") for k in pipe.unet.state_dict())
     with pytest.raises(UserError, match="already compiled with mode 'default'"):
         pipe.optimize(compile="max-autotune")
