@@ -77,12 +77,8 @@ def prepare(unet, name: str):
             out = _call(x, t, ctx)
             compiled["done"] = True
             return out
-        if "split" not in rest:
-            return with_settings
         call = with_settings
-    if "split" in rest:
-        return _split(call)
-    return call
+    return _split(call) if "split" in rest else call
 
 
 def _split(call):
@@ -91,8 +87,7 @@ def _split(call):
     generated for one thread."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one_thread(fn, *args):
-        torch.set_num_threads(1)
+    def one_thread(fn, *args):  # in a worker, whose OpenMP threads the pool's initializer set to one
         with torch.inference_mode():
             return fn(*args)
 

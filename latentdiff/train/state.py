@@ -88,7 +88,8 @@ def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, ema_params:
     os.replace(tmp, final)
     _write_atomic(folder / "latest", final.name + "\n")
     for old in sorted(folder.glob("ckpt-*"))[:-keep]:
-        spared = keep_every > 0 and old.name[5:].isdigit() and int(old.name[5:]) % keep_every == 0
+        number = old.name.removeprefix("ckpt-")  # "0001000"; a ".tmp" folder's is not a number
+        spared = keep_every > 0 and number.isdigit() and int(number) % keep_every == 0
         if old.suffix != ".tmp" and old != final and not spared:
             shutil.rmtree(old, ignore_errors=True)
     return final
