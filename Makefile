@@ -74,7 +74,8 @@ default-long: $(STAMP)
 # VAE, CLIP, then the U-Net with its text encoder to step 8,000), default_v2_long.yaml on to step 12,000, the
 # relation phase default_v2_rel.yaml (captions from scripts/relation_captions.py) to step 14,000, then its
 # companions. Resumable like default-model: each step goes on where it stopped; finished steps return at once.
-# CPU, 2 cores (AMD EPYC, 2026-12-07): VAE 17 min, CLIP 2 min, U-Net 2 h 35 min + 1 h 41 min + 35 min.
+# CPU, 2 cores (AMD EPYC, 2026-12-07): VAE 17 min, CLIP 2 min, U-Net 2 h 35 min + 1 h 41 min + 35 min; on the
+# AMX Xeon with torch.compile (2026-12-08, docs/training.md): 11 min, 2 min, U-Net 91 + 51 + 24 min.
 V2 := SRC=runs/default_v2 DST=runs/default_v2_long STEP=8000 CONFIG=configs/default_v2_long.yaml
 V2REL := SRC=runs/default_v2_long DST=runs/default_v2_rel STEP=12000 CONFIG=configs/default_v2_rel.yaml
 default-model-v2: $(STAMP)
