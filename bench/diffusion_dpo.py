@@ -86,6 +86,9 @@ def main() -> None:
                     help="an image folder (metadata.jsonl: file_name, text) whose one-object images join the --sft "
                          "term, --pairs of them per step: keeps one-object prompts where they were")
     ap.add_argument("--anchor-images", type=int, default=2000, help="how many of --anchor's one-object images")
+    ap.add_argument("--t-min", type=int, default=0,
+                    help="draw the timesteps of every term from [t-min, T) only: a layout (how many objects, where) is "
+                         "decided at high noise, colour and outline detail below it")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=10)
     args = ap.parse_args()
@@ -105,6 +108,8 @@ def main() -> None:
     schedule, floor = pipe.schedule, recipe_x0_weight_floor(pipe.extra)
     if schedule.prediction != "v_prediction":
         sys.exit(f"{args.model}: expected a v-prediction model, got {schedule.prediction}")
+    if not 0 <= args.t_min < schedule.num_timesteps:
+        sys.exit(f"--t-min {args.t_min}: expected 0 <= t-min < {schedule.num_timesteps}")
 
     t0 = time.perf_counter()
     latents = folder_latents(pipe, data, files)  # (N, C, h, w)
@@ -146,7 +151,7 @@ def main() -> None:
         b = args.pairs
         x0 = torch.cat([latents[w_idx], latents[l_idx]])  # winners, then losers
         ctx = torch.stack([contexts[p] for p in chosen]).repeat(2, 1, 1)
-        t = torch.randint(0, schedule.num_timesteps, (b,), generator=gen).repeat(2)
+        t = torch.randint(args.t_min, schedule.num_timesteps, (b,), generator=gen).repeat(2)
         noise = torch.randn(x0[:b].shape, generator=gen).repeat(2, 1, 1, 1)  # one ε per pair
         with torch.no_grad():
             e_ref = errors(reference, x0, t, noise, ctx)
@@ -158,7 +163,7 @@ def main() -> None:
             sft = e_pol[:b]
             if anchor_latents is not None:
                 k = torch.randint(0, anchor_latents.shape[0], (b,), generator=gen)
-                ta = torch.randint(0, schedule.num_timesteps, (b,), generator=gen)
+                ta = torch.randint(args.t_min, schedule.num_timesteps, (b,), generator=gen)
                 na = torch.randn(anchor_latents[k].shape, generator=gen)
                 sft = torch.cat([sft, errors(policy, anchor_latents[k], ta, na, anchor_contexts[k])])
             loss = loss + args.sft * sft.mean()
@@ -182,7 +187,7 @@ def main() -> None:
     policy.eval()
     pipe.extra["preference_finetune"] = {"method": "diffusion-dpo", "data": str(data), "base": args.model,
                                          **{k: getattr(args, k) for k in ("steps", "pairs", "lr", "beta", "sft",
-                                                                         "anchor", "anchor_images", "seed")}}
+                                                                         "anchor", "anchor_images", "t_min", "seed")}}
     pipe.save(out / "model")
     print(f"wrote {out / 'model'} ({time.perf_counter() - t0:.0f} s of training)")
 
