@@ -85,7 +85,7 @@ default-model-v2: $(STAMP)
 	[ -d data/shapes-train-v2-rel ] || $(VPY) scripts/relation_captions.py data/shapes-train-v2 data/shapes-train-v2-rel
 	[ -d runs/default_v2_rel ] || $(V2REL) bash scripts/default_long.sh init
 	$(V2REL) bash scripts/default_long.sh train
-	bash scripts/companions.sh runs/default_v2_rel/model classifier segmap layout
+	bash scripts/companions.sh runs/default_v2_rel/model classifier segmap layout gligen
 
 # Fine-tune the inpainting model from the shipped default model's U-Net (runs/default_long/model), then
 # ship it in fp16 inside the package: configs/inpaint.yaml is the whole recipe, seven phases, each going on
