@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def square_box(found, size: str) -> tuple[int, int, int, int]:
+def square_box(found) -> tuple[int, int, int, int]:
     """The data's square box for a found object: its size class's side (±1 px as the data draws it, nearest to
     the found box's mean side), centred on the found box, inside the canvas."""
     from latentdiff.data.shapes import CANVAS, SIZES
 
     x0, y0, x1, y1 = found.box
-    side = SIZES[size] + int(np.clip(round(((x1 - x0) + (y1 - y0)) / 2) - SIZES[size], -1, 1))
+    base = SIZES[found.size]
+    side = base + int(np.clip(round(((x1 - x0) + (y1 - y0)) / 2) - base, -1, 1))
     cx, cy = round((x0 + x1) / 2), round((y0 + y1) / 2)
     bx = min(max(cx - side // 2, 0), CANVAS - side)
     by = min(max(cy - side // 2, 0), CANVAS - side)
@@ -57,7 +59,7 @@ def redraw(image: Image.Image, text: str):
     objects = []
     for s in result.objects:
         f = s.found
-        box = square_box(f, f.size)
+        box = square_box(f)
         centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
         objects.append(ShapeObject(s.requested.shape, s.requested.colour, f.size, position_of(*centre), centre, box))
     if any(not boxes_apart(a.box, b.box) for i, a in enumerate(objects) for b in objects[i + 1:]):
@@ -78,13 +80,12 @@ def main() -> None:
 
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dropped: dict[str, int] = {}
-    kept = 0
+    dropped, kept = Counter(), 0
     with (out / "metadata.jsonl").open("w") as meta:
         for rec in read_records(data, "metadata.jsonl"):
             rgb, why = redraw(Image.open(data / rec["file_name"]).convert("RGB"), rec["text"])
             if rgb is None:
-                dropped[why] = dropped.get(why, 0) + 1
+                dropped[why] += 1
                 continue
             name = f"{kept:06d}.png"
             Image.fromarray(rgb).save(out / name)

@@ -448,10 +448,9 @@ def test_the_default_model_ships_its_checkpoints_and_picks_them_up(tmp_path, cap
     assert record["extra"]["layout"]["scale"] == 3.0
     assert paths == {"layout": str((DEFAULT_MODEL_DIR / "layout_controlnet").resolve()),
                      "segmap": str((DEFAULT_MODEL_DIR / "controlnet").resolve())}
-    from latentdiff.checkpoint import EXTRA_FILE, GENERATE_DEFAULTS
+    from latentdiff.pipeline import Pipeline
 
-    info = json.loads((DEFAULT_MODEL_DIR / EXTRA_FILE).read_text())
-    model_guidance = {**GENERATE_DEFAULTS, **info.get("generate_defaults", {})}["guidance"]
+    model_guidance = Pipeline.load(DEFAULT_MODEL_DIR, device="cpu").defaults["guidance"]
     assert marker["region_guidance"] == 2.0 and record["guidance"] == model_guidance  # a layout file: the model's
     assert marker["regional_text"] == 0.5 and record["extra"]["layout"]["regional_text"] == 0.5
     # the map alone: the prompt's circle is bound to the map's circle, at the checkpoint's region guidance
