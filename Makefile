@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo test lint test-slow test-ui ui-screenshots clean default-model default-long inpaint-model \
-        default-model-v2
+        default-model-v2 default-model-v1
 
 install: $(STAMP)
 
@@ -51,18 +51,25 @@ ui-screenshots: $(STAMP)
 clean:
 	rm -rf demo_out .pytest_cache
 
-# Rebuild the shipped default model from its recipe, then ship it in fp16 inside the package. Resumable:
-# rerun after an interruption and each step goes on where it stopped (finished steps return at once).
-# configs/default.yaml trains the VAE, the CLIP towers and the U-Net to step 2,000; configs/default_long.yaml
-# takes the U-Net on to step 6,000 (a warm restart); then the companions are trained against that U-Net.
-# CPU, 2 cores: about 2 h + 3 h 40 min + 40 min (BENCHMARKS.md, docs/training.md).
-default-model: $(STAMP)
+# Rebuild the shipped default model from its recipe (issue #27), then ship it in fp16 inside the package.
+# Resumable: rerun after an interruption and each step goes on where it stopped (finished steps return at
+# once). configs/default_v2.yaml trains the f = 2 VAE, the CLIP towers and the U-Net with its text encoder to
+# step 8,000; configs/default_v2_long.yaml goes on to step 12,000; the relation phase configs/default_v2_rel.yaml
+# (captions from scripts/relation_captions.py) to step 14,000; then the companions are trained against that
+# U-Net and installed, and scripts/ship_default.sh exports the model in fp16 to latentdiff/assets/default_model.
+# CPU, 2 cores, AMX Xeon with torch.compile (2026-12-08, docs/training.md): VAE 11 min, CLIP 2 min, U-Net
+# 91 + 51 + 24 min, companions about 2 h (layout ControlNet 1 h, classifier 10 min, map 3 min, GLIGEN 3 min).
+default-model: default-model-v2
+	bash scripts/ship_default.sh runs/default_v2_rel/model
+	@echo "Shipped. Check: make test, python tests/behaviour_hashes.py --record, the quick evaluation (docs/eval.md)."
+
+# The first default model (shipped until 2026-12-08; the inpainting model is still fine-tuned from its U-Net,
+# see inpaint-model): configs/default.yaml (VAE, CLIP, U-Net to step 2,000), configs/default_long.yaml (U-Net
+# on to step 6,000), its companions. Ships nothing. CPU, 2 cores: about 2 h + 3 h 40 min + 40 min.
+default-model-v1: $(STAMP)
 	$(VENV)/bin/latentdiff train configs/default.yaml --resume
 	$(MAKE) default-long
 	bash scripts/companions.sh runs/default_long/model layout segmap classifier
-	rm -rf latentdiff/assets/default_model
-	$(VENV)/bin/latentdiff export --model runs/default_long/model --format diffusers --dtype fp16 --out latentdiff/assets/default_model
-	@echo "Shipped. The inpainting model is fine-tuned from it: make inpaint-model; then the quick evaluation (docs/eval.md)."
 
 # Only the U-Net's long run (step 2,000 -> 6,000), a few hours at a time: Ctrl-C stops it with a
 # checkpoint, and the next `make default-long` goes on. Needs runs/default. Ships nothing.
@@ -70,10 +77,10 @@ default-long: $(STAMP)
 	[ -d runs/default_long ] || bash scripts/default_long.sh init
 	bash scripts/default_long.sh train
 
-# The next default model (issue #27; trained here, not shipped yet): configs/default_v2.yaml from scratch (f = 2
-# VAE, CLIP, then the U-Net with its text encoder to step 8,000), default_v2_long.yaml on to step 12,000, the
-# relation phase default_v2_rel.yaml (captions from scripts/relation_captions.py) to step 14,000, then its
-# companions. Resumable like default-model: each step goes on where it stopped; finished steps return at once.
+# The default model's training without the shipping (`make default-model` runs this, then ships): configs/
+# default_v2.yaml from scratch (f = 2 VAE, CLIP, then the U-Net with its text encoder to step 8,000),
+# default_v2_long.yaml on to step 12,000, the relation phase default_v2_rel.yaml (captions from scripts/
+# relation_captions.py) to step 14,000, then its companions. Resumable: each step goes on where it stopped.
 # CPU, 2 cores (AMD EPYC, 2026-12-07): VAE 17 min, CLIP 2 min, U-Net 2 h 35 min + 1 h 41 min + 35 min; on the
 # AMX Xeon with torch.compile (2026-12-08, docs/training.md): 11 min, 2 min, U-Net 91 + 51 + 24 min.
 V2 := SRC=runs/default_v2 DST=runs/default_v2_long STEP=8000 CONFIG=configs/default_v2_long.yaml
@@ -85,7 +92,7 @@ default-model-v2: $(STAMP)
 	[ -d data/shapes-train-v2-rel ] || $(VPY) scripts/relation_captions.py data/shapes-train-v2 data/shapes-train-v2-rel
 	[ -d runs/default_v2_rel ] || $(V2REL) bash scripts/default_long.sh init
 	$(V2REL) bash scripts/default_long.sh train
-	bash scripts/companions.sh runs/default_v2_rel/model classifier segmap layout gligen
+	bash scripts/companions.sh runs/default_v2_rel/model classifier segmap gligen layout   # layout last: the one installed last is the default layout condition
 
 # Fine-tune the inpainting model from the shipped default model's U-Net (runs/default_long/model), then
 # ship it in fp16 inside the package: configs/inpaint.yaml is the whole recipe, seven phases, each going on
