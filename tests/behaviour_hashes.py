@@ -14,7 +14,9 @@ EPYC they were recorded on, on the same code (2026-12-07; the cause is not found
 other CPUs' hashes of the recorded behaviour (``also``: ``{"cpu": lscpu's model name, "images": ...}``,
 added with ``--record-cpu`` from a checkout whose behaviour is the recorded one); the test accepts the images
 when they equal the primary set or one of those. A behaviour change changes the images on every CPU, so it
-matches none of them.
+matches none of them. On a CPU with no recorded set (``cpu`` of the primary set, or one of ``also``) a mismatch
+says nothing about behaviour, so the test skips there, naming the CPU; record its set with ``--record-cpu``
+from a checkout whose behaviour is the recorded one.
 
 The cases cover every sampler, negative prompts, guidance scales, classifier guidance, a layout, a
 segmentation map, layout + map together, and inpainting with the inpainting model and by blending. They
@@ -116,6 +118,9 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     result = run()
     if "--record" in sys.argv[1:]:
+        from latentdiff.speed import cpu_model_name
+
+        result["cpu"] = cpu_model_name()  # the CPU that drew the primary set
         RECORD.parent.mkdir(exist_ok=True)
         RECORD.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
         print(f"wrote {RECORD}")
