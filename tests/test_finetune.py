@@ -390,7 +390,7 @@ def test_cond_dropout_rate_when_the_text_encoder_is_trained(tiny_model_dir):
 
 @pytest.mark.slow
 def test_star_concept_on_the_default_model(tmp_path):
-    """Issue #32's direction check on the shipped default model (about 8 min on 2 CPU cores): the star recipe
+    """Issue #32's direction check on the shipped default model (about 13 min on 2 CPU cores): the star recipe
     (LoRA on every layer, 200 base-world images mixed in) with fewer steps than the shipped LoRA's draws
     stars of the asked colour more often than the base model, which draws none, and keeps at least 90 % of
     the base model's one-object colour + shape, position and size on the same validation seeds."""
