@@ -124,20 +124,14 @@ def is_held_out_star(colour: str, box) -> bool:
     return colour in HELD_OUT_STAR_COLOURS or cell in HELD_OUT_STAR_CELLS
 
 
-def _phrase_colour_shape(phrase: str) -> tuple[str | None, str | None]:
-    """(colour, shape) of a box phrase such as "an orange star" (the object's own, not the caption's)."""
-    from latentdiff.data.shapes import COLOURS, SHAPES
-
-    words = phrase.split()
-    return (next((w for w in words if w in COLOURS), None), next((w for w in words if w in SHAPES), None))
-
-
 def held_out_stars_in(row: dict) -> int:
     """How many of a metadata row's objects (its ``boxes``) are stars with a held-out colour or cell."""
+    from latentdiff.data.grammar import parse_caption
+
     count = 0
     for obj in row.get("boxes") or []:
-        colour, shape = _phrase_colour_shape(obj["phrase"])
-        count += shape == "star" and is_held_out_star(colour, obj["box"])
+        spec = parse_caption(obj["phrase"]).objects[0]  # the object's own phrase, e.g. "an orange star"
+        count += spec.shape == "star" and is_held_out_star(spec.colour, obj["box"])
     return count
 
 
